@@ -1,0 +1,252 @@
+"""The detector bank: per (model, segment), every detector and rolling metric of that slice.
+
+Fed plain values one segment at a time (the caller routes an event to its segments), it
+returns a `DriftRecord` for each detection. Signals:
+
+- `error`: 1 for a wrong prediction, 0 for a right one (classification), or the absolute error
+  (regression); needs labels.
+- `prediction`: the predicted value (regression), or the surprisal of the predicted class
+  against the segment's early class frequencies (classification; see `categorical.py`).
+- `score`: the reported confidence, when events carry one.
+- one signal per configured feature: the value (numeric) or its surprisal (categorical).
+
+Each signal is watched by every detector named in the model's spec (ADWIN and Page-Hinkley by
+default). State is created on first use and can be evicted when idle; nothing here grows with
+the number of events.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from typing import Any, Callable, Iterator, Mapping
+
+from detectors.accuracy import RollingAccuracy, RollingError
+from detectors.categorical import CategorySurprisal
+from detectors.drift import Detector, build_detector
+from detectors.spec import ModelSpec
+from detectors.state import SnapshotError
+from detectors.state import restore as restore_state
+from detectors.state import snapshot as snapshot_state
+
+ERROR = "error"
+PREDICTION = "prediction"
+SCORE = "score"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DriftRecord:
+    """One detection, as written to the drift-events topic and `--drift-out`."""
+
+    model: str
+    segment: str
+    signal: str
+    detector: str
+    timestamp: float
+    prediction_id: str
+    value: float
+    statistics: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "segment": self.segment,
+            "signal": self.signal,
+            "detector": self.detector,
+            "timestamp": self.timestamp,
+            "prediction_id": self.prediction_id,
+            "value": self.value,
+            "statistics": dict(self.statistics),
+        }
+
+
+class SignalState:
+    """The detectors on one signal of one segment, with their detection history."""
+
+    __slots__ = ("detectors", "detections", "last_detection", "transform")
+
+    def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None):
+        self.detectors = detectors
+        self.detections = [0] * len(detectors)
+        self.last_detection: list[float | None] = [None] * len(detectors)
+        self.transform = transform
+
+
+class SegmentState:
+    __slots__ = ("signals", "accuracy", "errors", "labeled", "correct", "observed", "last_seen")
+
+    def __init__(self, spec: ModelSpec):
+        self.signals: dict[str, SignalState] = {}
+        self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task == "classification" else None
+        self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
+        self.labeled = 0
+        self.correct = 0
+        self.observed = 0  # inference events seen: the volume an alert needs before judging drift
+        self.last_seen = 0.0
+
+
+def _unbound_spec(model: str) -> ModelSpec:
+    raise RuntimeError("restored bank has no spec lookup: use DetectorBank.restore(blob, spec_for)")
+
+
+def is_number(x: object) -> bool:
+    t = type(x)
+    return (t is float or t is int) and math.isfinite(x)  # bool is excluded: type(True) is bool
+
+
+def is_correct(prediction: object, label: object) -> bool:
+    """Classification: equal values, where numbers compare as numbers (1 == 1.0 == True)."""
+    return prediction == label
+
+
+class DetectorBank:
+    def __init__(self, spec_for: Callable[[str], ModelSpec]):
+        self._spec_for = spec_for
+        self._segments: dict[tuple[str, str], SegmentState] = {}
+        # (model, feature, reason): values that break what the spec says a feature is.
+        self.invalid_features: Counter[tuple[str, str, str]] = Counter()
+
+    # -- snapshot: the spec lookup is configuration, not state; the restorer passes it again --
+    def __getstate__(self) -> dict:
+        return {"segments": self._segments, "invalid_features": self.invalid_features}
+
+    def __setstate__(self, state: dict) -> None:
+        self._spec_for = _unbound_spec
+        self._segments = state["segments"]
+        self.invalid_features = state["invalid_features"]
+
+    @classmethod
+    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
+        bank = restore_state(blob)
+        if not isinstance(bank, cls):
+            raise SnapshotError(f"snapshot holds a {type(bank).__name__}, not a DetectorBank")
+        bank._spec_for = spec_for
+        return bank
+
+    def snapshot(self) -> bytes:
+        return snapshot_state(self)
+
+    # -- reading, for exporters ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def items(self) -> Iterator[tuple[tuple[str, str], SegmentState]]:
+        return iter(list(self._segments.items()))
+
+    def get(self, model: str, segment: str) -> SegmentState | None:
+        return self._segments.get((model, segment))
+
+    def spec(self, model: str) -> ModelSpec:
+        return self._spec_for(model)
+
+    # -- feeding -------------------------------------------------------------------------------
+    def observe_inference(
+        self,
+        model: str,
+        segment: str,
+        features: Mapping[str, object],
+        prediction: object,
+        score: float | None,
+        timestamp: float,
+        prediction_id: str,
+        count_invalid: bool = True,
+    ) -> list[DriftRecord]:
+        """One inference event in one segment. `count_invalid` once per event, not per segment."""
+        spec = self._spec_for(model)
+        state = self._state(spec, segment)
+        state.observed += 1
+        if timestamp > state.last_seen:
+            state.last_seen = timestamp
+        found: list[DriftRecord] = []
+        ctx = (model, segment, timestamp, prediction_id)
+        if spec.task == "regression":
+            if is_number(prediction):
+                self._feed(spec, state, PREDICTION, float(prediction), ctx, found)
+        elif prediction is not None:
+            self._feed_categorical(spec, state, PREDICTION, prediction, ctx, found)
+        if score is not None:
+            self._feed(spec, state, SCORE, float(score), ctx, found)
+        for name, kind in spec.features.items():
+            value = features.get(name)
+            if value is None:
+                continue  # missing: counted by data quality, not a detector input
+            if kind == "numeric":
+                if is_number(value):
+                    self._feed(spec, state, name, float(value), ctx, found)
+                elif count_invalid:
+                    self.invalid_features[(model, name, "type")] += 1
+            else:
+                self._feed_categorical(spec, state, name, value, ctx, found)
+        return found
+
+    def observe_outcome(
+        self,
+        model: str,
+        segment: str,
+        prediction: object,
+        label: object,
+        timestamp: float,
+        prediction_id: str,
+    ) -> list[DriftRecord]:
+        """A prediction joined to its label, in one segment."""
+        spec = self._spec_for(model)
+        state = self._state(spec, segment)
+        if timestamp > state.last_seen:
+            state.last_seen = timestamp
+        found: list[DriftRecord] = []
+        ctx = (model, segment, timestamp, prediction_id)
+        if spec.task == "regression":
+            if not (is_number(prediction) and is_number(label)):
+                return found
+            error = float(prediction) - float(label)
+            state.labeled += 1
+            state.errors.update(error)
+            self._feed(spec, state, ERROR, abs(error), ctx, found)
+        else:
+            correct = is_correct(prediction, label)
+            state.labeled += 1
+            state.correct += correct
+            state.accuracy.update(correct)
+            self._feed(spec, state, ERROR, 0.0 if correct else 1.0, ctx, found)
+        return found
+
+    def evict_idle(self, older_than: float) -> list[tuple[str, str]]:
+        """Drop segments with no event since `older_than`; their series leave /metrics with them."""
+        stale = [key for key, st in self._segments.items() if st.last_seen < older_than]
+        for key in stale:
+            del self._segments[key]
+        return stale
+
+    # -- internals -----------------------------------------------------------------------------
+    def _state(self, spec: ModelSpec, segment: str) -> SegmentState:
+        key = (spec.name, segment)
+        state = self._segments.get(key)
+        if state is None:
+            state = self._segments[key] = SegmentState(spec)
+        return state
+
+    def _signal(self, spec: ModelSpec, state: SegmentState, signal: str, categorical: bool) -> SignalState:
+        sig = state.signals.get(signal)
+        if sig is None:
+            detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in spec.detectors]
+            transform = CategorySurprisal(spec.categorical_reference) if categorical else None
+            sig = state.signals[signal] = SignalState(detectors, transform)
+        return sig
+
+    def _feed_categorical(self, spec, state, signal, value, ctx, found) -> None:
+        sig = self._signal(spec, state, signal, categorical=True)
+        x = sig.transform.transform(value)
+        if x is not None:
+            self._update(sig, signal, x, ctx, found)
+
+    def _feed(self, spec, state, signal, x, ctx, found) -> None:
+        self._update(self._signal(spec, state, signal, categorical=False), signal, x, ctx, found)
+
+    @staticmethod
+    def _update(sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
+        for i, det in enumerate(sig.detectors):
+            if det.update(x):
+                model, segment, timestamp, pid = ctx
+                sig.detections[i] += 1
+                sig.last_detection[i] = timestamp
+                found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, x, det.statistics()))

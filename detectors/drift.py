@@ -1,0 +1,110 @@
+"""Typed wrappers over River's sequential change detectors.
+
+Each wrapper has one job: feed a float, say whether this value completed a detection, and
+expose the statistics an operator needs to judge how close a signal is to alarm. River's
+`update()` returned a tuple in old versions and returns None since 0.19; we always read the
+`drift_detected` property after `update()`.
+
+>>> d = ADWINDetector()
+>>> hits = [i for i, x in enumerate([0.0] * 500 + [1.0] * 100) if d.update(x)]
+>>> hits[0] > 500
+True
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from river import drift as river_drift
+
+from detectors.spec import ADWINParams, PageHinkleyParams
+
+
+class Detector(Protocol):
+    name: str
+
+    def update(self, x: float) -> bool: ...
+
+    def statistics(self) -> dict[str, float]: ...
+
+
+class ADWINDetector:
+    """ADWIN (adaptive windowing): detects a change in the mean of a bounded stream."""
+
+    name = "adwin"
+    __slots__ = ("_adwin",)
+
+    def __init__(self, params: ADWINParams = ADWINParams()):
+        self._adwin = river_drift.ADWIN(
+            delta=params.delta,
+            clock=params.clock,
+            max_buckets=params.max_buckets,
+            min_window_length=params.min_window_length,
+            grace_period=params.grace_period,
+        )
+
+    def update(self, x: float) -> bool:
+        adwin = self._adwin
+        adwin.update(x)
+        return adwin.drift_detected
+
+    @property
+    def width(self) -> float:
+        return float(self._adwin.width)
+
+    @property
+    def estimation(self) -> float:
+        return float(self._adwin.estimation)
+
+    def statistics(self) -> dict[str, float]:
+        return {"width": self.width, "mean": self.estimation}
+
+
+class PageHinkleyDetector:
+    """Page-Hinkley: detects a sustained shift of the mean away from its running average."""
+
+    name = "page_hinkley"
+    __slots__ = ("_ph",)
+
+    def __init__(self, params: PageHinkleyParams = PageHinkleyParams()):
+        self._ph = river_drift.PageHinkley(
+            min_instances=params.min_instances,
+            delta=params.delta,
+            threshold=params.threshold,
+            alpha=params.alpha,
+            mode=params.mode,
+        )
+
+    def update(self, x: float) -> bool:
+        ph = self._ph
+        ph.update(x)
+        return ph.drift_detected
+
+    @property
+    def threshold(self) -> float:
+        return float(self._ph.threshold)
+
+    @property
+    def statistic(self) -> float:
+        """The larger of the upward and downward cumulative deviations; alarm when > threshold."""
+        ph = self._ph
+        up = ph._sum_increase - ph._min_increase if ph._min_increase != float("inf") else 0.0
+        down = ph._max_decrease - ph._sum_decrease if ph._max_decrease != -1 else 0.0
+        if ph.mode == "up":
+            return max(up, 0.0)
+        if ph.mode == "down":
+            return max(down, 0.0)
+        return max(up, down, 0.0)
+
+    def statistics(self) -> dict[str, float]:
+        return {"statistic": self.statistic, "threshold": self.threshold}
+
+
+DETECTOR_NAMES = ("adwin", "page_hinkley")
+
+
+def build_detector(name: str, adwin: ADWINParams, page_hinkley: PageHinkleyParams) -> Detector:
+    if name == "adwin":
+        return ADWINDetector(adwin)
+    if name == "page_hinkley":
+        return PageHinkleyDetector(page_hinkley)
+    raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_NAMES)}")

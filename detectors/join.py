@@ -1,0 +1,191 @@
+"""Join labels to predictions by prediction_id, as a pure object fed event times.
+
+Bounds, and why:
+- A prediction waits for its label for its model's `label_ttl`; then it leaves as `expired`.
+- A label that comes before its prediction is held for the same TTL; then it leaves as
+  `unmatched`.
+- A joined id is remembered for one more TTL so that a second label is a `duplicate` and not
+  an `unmatched` (and a replayed prediction is a `duplicate`, not a second outcome).
+- Each of the three maps is capped at `max_pending` entries: past it the oldest entry leaves
+  early, with the same fate as at its TTL. Memory is at most ~3 x max_pending compact records.
+
+Time is the caller's watermark (the largest event time seen), passed to `expire()`; the join
+never reads a clock.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import Counter
+from typing import Callable, Literal
+
+from detectors.state import SnapshotError
+from detectors.state import restore as restore_state
+from detectors.state import snapshot as snapshot_state
+
+Outcome = Literal["accepted", "duplicate", "unmatched", "expired"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingPrediction:
+    """What the join keeps of a prediction: enough to grade it, nothing more (no features)."""
+
+    prediction_id: str
+    model: str
+    segments: tuple[str, ...]
+    prediction: object
+    score: float | None
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Joined:
+    """A prediction with its ground truth: the input of accuracy and error-drift detection."""
+
+    prediction: PendingPrediction
+    label: object
+    label_timestamp: float
+
+    @property
+    def delay(self) -> float:
+        return self.label_timestamp - self.prediction.timestamp
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _HeldLabel:
+    label: object
+    timestamp: float
+    model: str | None
+
+
+class LabelJoin:
+    def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
+        self._ttl_for = ttl_for
+        self.max_pending = max_pending
+        self._pending: dict[str, PendingPrediction] = {}
+        self._held: dict[str, _HeldLabel] = {}
+        self._joined: dict[str, float] = {}  # prediction_id -> forget after
+        # (deadline, sequence, which map, id): lazy deletion, entries may be stale.
+        self._deadlines: list[tuple[float, int, str, str]] = []
+        self._seq = 0
+        # Fates decided inside the join, by (model, kind, outcome); `None` model for labels
+        # that named none and whose prediction never came.
+        self.outcomes: Counter[tuple[str | None, str, str]] = Counter()
+
+    # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ttl_for = None  # set by LabelJoin.restore
+
+    @classmethod
+    def restore(cls, blob: bytes, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
+        join = restore_state(blob)
+        if not isinstance(join, cls):
+            raise SnapshotError(f"snapshot holds a {type(join).__name__}, not a LabelJoin")
+        join._ttl_for = ttl_for
+        return join
+
+    def snapshot(self) -> bytes:
+        return snapshot_state(self)
+
+    # -- state sizes, for metrics --------------------------------------------------------------
+    @property
+    def pending_predictions(self) -> int:
+        return len(self._pending)
+
+    @property
+    def held_labels(self) -> int:
+        return len(self._held)
+
+    # -- input ---------------------------------------------------------------------------------
+    def add_prediction(self, pred: PendingPrediction) -> Joined | None | Literal["duplicate"]:
+        """Register a prediction; returns the outcome at once when its label was waiting."""
+        pid = pred.prediction_id
+        if pid in self._pending or pid in self._joined:
+            self.outcomes[(pred.model, "inference", "duplicate")] += 1
+            return "duplicate"
+        self.outcomes[(pred.model, "inference", "accepted")] += 1
+        held = self._held.pop(pid, None)
+        if held is not None:
+            self.outcomes[(pred.model, "label", "accepted")] += 1
+            self._remember_joined(pid, pred.model, held.timestamp)
+            return Joined(pred, held.label, held.timestamp)
+        self._pending[pid] = pred
+        self._schedule(pred.timestamp + self._ttl_for(pred.model), "p", pid)
+        self._cap(self._pending, "p")
+        return None
+
+    def add_label(
+        self, prediction_id: str, label: object, timestamp: float, model: str | None = None
+    ) -> Joined | None | Literal["duplicate", "model_mismatch"]:
+        """Join a label; None means it is held until its prediction comes or its TTL ends."""
+        pred = self._pending.get(prediction_id)
+        if pred is not None:
+            if model is not None and model != pred.model:
+                return "model_mismatch"  # the caller dead-letters it: the label names another model
+            del self._pending[prediction_id]
+            self.outcomes[(pred.model, "label", "accepted")] += 1
+            self._remember_joined(prediction_id, pred.model, timestamp)
+            return Joined(pred, label, timestamp)
+        if prediction_id in self._joined or prediction_id in self._held:
+            self.outcomes[(model, "label", "duplicate")] += 1
+            return "duplicate"
+        self._held[prediction_id] = _HeldLabel(label, timestamp, model)
+        self._schedule(timestamp + self._ttl_for(model), "h", prediction_id)
+        self._cap(self._held, "h")
+        return None
+
+    def expire(self, now: float) -> int:
+        """Let go of everything whose TTL ended before `now`; returns how many left."""
+        gone = 0
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, which, pid = heapq.heappop(heap)
+            gone += self._drop(which, pid, deadline=now)
+        return gone
+
+    # -- internals -----------------------------------------------------------------------------
+    def _remember_joined(self, pid: str, model: str, timestamp: float) -> None:
+        self._joined[pid] = timestamp
+        self._schedule(timestamp + self._ttl_for(model), "j", pid)
+        self._cap(self._joined, "j")
+
+    def _schedule(self, deadline: float, which: str, pid: str) -> None:
+        self._seq += 1
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, self._seq, which, pid))
+        # Entries dropped early by the cap stay in the heap until their deadline; rebuild it
+        # when they outnumber the live ones so the heap is bounded like the maps.
+        if len(heap) > 4 * self.max_pending + 1024:
+            live = {"p": self._pending, "h": self._held, "j": self._joined}
+            self._deadlines = [e for e in heap if e[3] in live[e[2]]]
+            heapq.heapify(self._deadlines)
+
+    def _cap(self, table: dict, which: str) -> None:
+        # dicts keep insertion order: the first key is the oldest entry.
+        while len(table) > self.max_pending:
+            self._drop(which, next(iter(table)), deadline=None)
+
+    def _drop(self, which: str, pid: str, deadline: float | None) -> int:
+        if which == "p":
+            pred = self._pending.get(pid)
+            if pred is None or (deadline is not None and pred.timestamp + self._ttl_for(pred.model) > deadline):
+                return 0  # joined already, or re-registered later with a later deadline
+            del self._pending[pid]
+            self.outcomes[(pred.model, "inference", "expired")] += 1
+            return 1
+        if which == "h":
+            held = self._held.get(pid)
+            if held is None or (deadline is not None and held.timestamp + self._ttl_for(held.model) > deadline):
+                return 0
+            del self._held[pid]
+            self.outcomes[(held.model, "label", "unmatched")] += 1
+            return 1
+        if pid in self._joined:
+            del self._joined[pid]
+            return 1
+        return 0

@@ -1,0 +1,72 @@
+"""What the core needs to know about a model: plain frozen values, no parsing.
+
+`stream.settings` turns YAML into these; the core never reads files or the environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+Task = Literal["classification", "regression"]
+FeatureKind = Literal["numeric", "categorical"]
+
+ALL_SEGMENT = "__all__"
+OTHER_VALUE = "__other__"
+
+
+@dataclasses.dataclass(frozen=True)
+class ADWINParams:
+    """River's `drift.ADWIN` parameters; the defaults are River's."""
+
+    delta: float = 0.002
+    clock: int = 32
+    max_buckets: int = 5
+    min_window_length: int = 5
+    grace_period: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class PageHinkleyParams:
+    """River's `drift.PageHinkley` parameters; the defaults are River's."""
+
+    min_instances: int = 30
+    delta: float = 0.005
+    threshold: float = 50.0
+    alpha: float = 1 - 0.0001
+    mode: Literal["up", "down", "both"] = "both"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model's monitoring settings (the `models.<name>` block of the config)."""
+
+    name: str
+    task: Task = "classification"
+    segments: tuple[str, ...] = ()
+    max_segments: int = 50
+    features: Mapping[str, FeatureKind] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    accuracy_window: int = 1000
+    label_ttl: float = 3 * 86400.0  # seconds
+    drift_hold: float = 600.0  # seconds
+    baseline: str | None = None
+    detectors: tuple[str, ...] = ("adwin", "page_hinkley")
+    adwin: ADWINParams = ADWINParams()
+    page_hinkley: PageHinkleyParams = PageHinkleyParams()
+    # Events a categorical feature's reference frequencies are learnt from before its
+    # surprisal stream is watched (see detectors/categorical.py).
+    categorical_reference: int = 500
+    accuracy_objective: float | None = None
+
+    def numeric_features(self) -> tuple[str, ...]:
+        return tuple(n for n, k in self.features.items() if k == "numeric")
+
+    def categorical_features(self) -> tuple[str, ...]:
+        return tuple(n for n, k in self.features.items() if k == "categorical")
+
+
+def default_spec(name: str, template: ModelSpec | None = None) -> ModelSpec:
+    """The spec of a model that sends events but has no config entry."""
+    if template is None:
+        return ModelSpec(name=name)
+    return dataclasses.replace(template, name=name)

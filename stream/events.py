@@ -1,0 +1,42 @@
+"""Decoded events: what `stream.codec` returns. Plain values, one class per outcome."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping, Union
+
+Scalar = Union[float, int, str, bool]
+Kind = Literal["inference", "label"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inference:
+    prediction_id: str
+    model: str
+    model_version: str  # "unknown" when absent
+    timestamp: float  # Unix seconds; the Kafka timestamp when the event has none
+    features: Mapping[str, Scalar | None]
+    prediction: Scalar
+    score: float | None = None
+    segment: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Label:
+    prediction_id: str
+    label: Scalar
+    timestamp: float
+    model: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invalid:
+    """An event that breaks the contract: an error as a value, bound for the dead-letter topic."""
+
+    kind: Kind
+    reason: str  # short machine code, e.g. "malformed_json"; see stream.codec.REASONS
+    detail: str  # one human sentence naming the field
+    raw: bytes
+    model: str | None = None  # the model named by the event, when it is a valid name
+
+    def as_dead_letter(self, **source: Any) -> dict[str, Any]:
+        return {"kind": self.kind, "reason": self.reason, "detail": self.detail, "model": self.model, **source}
