@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 from typing import Any, Callable, Iterator, Mapping
 
 from detectors.accuracy import RollingAccuracy, RollingError
@@ -28,6 +27,7 @@ from detectors.spec import ModelSpec
 from detectors.state import SnapshotError
 from detectors.state import restore as restore_state
 from detectors.state import snapshot as snapshot_state
+from detectors.tally import Tally
 
 ERROR = "error"
 PREDICTION = "prediction"
@@ -63,25 +63,23 @@ class DriftRecord:
 class SignalState:
     """The detectors on one signal of one segment, with their detection history."""
 
-    __slots__ = ("detectors", "detections", "last_detection", "transform")
+    __slots__ = ("detectors", "last_detection", "transform")
 
     def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None):
         self.detectors = detectors
-        self.detections = [0] * len(detectors)
         self.last_detection: list[float | None] = [None] * len(detectors)
         self.transform = transform
 
 
 class SegmentState:
-    __slots__ = ("signals", "accuracy", "errors", "labeled", "correct", "observed", "last_seen")
+    """What moves with a segment between workers: detectors and rolling windows, no counters."""
+
+    __slots__ = ("signals", "accuracy", "errors", "last_seen")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
         self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task == "classification" else None
         self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
-        self.labeled = 0
-        self.correct = 0
-        self.observed = 0  # inference events seen: the volume an alert needs before judging drift
         self.last_seen = 0.0
 
 
@@ -100,27 +98,27 @@ def is_correct(prediction: object, label: object) -> bool:
 
 
 class DetectorBank:
-    def __init__(self, spec_for: Callable[[str], ModelSpec]):
+    def __init__(self, spec_for: Callable[[str], ModelSpec], tally: Tally):
         self._spec_for = spec_for
+        self.tally = tally
         self._segments: dict[tuple[str, str], SegmentState] = {}
-        # (model, feature, reason): values that break what the spec says a feature is.
-        self.invalid_features: Counter[tuple[str, str, str]] = Counter()
 
     # -- snapshot: the spec lookup is configuration, not state; the restorer passes it again --
     def __getstate__(self) -> dict:
-        return {"segments": self._segments, "invalid_features": self.invalid_features}
+        return {"segments": self._segments}
 
     def __setstate__(self, state: dict) -> None:
         self._spec_for = _unbound_spec
+        self.tally = Tally()
         self._segments = state["segments"]
-        self.invalid_features = state["invalid_features"]
 
     @classmethod
-    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
+    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec], tally: Tally) -> "DetectorBank":
         bank = restore_state(blob)
         if not isinstance(bank, cls):
             raise SnapshotError(f"snapshot holds a {type(bank).__name__}, not a DetectorBank")
         bank._spec_for = spec_for
+        bank.tally = tally
         return bank
 
     def snapshot(self) -> bytes:
@@ -154,7 +152,7 @@ class DetectorBank:
         """One inference event in one segment. `count_invalid` once per event, not per segment."""
         spec = self._spec_for(model)
         state = self._state(spec, segment)
-        state.observed += 1
+        self.tally.inferences[(model, segment)] += 1
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
@@ -174,7 +172,7 @@ class DetectorBank:
                 if is_number(value):
                     self._feed(spec, state, name, float(value), ctx, found)
                 elif count_invalid:
-                    self.invalid_features[(model, name, "type")] += 1
+                    self.tally.invalid_features[(model, name, "type")] += 1
             else:
                 self._feed_categorical(spec, state, name, value, ctx, found)
         return found
@@ -199,13 +197,13 @@ class DetectorBank:
             if not (is_number(prediction) and is_number(label)):
                 return found
             error = float(prediction) - float(label)
-            state.labeled += 1
+            self.tally.labeled[(model, segment)] += 1
             state.errors.update(error)
             self._feed(spec, state, ERROR, abs(error), ctx, found)
         else:
             correct = is_correct(prediction, label)
-            state.labeled += 1
-            state.correct += correct
+            self.tally.labeled[(model, segment)] += 1
+            self.tally.correct[(model, segment)] += correct
             state.accuracy.update(correct)
             self._feed(spec, state, ERROR, 0.0 if correct else 1.0, ctx, found)
         return found
@@ -215,6 +213,7 @@ class DetectorBank:
         stale = [key for key, st in self._segments.items() if st.last_seen < older_than]
         for key in stale:
             del self._segments[key]
+            self.tally.forget_segment(*key)
         return stale
 
     # -- internals -----------------------------------------------------------------------------
@@ -242,11 +241,10 @@ class DetectorBank:
     def _feed(self, spec, state, signal, x, ctx, found) -> None:
         self._update(self._signal(spec, state, signal, categorical=False), signal, x, ctx, found)
 
-    @staticmethod
-    def _update(sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
+    def _update(self, sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
         for i, det in enumerate(sig.detectors):
             if det.update(x):
                 model, segment, timestamp, pid = ctx
-                sig.detections[i] += 1
+                self.tally.detections[(model, segment, signal, det.name)] += 1
                 sig.last_detection[i] = timestamp
                 found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, x, det.statistics()))

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections import Counter
 from typing import Callable, Literal
 
 from detectors.state import SnapshotError
+from detectors.tally import Tally
 from detectors.state import restore as restore_state
 from detectors.state import snapshot as snapshot_state
 
@@ -59,8 +59,9 @@ class _HeldLabel:
 
 
 class LabelJoin:
-    def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
+    def __init__(self, ttl_for: Callable[[str | None], float], tally: Tally, max_pending: int = 1_000_000):
         self._ttl_for = ttl_for
+        self.tally = tally
         self.max_pending = max_pending
         self._pending: dict[str, PendingPrediction] = {}
         self._held: dict[str, _HeldLabel] = {}
@@ -68,25 +69,28 @@ class LabelJoin:
         # (deadline, sequence, which map, id): lazy deletion, entries may be stale.
         self._deadlines: list[tuple[float, int, str, str]] = []
         self._seq = 0
-        # Fates decided inside the join, by (model, kind, outcome); `None` model for labels
-        # that named none and whose prediction never came.
-        self.outcomes: Counter[tuple[str | None, str, str]] = Counter()
+        # Fates decided here go to tally.events by (model, kind, outcome); the model is None for
+        # labels that named none and whose prediction never came.
+        self.outcomes = tally.events
 
     # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ttl_for", "tally", "outcomes")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._ttl_for = None  # set by LabelJoin.restore
+        self.tally = Tally()
+        self.outcomes = self.tally.events
 
     @classmethod
-    def restore(cls, blob: bytes, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
+    def restore(cls, blob: bytes, ttl_for: Callable[[str | None], float], tally: Tally) -> "LabelJoin":
         join = restore_state(blob)
         if not isinstance(join, cls):
             raise SnapshotError(f"snapshot holds a {type(join).__name__}, not a LabelJoin")
         join._ttl_for = ttl_for
+        join.tally = tally
+        join.outcomes = tally.events
         return join
 
     def snapshot(self) -> bytes:

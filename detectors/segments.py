@@ -8,20 +8,20 @@ freeing their slot.
 
 >>> from detectors.spec import ModelSpec
 >>> spec = ModelSpec(name="churn", segments=("region",), max_segments=1)
->>> router = SegmentRouter()
+>>> router = SegmentRouter(Tally())
 >>> router.route(spec, {"region": "eu"}, None, 0.0)
 ('__all__', 'region=eu')
 >>> router.route(spec, {"region": "us"}, None, 1.0)
 ('__all__', 'region=__other__')
->>> router.folded[("churn", "region")]
+>>> router.tally.folded[("churn", "region")]
 1
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Mapping
 
 from detectors.spec import ALL_SEGMENT, OTHER_VALUE, ModelSpec
+from detectors.tally import Tally
 
 
 def format_value(value: object) -> str:
@@ -35,12 +35,19 @@ def format_value(value: object) -> str:
 
 
 class SegmentRouter:
-    __slots__ = ("_values", "folded")
+    __slots__ = ("_values", "tally")
 
-    def __init__(self) -> None:
+    def __init__(self, tally: Tally):
         # (model, attribute) -> {value: last event time}
         self._values: dict[tuple[str, str], dict[str, float]] = {}
-        self.folded: Counter[tuple[str, str]] = Counter()
+        self.tally = tally
+
+    def __getstate__(self) -> dict:
+        return {"values": self._values}
+
+    def __setstate__(self, state: dict) -> None:
+        self._values = state["values"]
+        self.tally = Tally()  # replaced by the restoring process's own
 
     def route(
         self,
@@ -64,7 +71,7 @@ class SegmentRouter:
             if value in seen or len(seen) < spec.max_segments:
                 seen[value] = timestamp
             else:
-                self.folded[(spec.name, attr)] += 1
+                self.tally.folded[(spec.name, attr)] += 1
                 value = OTHER_VALUE
             keys.append(f"{attr}={value}")
         return tuple(keys)

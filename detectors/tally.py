@@ -1,4 +1,10 @@
-"""Counts that are not detector state: event fates and label delays."""
+"""Every counter of a process, in one place that never moves between workers.
+
+Detector and join state follow their Kafka partitions from worker to worker (snapshots);
+counters must not: a Prometheus counter is what *this* process did, monotonic until it
+restarts. So the router, the join and the bank write their counts here, and snapshots of
+their state carry none.
+"""
 from __future__ import annotations
 
 import bisect
@@ -9,7 +15,7 @@ DELAY_BUCKETS: tuple[float, ...] = (1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 12 *
 
 
 class DelayHistogram:
-    """A cumulative-ready histogram of label delays in seconds (one per model)."""
+    """A histogram of label delays in seconds (one per model)."""
 
     __slots__ = ("counts", "total", "count")
 
@@ -31,20 +37,28 @@ class DelayHistogram:
         return out
 
 
-class EventTally:
-    """`driftline_events_total` outside the join (invalid, rejected) plus label delays."""
-
-    __slots__ = ("events", "delays")
+class Tally:
+    __slots__ = ("events", "delays", "folded", "invalid_features", "labeled", "correct", "inferences", "detections")
 
     def __init__(self) -> None:
-        self.events: Counter[tuple[str, str, str]] = Counter()  # (model, kind, outcome)
+        self.events: Counter[tuple[str | None, str, str]] = Counter()  # (model, kind, outcome)
         self.delays: dict[str, DelayHistogram] = {}
-
-    def count(self, model: str, kind: str, outcome: str, n: int = 1) -> None:
-        self.events[(model, kind, outcome)] += n
+        self.folded: Counter[tuple[str, str]] = Counter()  # (model, attribute)
+        self.invalid_features: Counter[tuple[str, str, str]] = Counter()  # (model, feature, reason)
+        self.labeled: Counter[tuple[str, str]] = Counter()  # (model, segment)
+        self.correct: Counter[tuple[str, str]] = Counter()
+        self.inferences: Counter[tuple[str, str]] = Counter()
+        self.detections: Counter[tuple[str, str, str, str]] = Counter()  # (model, segment, signal, detector)
 
     def observe_delay(self, model: str, seconds: float) -> None:
         hist = self.delays.get(model)
         if hist is None:
             hist = self.delays[model] = DelayHistogram()
         hist.observe(seconds)
+
+    def forget_segment(self, model: str, segment: str) -> None:
+        """Drop an evicted segment's series (a bound on cardinality, not a reset of live ones)."""
+        for counter in (self.labeled, self.correct, self.inferences):
+            counter.pop((model, segment), None)
+        for key in [k for k in self.detections if k[0] == model and k[1] == segment]:
+            del self.detections[key]

@@ -32,6 +32,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from stream.admin import ProvisioningError
+    from stream.settings import load_settings
+    from stream.worker import parse_listen, run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    listen = args.listen or os.environ.get("DRIFTLINE_LISTEN") or settings.listen or "127.0.0.1:8000"
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_worker(settings, listen)
+    except ProvisioningError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 3
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -45,6 +68,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description="Per-segment drift and accuracy monitoring for ML models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a Kafka worker (one member of the consumer group)")
+    run.add_argument("--config", required=True)
+    run.add_argument("--listen", help="HOST:PORT for /metrics, /healthz, /readyz (default: DRIFTLINE_LISTEN, "
+                                      "the config's listen, or 127.0.0.1:8000)")
+    run.set_defaults(func=_cmd_run)
 
     rp = sub.add_parser("replay", help="run the detectors over JSONL files, in event-time order, without Kafka")
     rp.add_argument("--config", required=True)

@@ -18,7 +18,7 @@ from detectors.bank import DetectorBank, DriftRecord
 from detectors.join import Joined, LabelJoin, PendingPrediction
 from detectors.segments import SegmentRouter
 from detectors.spec import ALL_SEGMENT, ModelSpec
-from detectors.tally import EventTally
+from detectors.tally import Tally
 from stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
@@ -51,13 +51,32 @@ class Observation:
         return cls(**d)
 
 
-class Intake:
+class ModelGuard:
+    """Admits models up to `limits.max_models` (configured ones always): model names come
+    from event content, and each admitted one costs series and state."""
+
     def __init__(self, settings):
+        self.max_models = settings.limits.max_models
+        self.admitted: set[str] = set(settings.models)
+
+    def admit(self, model: str) -> bool:
+        if model in self.admitted:
+            return True
+        if len(self.admitted) >= self.max_models:
+            return False
+        self.admitted.add(model)
+        return True
+
+
+class Intake:
+    """Routing and the label join for one input partition (or a whole replay)."""
+
+    def __init__(self, settings, tally: Tally, guard: ModelGuard | None = None):
         self.settings = settings
-        self.router = SegmentRouter()
-        self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
-        self.tally = EventTally()
-        self._admitted: set[str] = set(settings.models)
+        self.tally = tally
+        self.guard = guard or ModelGuard(settings)
+        self.router = SegmentRouter(tally)
+        self.join = LabelJoin(self._ttl_for, tally, max_pending=settings.limits.max_pending)
         self.watermark = 0.0
 
     def spec_for(self, model: str) -> ModelSpec:
@@ -68,8 +87,8 @@ class Intake:
 
     # -- events --------------------------------------------------------------------------------
     def on_invalid(self, invalid: Invalid) -> None:
-        model = invalid.model if invalid.model in self._admitted else UNKNOWN_MODEL
-        self.tally.count(model, invalid.kind, "invalid")
+        model = invalid.model if invalid.model in self.guard.admitted else UNKNOWN_MODEL
+        self.tally.events[(model, invalid.kind, "invalid")] += 1
 
     def on_inference(self, ev: Inference, raw: bytes = b"") -> list[Observation] | Invalid:
         rejected = self._admit(ev.model, "inference", raw)
@@ -106,15 +125,12 @@ class Intake:
 
     # -- internals -----------------------------------------------------------------------------
     def _admit(self, model: str, kind: str, raw: bytes) -> Invalid | None:
-        if model in self._admitted:
+        if self.guard.admit(model):
             return None
-        if len(self._admitted) >= self.settings.limits.max_models:
-            invalid = Invalid(kind, "too_many_models",
-                              f"model {model!r} would exceed limits.max_models={self.settings.limits.max_models}", raw)
-            self.on_invalid(invalid)
-            return invalid
-        self._admitted.add(model)
-        return None
+        invalid = Invalid(kind, "too_many_models",
+                          f"model {model!r} would exceed limits.max_models={self.guard.max_models}", raw)
+        self.on_invalid(invalid)
+        return invalid
 
     def _advance(self, timestamp: float) -> None:
         if timestamp > self.watermark:

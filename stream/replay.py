@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detectors.bank import DetectorBank, DriftRecord
+from detectors.tally import Tally
 from stream.codec import DecodeLimits, decode_inference, decode_label
 from stream.events import Inference, Invalid
 from stream.exporter import DriftlineCollector
@@ -28,6 +29,8 @@ EXPIRE_EVERY = 1024  # events between join expiries: expiry is amortised, not pe
 
 @dataclasses.dataclass
 class ReplayResult:
+    settings: object
+    tally: Tally
     intake: Intake
     bank: DetectorBank
     detections: list[DriftRecord]
@@ -38,7 +41,10 @@ class ReplayResult:
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
         # drift_active is judged at the last event time: the state the stream ended in.
-        registry.register(DriftlineCollector(self.intake, self.bank, clock=lambda: self.intake.watermark))
+        registry.register(DriftlineCollector(
+            self.tally, self.settings, intakes=lambda: (self.intake,), banks=lambda: (self.bank,),
+            clock=lambda: self.intake.watermark,
+        ))
         return registry
 
     def exposition(self) -> bytes:
@@ -68,8 +74,9 @@ def replay(
 ) -> ReplayResult:
     """Replay two JSONL files; `on_tick` sees the state every EXPIRE_EVERY events (for plots)."""
     started = time.perf_counter()
-    intake = Intake(settings)
-    bank = DetectorBank(settings.spec_for)
+    tally = Tally()
+    intake = Intake(settings, tally)
+    bank = DetectorBank(settings.spec_for, tally)
     limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
     invalid: Counter = Counter()
     merged = []
@@ -104,7 +111,7 @@ def replay(
     if progress is not None:
         progress(total, total)
     n_events = total + sum(invalid.values())
-    return ReplayResult(intake, bank, detections, n_events, invalid, time.perf_counter() - started)
+    return ReplayResult(settings, tally, intake, bank, detections, n_events, invalid, time.perf_counter() - started)
 
 
 class TerminalProgress:

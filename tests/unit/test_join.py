@@ -1,5 +1,6 @@
 """The label join as a pure object: exact fates on scripted sequences."""
 from detectors.join import Joined, LabelJoin, PendingPrediction
+from detectors.tally import Tally
 
 TTL = 100.0
 
@@ -9,7 +10,7 @@ def pred(pid, ts, model="m", segments=("__all__",), prediction=1):
 
 
 def make(max_pending=1000):
-    return LabelJoin(lambda model: TTL, max_pending=max_pending)
+    return LabelJoin(lambda model: TTL, Tally(), max_pending=max_pending)
 
 
 def test_label_after_prediction_joins():

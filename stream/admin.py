@@ -1,0 +1,83 @@
+"""Topic provisioning with confluent-kafka's AdminClient: idempotent, with clear refusals."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+DAY_MS = 86_400_000
+
+
+class ProvisioningError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    config: Mapping[str, str]
+    why: str
+
+
+def topic_plan(settings) -> list[TopicPlan]:
+    """Every topic driftline reads or writes, with its retention and why."""
+    t = settings.kafka.topics
+    p = settings.kafka.partitions
+    return [
+        # Inferences and labels are co-partitioned by prediction_id: same count, or the join breaks.
+        TopicPlan(t.inferences, p, {"retention.ms": str(7 * DAY_MS)}, "inference events from serving systems"),
+        TopicPlan(t.labels, p, {"retention.ms": str(7 * DAY_MS)}, "ground-truth label events"),
+        TopicPlan(t.observations, p, {"retention.ms": str(1 * DAY_MS)},
+                  "internal repartition by (model, segment); replayed only after a crash"),
+        TopicPlan(t.dead_letters, 1, {"retention.ms": str(14 * DAY_MS)}, "invalid events with their reason"),
+        TopicPlan(t.drift_events, 1, {"retention.ms": str(30 * DAY_MS)}, "one record per detection, for audit"),
+    ]
+
+
+def admin_client(settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, **settings.kafka.client_config})
+
+
+def ensure_topics(settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create missing topics; check existing ones. Returns {topic: 'created' | 'exists'}."""
+    admin = admin_client(settings)
+    plans = topic_plan(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise ProvisioningError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap}: {exc.args[0]} "
+            "(check kafka.bootstrap / DRIFTLINE_BOOTSTRAP and the kafka.config security settings)"
+        ) from exc
+    result: dict[str, str] = {}
+    missing = [pl for pl in plans if pl.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(pl.name, num_partitions=pl.partitions, replication_factor=-1, config=dict(pl.config)) for pl in missing],
+            request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    result[name] = "exists"
+                    continue
+                raise ProvisioningError(f"broker refused to create topic {name!r}: {err.str()}") from exc
+    existing = admin.list_topics(timeout=timeout).topics
+    for pl in plans:
+        result.setdefault(pl.name, "exists")
+    t = settings.kafka.topics
+    n_inf = len(existing[t.inferences].partitions)
+    n_lab = len(existing[t.labels].partitions)
+    if n_inf != n_lab:
+        raise ProvisioningError(
+            f"topics {t.inferences!r} ({n_inf} partitions) and {t.labels!r} ({n_lab}) must have the same "
+            "partition count: labels join predictions by prediction_id within one partition"
+        )
+    return result

@@ -1,0 +1,347 @@
+"""The config contract: YAML (and a few environment variables) read and checked once, at start.
+
+Everything downstream gets a frozen `Settings`; nothing else reads the config file or the
+environment. A bad config is refused with a `ConfigError` that names the key, says what is
+wrong and how to fix it:
+
+>>> parse_settings({"models": {"churn": {"task": "clasification"}}}, env={})
+Traceback (most recent call last):
+...
+stream.settings.ConfigError: config models.churn.task: must be one of classification, regression (got 'clasification')
+
+Environment:
+- `DRIFTLINE_BOOTSTRAP` overrides `kafka.bootstrap`;
+- `DRIFTLINE_KAFKA_<KEY>` sets librdkafka setting `<key>` in `kafka.config`, with `_` read as
+  `.` (`DRIFTLINE_KAFKA_SASL_PASSWORD` -> `sasl.password`), so secrets need not sit in the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from detectors.spec import ADWINParams, ModelSpec, PageHinkleyParams, default_spec
+from detectors.drift import DETECTOR_NAMES
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, None: 1.0}
+# librdkafka settings that hold secrets: never printed (see Settings.describe()).
+SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
+ENV_BOOTSTRAP = "DRIFTLINE_BOOTSTRAP"
+ENV_KAFKA_PREFIX = "DRIFTLINE_KAFKA_"
+
+
+class ConfigError(ValueError):
+    """A config the worker refuses to start with; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    inferences: str = "driftline.inferences"
+    labels: str = "driftline.labels"
+    observations: str = "driftline.observations"
+    dead_letters: str = "driftline.dead-letters"
+    drift_events: str = "driftline.drift-events"
+    checkpoints: str = "driftline.checkpoints"
+    baselines: str = "driftline.baselines"
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "localhost:9092"
+    group_id: str = "driftline"
+    # Partitions of the topics driftline creates. Inferences and labels must share the count
+    # (the join is per partition); more partitions = more workers can share the load.
+    partitions: int = 6
+    topics: Topics = Topics()
+    # librdkafka settings passed through untouched (security.protocol, sasl.*, ssl.*, ...).
+    client_config: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds on what event content can make a worker hold; see docs/detectors.md."""
+
+    max_models: int = 100
+    max_pending: int = 1_000_000  # per join (per input partition): predictions waiting, held labels
+    max_event_bytes: int = 256 * 1024
+    max_depth: int = 32
+    # A segment with no event for this long (event time) is evicted with its series.
+    segment_idle: float = 7 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = KafkaSettings()
+    models: Mapping[str, ModelSpec] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    defaults: ModelSpec = ModelSpec(name="__default__")
+    limits: Limits = Limits()
+    listen: str | None = None
+    source: str = "<defaults>"
+    # Models seen in events but not configured get `defaults`; cached so that the hot path does
+    # not build a spec per event (bounded by limits.max_models through the ModelGuard).
+    _unconfigured: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def spec_for(self, model: str) -> ModelSpec:
+        spec = self.models.get(model)
+        if spec is not None:
+            return spec
+        spec = self._unconfigured.get(model)
+        if spec is None:
+            spec = self._unconfigured[model] = default_spec(model, self.defaults)
+        return spec
+
+    def describe(self) -> str:
+        """One line for the start-up log, with secrets masked."""
+        cfg = {k: ("***" if k in SECRET_KEYS else v) for k, v in self.kafka.client_config.items()}
+        return (f"config {self.source}: bootstrap={self.kafka.bootstrap} group={self.kafka.group_id} "
+                f"models={sorted(self.models)} kafka.config={cfg}")
+
+
+# ------------------------------------------------------------------------------------- parsing
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from `90`, `"90s"`, `"10m"`, `"3d"`, ..."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config {key}: must be a duration like 30s, 10m, 3d (got {value!r})")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = DURATION.match(str(value))
+        if not m:
+            raise ConfigError(f"config {key}: must be a duration like 30s, 10m, 3d, or a number of seconds (got {value!r})")
+        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if not seconds > 0:
+        raise ConfigError(f"config {key}: must be more than zero (got {value!r})")
+    return seconds
+
+
+class _Reader:
+    """Walks one mapping of the YAML, checking each key once and refusing unknown ones."""
+
+    def __init__(self, data: Any, path: str):
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config {path or '<top level>'}: must be a mapping of keys to values (got {type(data).__name__})")
+        self.data, self.path, self.used = data, path, set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.data.get(name, default)
+
+    def string(self, name: str, default: str | None) -> str | None:
+        v = self.raw(name, default)
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"config {self.key(name)}: must be a non-empty string (got {v!r})")
+        return v
+
+    def integer(self, name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+        v = self.raw(name, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
+            span = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ConfigError(f"config {self.key(name)}: must be an integer {span} (got {v!r})")
+        return v
+
+    def number(self, name: str, default: float, low: float | None = None, high: float | None = None,
+               low_open: bool = False) -> float:
+        v = self.raw(name, default)
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
+        if not bad and low is not None:
+            bad = v <= low if low_open else v < low
+        if not bad and high is not None:
+            bad = v > high
+        if bad:
+            lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+            hi = "" if high is None else f"<= {high}"
+            span = " and ".join(s for s in (lo, hi) if s)
+            raise ConfigError(f"config {self.key(name)}: must be a number{' ' + span if span else ''} (got {v!r})")
+        return float(v)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        v = self.raw(name, default)
+        if v not in choices:
+            raise ConfigError(f"config {self.key(name)}: must be one of {', '.join(choices)} (got {v!r})")
+        return v
+
+    def duration(self, name: str, default: float) -> float:
+        return parse_duration(self.raw(name, default), self.key(name))
+
+    def section(self, name: str) -> "_Reader":
+        return _Reader(self.raw(name), self.key(name))
+
+    def done(self, known: tuple[str, ...] = ()) -> None:
+        """Refuse keys nobody read: a typo must not silently fall back to a default."""
+        for k in self.data:
+            if k in self.used:
+                continue
+            hint = difflib.get_close_matches(str(k), list(known) or list(self.used), n=1)
+            fix = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"config {self.key(str(k))}: unknown key{fix}")
+
+
+def _adwin(r: _Reader, base: ADWINParams) -> ADWINParams:
+    p = ADWINParams(
+        delta=r.number("delta", base.delta, 0.0, 1.0, low_open=True),
+        clock=r.integer("clock", base.clock),
+        max_buckets=r.integer("max_buckets", base.max_buckets),
+        min_window_length=r.integer("min_window_length", base.min_window_length),
+        grace_period=r.integer("grace_period", base.grace_period),
+    )
+    r.done()
+    return p
+
+
+def _page_hinkley(r: _Reader, base: PageHinkleyParams) -> PageHinkleyParams:
+    p = PageHinkleyParams(
+        min_instances=r.integer("min_instances", base.min_instances),
+        delta=r.number("delta", base.delta, 0.0),
+        threshold=r.number("threshold", base.threshold, 0.0, low_open=True),
+        alpha=r.number("alpha", base.alpha, 0.0, 1.0, low_open=True),
+        mode=r.choice("mode", base.mode, ("up", "down", "both")),
+    )
+    r.done()
+    return p
+
+
+def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
+    task = r.choice("task", base.task, ("classification", "regression"))
+    segs = r.raw("segments", list(base.segments))
+    if not isinstance(segs, list) or not all(isinstance(s, str) and s for s in segs):
+        raise ConfigError(f"config {r.key('segments')}: must be a list of attribute names, e.g. [region, plan] (got {segs!r})")
+    if len(set(segs)) != len(segs):
+        raise ConfigError(f"config {r.key('segments')}: names an attribute twice ({segs!r})")
+    feats = r.raw("features", dict(base.features))
+    if feats is None:
+        feats = {}
+    if not isinstance(feats, Mapping):
+        raise ConfigError(f"config {r.key('features')}: must map feature names to numeric or categorical (got {feats!r})")
+    for fname, kind in feats.items():
+        if kind not in ("numeric", "categorical"):
+            raise ConfigError(f"config {r.key('features')}.{fname}: must be numeric or categorical (got {kind!r})")
+    dets = r.raw("detectors", list(base.detectors))
+    if not isinstance(dets, list) or not dets or any(d not in DETECTOR_NAMES for d in dets):
+        raise ConfigError(f"config {r.key('detectors')}: must be a non-empty list of {', '.join(DETECTOR_NAMES)} (got {dets!r})")
+    objective = r.raw("accuracy_objective", base.accuracy_objective)
+    if objective is not None and (isinstance(objective, bool) or not isinstance(objective, (int, float))
+                                  or not 0 < objective <= 1):
+        raise ConfigError(f"config {r.key('accuracy_objective')}: must be a number in (0, 1], e.g. 0.9 (got {objective!r})")
+    baseline = r.string("baseline", base.baseline)
+    spec = ModelSpec(
+        name=name,
+        task=task,
+        segments=tuple(segs),
+        max_segments=r.integer("max_segments", base.max_segments, 1, 10_000),
+        features=MappingProxyType(dict(feats)),
+        accuracy_window=r.integer("accuracy_window", base.accuracy_window, 1, 10_000_000),
+        label_ttl=r.duration("label_ttl", base.label_ttl),
+        drift_hold=r.duration("drift_hold", base.drift_hold),
+        baseline=baseline,
+        detectors=tuple(dets),
+        adwin=_adwin(r.section("adwin"), base.adwin) if r.has("adwin") else base.adwin,
+        page_hinkley=_page_hinkley(r.section("page_hinkley"), base.page_hinkley) if r.has("page_hinkley") else base.page_hinkley,
+        categorical_reference=r.integer("categorical_reference", base.categorical_reference),
+        accuracy_objective=None if objective is None else float(objective),
+    )
+    r.used.update(("adwin", "page_hinkley"))
+    r.done(MODEL_KEYS)
+    return spec
+
+
+MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
+              "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective")
+
+
+def _kafka(r: _Reader, env: Mapping[str, str]) -> KafkaSettings:
+    base = KafkaSettings()
+    bootstrap = env.get(ENV_BOOTSTRAP) or r.string("bootstrap", base.bootstrap)
+    r.used.add("bootstrap")
+    t = r.section("topics")
+    topics = Topics(**{f.name: t.string(f.name, getattr(base.topics, f.name)) for f in dataclasses.fields(Topics)})
+    t.done()
+    raw_cfg = r.raw("config", {}) or {}
+    if not isinstance(raw_cfg, Mapping):
+        raise ConfigError(f"config {r.key('config')}: must map librdkafka settings to values, "
+                          f"e.g. {{security.protocol: SASL_SSL}} (got {type(raw_cfg).__name__})")
+    client = {str(k): str(v) for k, v in raw_cfg.items()}
+    for k, v in env.items():
+        if k.startswith(ENV_KAFKA_PREFIX) and len(k) > len(ENV_KAFKA_PREFIX):
+            client[k[len(ENV_KAFKA_PREFIX):].lower().replace("_", ".")] = v
+    if "bootstrap.servers" in client:
+        raise ConfigError("config kafka.config.bootstrap.servers: set kafka.bootstrap (or DRIFTLINE_BOOTSTRAP) instead")
+    ks = KafkaSettings(
+        bootstrap=bootstrap,
+        group_id=r.string("group_id", base.group_id),
+        partitions=r.integer("partitions", base.partitions, 1, 10_000),
+        topics=topics,
+        client_config=MappingProxyType(client),
+    )
+    r.done(("bootstrap", "group_id", "partitions", "topics", "config"))
+    return ks
+
+
+def _limits(r: _Reader) -> Limits:
+    base = Limits()
+    lim = Limits(
+        max_models=r.integer("max_models", base.max_models),
+        max_pending=r.integer("max_pending", base.max_pending, 10),
+        max_event_bytes=r.integer("max_event_bytes", base.max_event_bytes, 256, 16 * 1024 * 1024),
+        max_depth=r.integer("max_depth", base.max_depth, 2, 1000),
+        segment_idle=r.duration("segment_idle", base.segment_idle),
+    )
+    r.done()
+    return lim
+
+
+def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str = "<dict>") -> Settings:
+    """Settings from an already-parsed YAML document."""
+    env = os.environ if env is None else env
+    top = _Reader(data, "")
+    kafka = _kafka(top.section("kafka"), env)
+    defaults = _model(top.section("defaults"), "__default__", ModelSpec(name="__default__")) \
+        if top.has("defaults") else ModelSpec(name="__default__")
+    top.used.add("defaults")
+    models_raw = top.raw("models", {}) or {}
+    if not isinstance(models_raw, Mapping):
+        raise ConfigError("config models: must map model names to their settings")
+    models = {}
+    for name, block in models_raw.items():
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"config models.{name}: a model name is 1-64 of A-Z a-z 0-9 _ . - (got {name!r})")
+        models[name] = _model(_Reader(block, f"models.{name}"), name, defaults)
+    limits = _limits(top.section("limits"))
+    listen = top.string("listen", None)
+    top.done(("kafka", "models", "defaults", "limits", "listen"))
+    if len(models) > limits.max_models:
+        raise ConfigError(f"config limits.max_models: {limits.max_models} is fewer than the {len(models)} configured models")
+    return Settings(kafka=kafka, models=MappingProxyType(models), defaults=defaults, limits=limits,
+                    listen=listen, source=source)
+
+
+def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: not valid YAML: {exc}") from exc
+    settings = parse_settings(data, env, source=str(path))
+    for name, spec in settings.models.items():
+        if spec.baseline is not None:
+            base = os.path.join(os.path.dirname(os.path.abspath(path)), spec.baseline)
+            if not os.path.exists(base) and not os.path.exists(spec.baseline):
+                raise ConfigError(f"config models.{name}.baseline: file {spec.baseline!r} not found "
+                                  f"(build it with `driftline baseline build`)")
+    return settings
