@@ -23,11 +23,14 @@ from typing import Any, Callable, Iterator, Mapping
 from detectors.accuracy import RollingAccuracy, RollingError
 from detectors.categorical import CategorySurprisal
 from detectors.drift import Detector, build_detector
-from detectors.spec import ModelSpec
+from detectors.spec import ALL_SEGMENT, ModelSpec
 from detectors.state import SnapshotError
 from detectors.state import restore as restore_state
 from detectors.state import snapshot as snapshot_state
 from detectors.tally import Tally
+
+# Observations between sweeps for idle segments (a sweep is O(segments)).
+EVICT_EVERY = 50_000
 
 ERROR = "error"
 PREDICTION = "prediction"
@@ -98,28 +101,46 @@ def is_correct(prediction: object, label: object) -> bool:
 
 
 class DetectorBank:
-    def __init__(self, spec_for: Callable[[str], ModelSpec], tally: Tally):
+    """Detectors, rolling metrics and counters for the (model, segment) keys routed to it.
+
+    The Kafka worker keeps one bank per partition of the observations topic; replay keeps one.
+    Everything in it, counters included, is state: `snapshot()` captures all of it.
+    """
+
+    def __init__(self, spec_for: Callable[[str], ModelSpec], idle_after: float | None = None):
         self._spec_for = spec_for
-        self.tally = tally
+        # Segments with no event for `idle_after` seconds of event time are dropped, with their
+        # series: a bound on state for segment values that stop occurring.
+        self.idle_after = idle_after
+        self.tally = Tally()
         self._segments: dict[tuple[str, str], SegmentState] = {}
+        self.watermark = 0.0
+        self._since_evict = 0
 
     # -- snapshot: the spec lookup is configuration, not state; the restorer passes it again --
     def __getstate__(self) -> dict:
-        return {"segments": self._segments}
+        return {"segments": self._segments, "tally": self.tally, "idle_after": self.idle_after,
+                "watermark": self.watermark, "since_evict": self._since_evict}
 
     def __setstate__(self, state: dict) -> None:
         self._spec_for = _unbound_spec
-        self.tally = Tally()
+        self.tally = state["tally"]
         self._segments = state["segments"]
+        self.idle_after = state["idle_after"]
+        self.watermark = state["watermark"]
+        self._since_evict = state["since_evict"]
+
+    def bind(self, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
+        """Give a restored bank its spec lookup (configuration, not state)."""
+        self._spec_for = spec_for
+        return self
 
     @classmethod
-    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec], tally: Tally) -> "DetectorBank":
+    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
         bank = restore_state(blob)
         if not isinstance(bank, cls):
             raise SnapshotError(f"snapshot holds a {type(bank).__name__}, not a DetectorBank")
-        bank._spec_for = spec_for
-        bank.tally = tally
-        return bank
+        return bank.bind(spec_for)
 
     def snapshot(self) -> bytes:
         return snapshot_state(self)
@@ -147,12 +168,16 @@ class DetectorBank:
         score: float | None,
         timestamp: float,
         prediction_id: str,
-        count_invalid: bool = True,
     ) -> list[DriftRecord]:
-        """One inference event in one segment. `count_invalid` once per event, not per segment."""
+        """One accepted inference event in one segment (an event reaches `__all__` and each of
+        its attribute segments; per-model counts are taken at `__all__`, once per event)."""
         spec = self._spec_for(model)
-        state = self._state(spec, segment)
-        self.tally.inferences[(model, segment)] += 1
+        state = self._state(spec, segment, timestamp)
+        tally = self.tally
+        tally.inferences[(model, segment)] += 1
+        count_invalid = segment == ALL_SEGMENT
+        if count_invalid:
+            tally.events[(model, "inference", "accepted")] += 1
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
@@ -185,10 +210,16 @@ class DetectorBank:
         label: object,
         timestamp: float,
         prediction_id: str,
+        delay: float | None = None,
     ) -> list[DriftRecord]:
-        """A prediction joined to its label, in one segment."""
+        """A prediction joined to its label, in one segment; `delay` is label time minus
+        prediction time, observed once per event at `__all__`."""
         spec = self._spec_for(model)
-        state = self._state(spec, segment)
+        state = self._state(spec, segment, timestamp)
+        if segment == ALL_SEGMENT:
+            self.tally.events[(model, "label", "accepted")] += 1
+            if delay is not None:
+                self.tally.observe_delay(model, delay)
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
@@ -208,6 +239,14 @@ class DetectorBank:
             self._feed(spec, state, ERROR, 0.0 if correct else 1.0, ctx, found)
         return found
 
+    def observe_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
+        """An event that fed no detector: invalid, duplicate, unmatched or expired."""
+        self.tally.events[(model, kind, outcome)] += n
+
+    def observe_fold(self, model: str, attribute: str, n: int = 1) -> None:
+        """An event whose `attribute` value folded into `__other__` (cardinality guard)."""
+        self.tally.folded[(model, attribute)] += n
+
     def evict_idle(self, older_than: float) -> list[tuple[str, str]]:
         """Drop segments with no event since `older_than`; their series leave /metrics with them."""
         stale = [key for key, st in self._segments.items() if st.last_seen < older_than]
@@ -217,7 +256,13 @@ class DetectorBank:
         return stale
 
     # -- internals -----------------------------------------------------------------------------
-    def _state(self, spec: ModelSpec, segment: str) -> SegmentState:
+    def _state(self, spec: ModelSpec, segment: str, timestamp: float) -> SegmentState:
+        if timestamp > self.watermark:
+            self.watermark = timestamp
+        self._since_evict += 1
+        if self._since_evict >= EVICT_EVERY and self.idle_after is not None:
+            self._since_evict = 0
+            self.evict_idle(self.watermark - self.idle_after)
         key = (spec.name, segment)
         state = self._segments.get(key)
         if state is None:

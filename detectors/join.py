@@ -10,7 +10,11 @@ Bounds, and why:
   early, with the same fate as at its TTL. Memory is at most ~3 x max_pending compact records.
 
 Time is the caller's watermark (the largest event time seen), passed to `expire()`; the join
-never reads a clock.
+never reads a clock, so the same events in the same order give the same fates (a replay after a
+crash reproduces what the crashed worker did).
+
+Fates other than a join (`duplicate`, `expired`, `unmatched`) are appended to `fates` as
+(model, kind, outcome) for the caller to drain; a join is the return value.
 """
 from __future__ import annotations
 
@@ -19,11 +23,10 @@ import heapq
 from typing import Callable, Literal
 
 from detectors.state import SnapshotError
-from detectors.tally import Tally
 from detectors.state import restore as restore_state
 from detectors.state import snapshot as snapshot_state
 
-Outcome = Literal["accepted", "duplicate", "unmatched", "expired"]
+Fate = tuple  # (model | None, kind, outcome)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,9 +62,8 @@ class _HeldLabel:
 
 
 class LabelJoin:
-    def __init__(self, ttl_for: Callable[[str | None], float], tally: Tally, max_pending: int = 1_000_000):
+    def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
         self._ttl_for = ttl_for
-        self.tally = tally
         self.max_pending = max_pending
         self._pending: dict[str, PendingPrediction] = {}
         self._held: dict[str, _HeldLabel] = {}
@@ -69,29 +71,29 @@ class LabelJoin:
         # (deadline, sequence, which map, id): lazy deletion, entries may be stale.
         self._deadlines: list[tuple[float, int, str, str]] = []
         self._seq = 0
-        # Fates decided here go to tally.events by (model, kind, outcome); the model is None for
-        # labels that named none and whose prediction never came.
-        self.outcomes = tally.events
+        # (model, kind, outcome) of events that did not join; the model is None for labels that
+        # named none and whose prediction never came. Drained by the caller.
+        self.fates: list[Fate] = []
 
     # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_ttl_for", "tally", "outcomes")}
+        return {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._ttl_for = None  # set by LabelJoin.restore
-        self.tally = Tally()
-        self.outcomes = self.tally.events
+        self._ttl_for = None  # set by LabelJoin.restore / bind()
+
+    def bind(self, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
+        """Give a restored join its TTL lookup (configuration, not state)."""
+        self._ttl_for = ttl_for
+        return self
 
     @classmethod
-    def restore(cls, blob: bytes, ttl_for: Callable[[str | None], float], tally: Tally) -> "LabelJoin":
+    def restore(cls, blob: bytes, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
         join = restore_state(blob)
         if not isinstance(join, cls):
             raise SnapshotError(f"snapshot holds a {type(join).__name__}, not a LabelJoin")
-        join._ttl_for = ttl_for
-        join.tally = tally
-        join.outcomes = tally.events
-        return join
+        return join.bind(ttl_for)
 
     def snapshot(self) -> bytes:
         return snapshot_state(self)
@@ -105,17 +107,26 @@ class LabelJoin:
     def held_labels(self) -> int:
         return len(self._held)
 
+    def knows_prediction(self, prediction_id: str) -> bool:
+        """True if this id waits for its label or was joined within the TTL: a duplicate."""
+        return prediction_id in self._pending or prediction_id in self._joined
+
     # -- input ---------------------------------------------------------------------------------
     def add_prediction(self, pred: PendingPrediction) -> Joined | None | Literal["duplicate"]:
         """Register a prediction; returns the outcome at once when its label was waiting."""
         pid = pred.prediction_id
         if pid in self._pending or pid in self._joined:
-            self.outcomes[(pred.model, "inference", "duplicate")] += 1
+            self.fates.append((pred.model, "inference", "duplicate"))
             return "duplicate"
-        self.outcomes[(pred.model, "inference", "accepted")] += 1
-        held = self._held.pop(pid, None)
+        held = self._held.get(pid)
+        if held is not None and held.model is not None and held.model != pred.model:
+            # The early label named another model: it grades nothing here.
+            del self._held[pid]
+            self.fates.append((held.model, "label", "unmatched"))
+            held = None
+        elif held is not None:
+            del self._held[pid]
         if held is not None:
-            self.outcomes[(pred.model, "label", "accepted")] += 1
             self._remember_joined(pid, pred.model, held.timestamp)
             return Joined(pred, held.label, held.timestamp)
         self._pending[pid] = pred
@@ -132,11 +143,10 @@ class LabelJoin:
             if model is not None and model != pred.model:
                 return "model_mismatch"  # the caller dead-letters it: the label names another model
             del self._pending[prediction_id]
-            self.outcomes[(pred.model, "label", "accepted")] += 1
             self._remember_joined(prediction_id, pred.model, timestamp)
             return Joined(pred, label, timestamp)
         if prediction_id in self._joined or prediction_id in self._held:
-            self.outcomes[(model, "label", "duplicate")] += 1
+            self.fates.append((model, "label", "duplicate"))
             return "duplicate"
         self._held[prediction_id] = _HeldLabel(label, timestamp, model)
         self._schedule(timestamp + self._ttl_for(model), "h", prediction_id)
@@ -180,14 +190,14 @@ class LabelJoin:
             if pred is None or (deadline is not None and pred.timestamp + self._ttl_for(pred.model) > deadline):
                 return 0  # joined already, or re-registered later with a later deadline
             del self._pending[pid]
-            self.outcomes[(pred.model, "inference", "expired")] += 1
+            self.fates.append((pred.model, "inference", "expired"))
             return 1
         if which == "h":
             held = self._held.get(pid)
             if held is None or (deadline is not None and held.timestamp + self._ttl_for(held.model) > deadline):
                 return 0
             del self._held[pid]
-            self.outcomes[(held.model, "label", "unmatched")] += 1
+            self.fates.append((held.model, "label", "unmatched"))
             return 1
         if pid in self._joined:
             del self._joined[pid]

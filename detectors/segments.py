@@ -8,20 +8,19 @@ freeing their slot.
 
 >>> from detectors.spec import ModelSpec
 >>> spec = ModelSpec(name="churn", segments=("region",), max_segments=1)
->>> router = SegmentRouter(Tally())
+>>> router = SegmentRouter()
 >>> router.route(spec, {"region": "eu"}, None, 0.0)
 ('__all__', 'region=eu')
 >>> router.route(spec, {"region": "us"}, None, 1.0)
 ('__all__', 'region=__other__')
->>> router.tally.folded[("churn", "region")]
-1
+>>> router.folded
+[('churn', 'region')]
 """
 from __future__ import annotations
 
 from typing import Mapping
 
 from detectors.spec import ALL_SEGMENT, OTHER_VALUE, ModelSpec
-from detectors.tally import Tally
 
 
 def format_value(value: object) -> str:
@@ -35,19 +34,20 @@ def format_value(value: object) -> str:
 
 
 class SegmentRouter:
-    __slots__ = ("_values", "tally")
+    __slots__ = ("_values", "folded")
 
-    def __init__(self, tally: Tally):
+    def __init__(self):
         # (model, attribute) -> {value: last event time}
         self._values: dict[tuple[str, str], dict[str, float]] = {}
-        self.tally = tally
+        # (model, attribute) of each fold since the caller last drained it.
+        self.folded: list[tuple[str, str]] = []
 
     def __getstate__(self) -> dict:
         return {"values": self._values}
 
     def __setstate__(self, state: dict) -> None:
         self._values = state["values"]
-        self.tally = Tally()  # replaced by the restoring process's own
+        self.folded = []
 
     def route(
         self,
@@ -71,7 +71,7 @@ class SegmentRouter:
             if value in seen or len(seen) < spec.max_segments:
                 seen[value] = timestamp
             else:
-                self.tally.folded[(spec.name, attr)] += 1
+                self.folded.append((spec.name, attr))
                 value = OTHER_VALUE
             keys.append(f"{attr}={value}")
         return tuple(keys)

@@ -1,9 +1,11 @@
-"""Every counter of a process, in one place that never moves between workers.
+"""The counters of one detector bank, snapshotted and restored with it.
 
-Detector and join state follow their Kafka partitions from worker to worker (snapshots);
-counters must not: a Prometheus counter is what *this* process did, monotonic until it
-restarts. So the router, the join and the bank write their counts here, and snapshots of
-their state carry none.
+Every counter of the metrics contract is keyed by model, or by (model, segment), and is counted
+in the bank that owns that key: per-segment counts in the segment's bank, per-model counts
+(events by fate, label delay, folds, invalid features) in the bank that owns the model's
+`__all__` segment. A key lives in exactly one worker at a time, so each series is exported by
+one worker, and it moves with its Kafka partition (and its checkpoint) when the partition
+moves: a crash loses no counts, and the sum over workers is the whole fleet's count.
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ class Tally:
         if hist is None:
             hist = self.delays[model] = DelayHistogram()
         hist.observe(seconds)
+
+    def add_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
+        self.events[(model, kind, outcome)] += n
 
     def forget_segment(self, model: str, segment: str) -> None:
         """Drop an evicted segment's series (a bound on cardinality, not a reset of live ones)."""

@@ -7,6 +7,8 @@ from typing import Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.checkpoint import DATA_RETENTION_MS
+
 DAY_MS = 86_400_000
 
 
@@ -34,6 +36,12 @@ def topic_plan(settings) -> list[TopicPlan]:
                   "internal repartition by (model, segment); replayed only after a crash"),
         TopicPlan(t.dead_letters, 1, {"retention.ms": str(14 * DAY_MS)}, "invalid events with their reason"),
         TopicPlan(t.drift_events, 1, {"retention.ms": str(30 * DAY_MS)}, "one record per detection, for audit"),
+        # One small manifest per partition state; compaction keeps the latest of each.
+        TopicPlan(t.checkpoints, 1, {"cleanup.policy": "compact", "segment.ms": str(600_000),
+                                     "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(3_600_000)},
+                  "latest checkpoint manifest of each partition's state"),
+        TopicPlan(t.checkpoint_data, 1, {"retention.ms": str(DATA_RETENTION_MS), "segment.ms": str(3_600_000)},
+                  "checkpoint bytes, in chunks; manifests point here"),
     ]
 
 
@@ -41,8 +49,11 @@ def admin_client(settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, **settings.kafka.client_config})
 
 
-def ensure_topics(settings, timeout: float = 30.0) -> dict[str, str]:
-    """Create missing topics; check existing ones. Returns {topic: 'created' | 'exists'}."""
+def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict[str, int]]:
+    """Create missing topics; check existing ones.
+
+    Returns ({topic: 'created' | 'exists'}, {topic: partition count}).
+    """
     admin = admin_client(settings)
     plans = topic_plan(settings)
     try:
@@ -80,4 +91,4 @@ def ensure_topics(settings, timeout: float = 30.0) -> dict[str, str]:
             f"topics {t.inferences!r} ({n_inf} partitions) and {t.labels!r} ({n_lab}) must have the same "
             "partition count: labels join predictions by prediction_id within one partition"
         )
-    return result
+    return result, {pl.name: len(existing[pl.name].partitions) for pl in plans}

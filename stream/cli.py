@@ -37,8 +37,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from stream.admin import ProvisioningError
+    from stream.http import parse_listen
     from stream.settings import load_settings
-    from stream.worker import parse_listen, run_worker
+    from stream.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)

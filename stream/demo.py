@@ -209,7 +209,7 @@ def _report(result, files: DemoFiles) -> DemoReport:
                 false_hits += 1
                 described.append(f"{r.detector} at t{r.timestamp - files.drift_time:+.0f}s (false alarm)")
         acc = f"{st.accuracy.get():.3f}" if st.accuracy is not None and st.accuracy.count else "-"
-        lines.append(f"{segment:<16}{result.tally.labeled[(model, segment)]:>10,}{acc:>10}  {'; '.join(described[:4]) or 'none'}"
+        lines.append(f"{segment:<16}{result.bank.tally.labeled[(model, segment)]:>10,}{acc:>10}  {'; '.join(described[:4]) or 'none'}"
                      + (f" (+{len(described) - 4} more)" if len(described) > 4 else ""))
     by_signal: dict[str, int] = {}
     for r in result.detections:

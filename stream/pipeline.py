@@ -1,159 +1,192 @@
-"""The core wired for one process: decoded events in, observations and drift records out.
+"""The core wired for one partition: decoded events in, observations out, observations into a bank.
 
-Two halves, because the Kafka worker runs them in different stages (the join is partitioned
-by prediction_id, the detectors by (model, segment)):
+Two halves, because the Kafka worker runs them on different partitions (the join is
+partitioned by prediction_id, the detectors by (model, segment)):
 
-- `Intake`: admits models (cardinality guard), routes to segments, joins labels, counts fates,
-  and emits `Observation`s, one per segment an event belongs to.
-- `DetectorBank.apply`-style feeding via `feed()`: observations in, drift records out.
+- `Intake` admits models (cardinality guard), routes an event to its segments, joins labels
+  to predictions, and emits observations: plain tuples, one per segment an event reaches, plus
+  the fates of events that reach no detector (invalid, duplicate, expired, unmatched, folded).
+- `feed()` applies observations to a `DetectorBank` and returns the drift records they caused.
 
-`driftline replay` runs both in one loop; the worker puts a repartition topic between them.
+`driftline replay` runs both in one loop; the worker puts the observations topic between them.
+Both are deterministic: the same events in the same order give the same observations, which is
+what lets a worker resume a crashed one's partitions from a checkpoint by replaying.
+
+Observation tuples (also what travels on the observations topic), `key = (model, segment)`:
+
+    (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features)
+    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay)
+    (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
+    (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
 from detectors.bank import DetectorBank, DriftRecord
 from detectors.join import Joined, LabelJoin, PendingPrediction
 from detectors.segments import SegmentRouter
 from detectors.spec import ALL_SEGMENT, ModelSpec
-from detectors.tally import Tally
+from detectors.state import SnapshotError
+from detectors.state import restore as restore_state
+from detectors.state import snapshot as snapshot_state
 from stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
+INFERENCE, OUTCOME, FATE, FOLD = 0, 1, 2, 3
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Observation:
-    """One event's contribution to one segment: an inference, or an outcome (prediction + label)."""
-
-    kind: str  # "inference" | "outcome"
-    model: str
-    segment: str
-    prediction_id: str
-    timestamp: float
-    prediction: Any
-    score: float | None = None
-    features: Mapping[str, Any] | None = None  # inference only
-    label: Any = None  # outcome only
-
-    @property
-    def key(self) -> str:
-        """The repartition key: each (model, segment) lives in exactly one worker."""
-        return f"{self.model}\x1f{self.segment}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Observation":
-        return cls(**d)
-
-
-class ModelGuard:
-    """Admits models up to `limits.max_models` (configured ones always): model names come
-    from event content, and each admitted one costs series and state."""
-
-    def __init__(self, settings):
-        self.max_models = settings.limits.max_models
-        self.admitted: set[str] = set(settings.models)
-
-    def admit(self, model: str) -> bool:
-        if model in self.admitted:
-            return True
-        if len(self.admitted) >= self.max_models:
-            return False
-        self.admitted.add(model)
-        return True
+# Events between sweeps of idle segment values (router) and idle segments (bank).
+EVICT_EVERY = 50_000
 
 
 class Intake:
-    """Routing and the label join for one input partition (or a whole replay)."""
+    """Routing, the model guard and the label join for one input partition (or a whole replay).
 
-    def __init__(self, settings, tally: Tally, guard: ModelGuard | None = None):
+    The guard admits at most `limits.max_models` models per intake (configured ones always):
+    model names come from event content, and each admitted model costs series and state.
+    """
+
+    def __init__(self, settings):
         self.settings = settings
-        self.tally = tally
-        self.guard = guard or ModelGuard(settings)
-        self.router = SegmentRouter(tally)
-        self.join = LabelJoin(self._ttl_for, tally, max_pending=settings.limits.max_pending)
+        self.router = SegmentRouter()
+        self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
+        self.admitted: set[str] = set(settings.models)
         self.watermark = 0.0
+        self._since_evict = 0
+
+    # -- snapshot: settings are configuration, not state ----------------------------------------
+    def snapshot(self) -> bytes:
+        return snapshot_state({"router": self.router, "join": self.join, "admitted": self.admitted,
+                               "watermark": self.watermark, "since_evict": self._since_evict})
+
+    @classmethod
+    def restore(cls, blob: bytes, settings) -> "Intake":
+        state = restore_state(blob)
+        if not isinstance(state, dict) or not isinstance(state.get("join"), LabelJoin):
+            raise SnapshotError("snapshot does not hold an Intake")
+        intake = cls(settings)
+        intake.router = state["router"]
+        intake.join = state["join"].bind(intake._ttl_for)
+        intake.admitted = state["admitted"] | set(settings.models)
+        intake.watermark = state["watermark"]
+        intake._since_evict = state["since_evict"]
+        return intake
 
     def spec_for(self, model: str) -> ModelSpec:
         return self.settings.spec_for(model)
 
     def _ttl_for(self, model: str | None) -> float:
-        return self.spec_for(model).label_ttl if model else self.settings.defaults.label_ttl
+        return self.settings.spec_for(model).label_ttl if model else self.settings.defaults.label_ttl
 
-    # -- events --------------------------------------------------------------------------------
-    def on_invalid(self, invalid: Invalid) -> None:
-        model = invalid.model if invalid.model in self.guard.admitted else UNKNOWN_MODEL
-        self.tally.events[(model, invalid.kind, "invalid")] += 1
+    # -- events ---------------------------------------------------------------------------------
+    def take_invalid(self, invalid: Invalid) -> list[tuple]:
+        model = invalid.model if invalid.model in self.admitted else UNKNOWN_MODEL
+        return [(FATE, model, ALL_SEGMENT, invalid.kind, "invalid")]
 
-    def on_inference(self, ev: Inference, raw: bytes = b"") -> list[Observation] | Invalid:
-        rejected = self._admit(ev.model, "inference", raw)
-        if rejected is not None:
-            return rejected
-        self._advance(ev.timestamp)
-        spec = self.spec_for(ev.model)
-        segments = self.router.route(spec, ev.features, ev.segment, ev.timestamp)
-        pending = PendingPrediction(ev.prediction_id, ev.model, segments, ev.prediction, ev.score, ev.timestamp)
-        joined = self.join.add_prediction(pending)
-        if joined == "duplicate":
-            return []
-        obs = [
-            Observation("inference", ev.model, seg, ev.prediction_id, ev.timestamp, ev.prediction, ev.score, ev.features)
-            for seg in segments
-        ]
-        if isinstance(joined, Joined):
-            obs.extend(self._outcomes(joined))
-        return obs
+    def take_inference(self, ev: Inference, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
+        """Observations of one inference event, and the Invalid to dead-letter if it was refused."""
+        model = ev.model
+        if model not in self.admitted:
+            refused = self._admit(model, "inference", raw)
+            if refused is not None:
+                return self.take_invalid(refused), refused
+        out: list[tuple] = []
+        ts = ev.timestamp
+        if ts > self.watermark:
+            self._advance(ts, out)
+        pid = ev.prediction_id
+        if self.join.knows_prediction(pid):
+            out.append((FATE, model, ALL_SEGMENT, "inference", "duplicate"))
+            return out, None
+        router = self.router
+        segments = router.route(self.spec_for(model), ev.features, ev.segment, ts)
+        if router.folded:
+            out.extend((FOLD, m, ALL_SEGMENT, attr) for m, attr in router.folded)
+            router.folded.clear()
+        prediction, score, features = ev.prediction, ev.score, ev.features
+        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts))
+        for seg in segments:
+            out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
+        if joined is not None and joined != "duplicate":
+            self._outcomes(joined, out)
+        if self.join.fates:
+            self._drain(out)
+        self._tick()
+        return out, None
 
-    def on_label(self, ev: Label, raw: bytes = b"") -> list[Observation] | Invalid:
-        self._advance(ev.timestamp)
+    def take_label(self, ev: Label, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
+        out: list[tuple] = []
+        if ev.timestamp > self.watermark:
+            self._advance(ev.timestamp, out)
         joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model)
         if joined == "model_mismatch":
-            invalid = Invalid("label", "model_mismatch", f"label names model {ev.model!r}, its prediction another", raw, ev.model)
-            self.on_invalid(invalid)
-            return invalid
+            invalid = Invalid("label", "model_mismatch",
+                              f"label names model {ev.model!r}, its prediction another model", raw, ev.model)
+            return out + self.take_invalid(invalid), invalid
         if isinstance(joined, Joined):
-            return self._outcomes(joined)
-        return []
+            self._outcomes(joined, out)
+        if self.join.fates:
+            self._drain(out)
+        self._tick()
+        return out, None
 
-    def expire(self, now: float | None = None) -> int:
-        return self.join.expire(self.watermark if now is None else now)
+    def expire(self, now: float | None = None) -> list[tuple]:
+        """Let the join drop what its TTL passed; returns the fates as observations."""
+        out: list[tuple] = []
+        self.join.expire(self.watermark if now is None else now)
+        self._drain(out)
+        return out
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
     def _admit(self, model: str, kind: str, raw: bytes) -> Invalid | None:
-        if self.guard.admit(model):
-            return None
-        invalid = Invalid(kind, "too_many_models",
-                          f"model {model!r} would exceed limits.max_models={self.guard.max_models}", raw)
-        self.on_invalid(invalid)
-        return invalid
+        limit = self.settings.limits.max_models
+        if len(self.admitted) >= limit:
+            return Invalid(kind, "too_many_models", f"model {model!r} would exceed limits.max_models={limit}", raw)
+        self.admitted.add(model)
+        return None
 
-    def _advance(self, timestamp: float) -> None:
-        if timestamp > self.watermark:
-            self.watermark = timestamp
+    def _advance(self, timestamp: float, out: list[tuple]) -> None:
+        self.watermark = timestamp
+        if self.join.expire(timestamp):
+            self._drain(out)
 
-    def _outcomes(self, joined: Joined) -> list[Observation]:
+    def _drain(self, out: list[tuple]) -> None:
+        for model, kind, outcome in self.join.fates:
+            out.append((FATE, model if model in self.admitted else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
+        self.join.fates.clear()
+
+    def _tick(self) -> None:
+        self._since_evict += 1
+        if self._since_evict >= EVICT_EVERY:
+            self._since_evict = 0
+            self.router.evict_idle(self.watermark - self.settings.limits.segment_idle)
+
+    @staticmethod
+    def _outcomes(joined: Joined, out: list[tuple]) -> None:
         p = joined.prediction
-        self.tally.observe_delay(p.model, max(joined.delay, 0.0))
-        return [
-            Observation("outcome", p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, p.score, None, joined.label)
-            for seg in p.segments
-        ]
+        delay = joined.label_timestamp - p.timestamp
+        delay = delay if delay > 0.0 else 0.0
+        for seg in p.segments:
+            out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay))
 
 
-def feed(bank: DetectorBank, observations: Iterable[Observation]) -> list[DriftRecord]:
+def feed(bank: DetectorBank, observations: Iterable[tuple]) -> list[DriftRecord]:
     """Apply observations to the bank; returns every detection they caused."""
     found: list[DriftRecord] = []
     for o in observations:
-        if o.kind == "inference":
-            found += bank.observe_inference(
-                o.model, o.segment, o.features or {}, o.prediction, o.score, o.timestamp, o.prediction_id,
-                count_invalid=o.segment == ALL_SEGMENT,
-            )
+        kind = o[0]
+        if kind == INFERENCE:
+            hits = bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
+        elif kind == OUTCOME:
+            hits = bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7])
+        elif kind == FATE:
+            bank.observe_fate(o[1], o[3], o[4])
+            continue
+        elif kind == FOLD:
+            bank.observe_fold(o[1], o[3])
+            continue
         else:
-            found += bank.observe_outcome(o.model, o.segment, o.prediction, o.label, o.timestamp, o.prediction_id)
+            raise ValueError(f"unknown observation kind {kind!r}")
+        if hits:
+            found += hits
     return found

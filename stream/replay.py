@@ -18,19 +18,17 @@ from typing import Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detectors.bank import DetectorBank, DriftRecord
-from detectors.tally import Tally
 from stream.codec import DecodeLimits, decode_inference, decode_label
 from stream.events import Inference, Invalid
 from stream.exporter import DriftlineCollector
 from stream.pipeline import Intake, feed
 
-EXPIRE_EVERY = 1024  # events between join expiries: expiry is amortised, not per event
+TICK_EVERY = 1024  # events between progress reports and on_tick calls
 
 
 @dataclasses.dataclass
 class ReplayResult:
     settings: object
-    tally: Tally
     intake: Intake
     bank: DetectorBank
     detections: list[DriftRecord]
@@ -42,7 +40,7 @@ class ReplayResult:
         registry = CollectorRegistry(auto_describe=True)
         # drift_active is judged at the last event time: the state the stream ended in.
         registry.register(DriftlineCollector(
-            self.tally, self.settings, intakes=lambda: (self.intake,), banks=lambda: (self.bank,),
+            self.settings, intakes=lambda: (self.intake,), banks=lambda: (self.bank,),
             clock=lambda: self.intake.watermark,
         ))
         return registry
@@ -72,11 +70,10 @@ def replay(
     progress: Callable[[int, int], None] | None = None,
     on_tick: Callable[[Intake, DetectorBank], None] | None = None,
 ) -> ReplayResult:
-    """Replay two JSONL files; `on_tick` sees the state every EXPIRE_EVERY events (for plots)."""
+    """Replay two JSONL files; `on_tick` sees the state every TICK_EVERY events (for plots)."""
     started = time.perf_counter()
-    tally = Tally()
-    intake = Intake(settings, tally)
-    bank = DetectorBank(settings.spec_for, tally)
+    intake = Intake(settings)
+    bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle)
     limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
     invalid: Counter = Counter()
     merged = []
@@ -85,7 +82,7 @@ def replay(
         order = 0 if kind == "inference" else 1
         for ev in read_events(path, kind, limits):
             if isinstance(ev, Invalid):
-                intake.on_invalid(ev)
+                feed(bank, intake.take_invalid(ev))
                 invalid[(ev.kind, ev.reason)] += 1
                 continue
             seq += 1
@@ -95,23 +92,22 @@ def replay(
     detections: list[DriftRecord] = []
     total = len(merged)
     for i, (_, order, _, ev) in enumerate(merged):
-        out = intake.on_inference(ev) if order == 0 else intake.on_label(ev)
-        if isinstance(out, Invalid):
-            invalid[(out.kind, out.reason)] += 1
-            continue
+        out, refused = intake.take_inference(ev) if order == 0 else intake.take_label(ev)
+        if refused is not None:
+            invalid[(refused.kind, refused.reason)] += 1
         if out:
             detections += feed(bank, out)
-        if i % EXPIRE_EVERY == 0:
-            intake.expire()
+        if i % TICK_EVERY == 0:
             if progress is not None:
                 progress(i, total)
             if on_tick is not None:
                 on_tick(intake, bank)
-    intake.expire()
+    # What still waits at the end of the files is neither expired nor unmatched: the files end
+    # before its TTL does, as a live stream would keep it waiting.
     if progress is not None:
         progress(total, total)
     n_events = total + sum(invalid.values())
-    return ReplayResult(settings, tally, intake, bank, detections, n_events, invalid, time.perf_counter() - started)
+    return ReplayResult(settings, intake, bank, detections, n_events, invalid, time.perf_counter() - started)
 
 
 class TerminalProgress:

@@ -47,6 +47,7 @@ class Topics:
     dead_letters: str = "driftline.dead-letters"
     drift_events: str = "driftline.drift-events"
     checkpoints: str = "driftline.checkpoints"
+    checkpoint_data: str = "driftline.checkpoint-data"
     baselines: str = "driftline.baselines"
 
 
@@ -75,11 +76,25 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How a `driftline run` process batches, checkpoints and commits."""
+
+    batch: int = 2000  # messages per poll: larger amortises per-call costs, smaller cuts latency
+    # Seconds between checkpoints of changed partition state. A crashed worker's successor
+    # replays at most this much traffic (see docs/guarantees.md); each checkpoint costs time
+    # in proportion to the state's size, so the worker waits at least 10x the last one's
+    # duration (checkpointing takes at most ~10% of its time).
+    checkpoint_interval: float = 10.0
+    commit_interval: float = 1.0  # seconds between offset commits (lag and replay accounting)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = KafkaSettings()
     models: Mapping[str, ModelSpec] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     defaults: ModelSpec = ModelSpec(name="__default__")
     limits: Limits = Limits()
+    worker: WorkerSettings = WorkerSettings()
     listen: str | None = None
     source: str = "<defaults>"
     # Models seen in events but not configured get `defaults`; cached so that the hot path does
@@ -304,6 +319,17 @@ def _limits(r: _Reader) -> Limits:
     return lim
 
 
+def _worker(r: _Reader) -> WorkerSettings:
+    base = WorkerSettings()
+    ws = WorkerSettings(
+        batch=r.integer("batch", base.batch, 1, 100_000),
+        checkpoint_interval=r.duration("checkpoint_interval", base.checkpoint_interval),
+        commit_interval=r.duration("commit_interval", base.commit_interval),
+    )
+    r.done()
+    return ws
+
+
 def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str = "<dict>") -> Settings:
     """Settings from an already-parsed YAML document."""
     env = os.environ if env is None else env
@@ -321,12 +347,13 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
             raise ConfigError(f"config models.{name}: a model name is 1-64 of A-Z a-z 0-9 _ . - (got {name!r})")
         models[name] = _model(_Reader(block, f"models.{name}"), name, defaults)
     limits = _limits(top.section("limits"))
+    worker = _worker(top.section("worker"))
     listen = top.string("listen", None)
-    top.done(("kafka", "models", "defaults", "limits", "listen"))
+    top.done(("kafka", "models", "defaults", "limits", "worker", "listen"))
     if len(models) > limits.max_models:
         raise ConfigError(f"config limits.max_models: {limits.max_models} is fewer than the {len(models)} configured models")
     return Settings(kafka=kafka, models=MappingProxyType(models), defaults=defaults, limits=limits,
-                    listen=listen, source=source)
+                    worker=worker, listen=listen, source=source)
 
 
 def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:

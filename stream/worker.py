@@ -1,198 +1,544 @@
-"""`driftline run`: the core on Kafka, as a faust-streaming app.
-
-Two agents, one consumer group, N workers:
+"""`driftline run`: the core on Kafka, one member of a consumer group.
 
     driftline.inferences + driftline.labels   (co-partitioned by prediction_id)
-        -> agent `intake`: decode, dead-letter the invalid, route, join   [state per partition]
-        -> driftline.observations              (key = model + segment)
-        -> agent `detect`: detectors, rolling accuracy                    [state per partition]
+        -> stage 1 (per input partition p): decode, dead-letter the invalid, route, join
+        -> driftline.observations              (key = model + segment; batched per key)
+        -> stage 2 (per observations partition q): detectors, rolling metrics, counters
         -> driftline.drift-events
 
-`WorkerState` holds everything and touches no Kafka, so it is tested without a broker; the
-faust wiring below only moves bytes. Offsets are committed by faust after events are
-processed and after the producer is flushed: at-least-once (see docs/guarantees.md).
+Both stages run in every worker's single loop; Kafka's range assignor gives partition p of
+the inference and label topics to the same member (equal partition counts), which the join
+needs. Each partition's state (the `Intake` of stage 1, the `DetectorBank` of stage 2) is
+checkpointed with the offsets it covers (stream/checkpoint.py) and restored by whichever worker
+is assigned the partition next; see docs/guarantees.md for what that gives each number.
+
+Offsets: processed positions are committed every `worker.commit_interval` (lag, and the count
+of events a successor replays); on restore a partition starts from its checkpoint's offsets.
 """
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+import uuid
+import zlib
 from typing import Any
 
 import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
-from detectors.bank import DetectorBank, DriftRecord
-from detectors.tally import Tally
+from detectors.bank import DetectorBank
+from detectors.state import restore as restore_state
+from detectors.state import snapshot as snapshot_state
+from stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
 from stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from stream.events import Invalid
-from stream.pipeline import Intake, ModelGuard, Observation, feed
+from stream.pipeline import Intake, feed
 
 log = logging.getLogger("driftline.worker")
 
-EXPIRE_INTERVAL = 1.0  # seconds between join expiries (TTL granularity; TTLs are minutes to days)
+# Observations per message on the observations topic: bounds a message to ~100-300 KB.
+OBS_PER_MESSAGE = 500
+# Sources remembered per bank for de-duplication (an entry per intake epoch and topic).
+MAX_SOURCES = 256
+LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
 
 
-def encode_observation(o: Observation) -> bytes:
-    return orjson.dumps((o.kind, o.model, o.segment, o.prediction_id, o.timestamp, o.prediction, o.score, o.features, o.label))
+class IntakePartition:
+    """Stage-1 state of input partition p: the intake, and what it has read of each topic."""
+
+    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at")
+
+    def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float):
+        self.intake = intake
+        # A fresh intake gets a fresh epoch: observations carry it, so a bank never confuses
+        # offsets of a restarted history with those of an older one.
+        self.epoch = epoch
+        self.positions = positions  # topic -> next offset to read
+        self.dirty = False
+        self.checkpointed_at = now
+
+    def snapshot(self) -> bytes:
+        return snapshot_state({"intake": self.intake.snapshot(), "epoch": self.epoch, "positions": self.positions})
 
 
-def decode_observation(raw: bytes) -> Observation:
-    return Observation(*orjson.loads(raw))
+class BankPartition:
+    """Stage-2 state of observations partition q: the bank, de-duplication marks, position."""
+
+    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at")
+
+    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float):
+        self.bank = bank
+        # (epoch + topic code) -> (offset, index) of the last observation applied from that
+        # source: observations an intake replays after a crash are recognised and skipped.
+        self.seen = seen
+        self.positions = positions
+        self.dirty = False
+        self.checkpointed_at = now
+
+    def snapshot(self) -> bytes:
+        return snapshot_state({"bank": self.bank.snapshot(), "seen": self.seen, "positions": self.positions})
 
 
-class WorkerState:
-    """One worker process's state: a Tally of counters, and core state per partition."""
+class WorkerStats:
+    """Per-process operating figures, rendered by exporter.WorkerCollector."""
 
-    def __init__(self, settings):
+    def __init__(self) -> None:
+        self.replayed = 0  # events read again after taking over a partition (checkpoint -> committed)
+        self.deduplicated = 0  # observations skipped as already applied
+        self.rebalances = 0
+        self.checkpoints = {"ok": 0, "failed": 0}
+        self.checkpoint_seconds = 0.0  # duration of the last checkpoint
+        self.checkpoint_bytes = 0  # size of the last checkpoint
+        self.restore_seconds = 0.0  # duration of the last restore
+        self.produce_errors: dict[str, int] = {}
+        self.lag: dict[tuple[str, int], int] = {}
+        self.partitions = {"intake": 0, "bank": 0}
+        self.checkpoint_age = 0.0
+
+
+class Worker:
+    def __init__(self, settings, obs_partitions: int, listen: str | None = None, clock=time.time):
         self.settings = settings
-        self.tally = Tally()
-        self.guard = ModelGuard(settings)
-        self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
-        self.intakes: dict[int, Intake] = {}
-        self.banks: dict[int, DetectorBank] = {}
+        self.obs_partitions = obs_partitions
+        self._routes: dict[tuple[str, str], int] = {}
+        self.listen = listen
+        self.clock = clock
         self.topics = settings.kafka.topics
+        self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
+        self.lock = threading.RLock()
+        self.intakes: dict[int, IntakePartition] = {}
+        self.banks: dict[int, BankPartition] = {}
+        # States checkpointed at a revoke, kept in case the same partitions come back.
+        self._parked: dict[str, Any] = {}
+        self.stats = WorkerStats()
+        self.assigned_once = False
+        self.rebalancing = False
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self._next_checkpoint = 0.0
+        self._next_commit = 0.0
+        self._next_lag = 0.0
+        group = settings.kafka.group_id
+        self._key_prefix = f"{group}/"
+        kafka = settings.kafka
+        common = {"bootstrap.servers": kafka.bootstrap, **kafka.client_config}
+        self.consumer = Consumer({
+            **common,
+            "group.id": group,
+            "client.id": f"driftline-{uuid.uuid4().hex[:6]}",
+            # range: partition p of every subscribed topic goes to the same member when the
+            # topics have equal partition counts: the join needs inferences-p with labels-p.
+            "partition.assignment.strategy": "range",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 100,
+        })
+        self.producer = Producer({
+            **common,
+            "enable.idempotence": True,  # ordered, no duplicates from retries
+            "acks": "all",
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            # Never give up on a record: while the broker is away the local queue fills and
+            # produce() blocks the loop (back pressure), and nothing is dropped.
+            "message.timeout.ms": 0,
+        })
+        self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
+                                     self.topics.checkpoint_data)
 
-    def intake(self, partition: int) -> Intake:
-        it = self.intakes.get(partition)
-        if it is None:
-            it = self.intakes[partition] = Intake(self.settings, self.tally, self.guard)
-        return it
+    # -- state lookup, for the collector -----------------------------------------------------------
+    def bank_objects(self) -> list[DetectorBank]:
+        return [bp.bank for bp in self.banks.values()]
 
-    def bank(self, partition: int) -> DetectorBank:
-        b = self.banks.get(partition)
-        if b is None:
-            b = self.banks[partition] = DetectorBank(self.settings.spec_for, self.tally)
-        return b
+    def intake_objects(self) -> list[Intake]:
+        return [ip.intake for ip in self.intakes.values()]
 
-    def on_source(
-        self, topic: str, partition: int, offset: int, raw: bytes | None, kafka_timestamp: float | None
-    ) -> tuple[list[Observation], bytes | None]:
-        """One message from the inference or label topic: (observations, dead letter or None)."""
-        kind = "inference" if topic == self.topics.inferences else "label"
-        if raw is None:
-            raw = b""
-        decoded = (decode_inference if kind == "inference" else decode_label)(raw, kafka_timestamp, self.limits)
-        intake = self.intake(partition)
-        if isinstance(decoded, Invalid):
-            intake.on_invalid(decoded)
-            out: Any = decoded
+    def readiness(self) -> tuple[bool, dict]:
+        ready = self.assigned_once and not self.rebalancing and self.fatal is None and not self.stopping.is_set()
+        return ready, {"assigned": self.assigned_once, "rebalancing": self.rebalancing,
+                       "partitions": dict(self.stats.partitions), "fatal": self.fatal}
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        t = self.topics
+        self.consumer.subscribe([t.inferences, t.labels, t.observations], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        batch = self.settings.worker.batch
+        try:
+            while not self.stopping.is_set() and self.fatal is None:
+                msgs = self.consumer.consume(batch, 0.2)
+                if msgs:
+                    with self.lock:
+                        self._process(msgs)
+                self.producer.poll(0)
+                now = time.monotonic()
+                if now >= self._next_commit:
+                    self._commit(asynchronous=True)
+                    self._next_commit = now + self.settings.worker.commit_interval
+                if now >= self._next_lag:
+                    self._refresh_lag()
+                    self._next_lag = now + LAG_EVERY
+                if now >= self._next_checkpoint:
+                    self._checkpoint()
+        finally:
+            self._shutdown()
+        if self.fatal is not None:
+            log.error("stopped on a fatal error: %s", self.fatal)
+            return 1
+        return 0
+
+    def stop(self, *_: Any) -> None:
+        self.stopping.set()
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: checkpointing %d intake and %d bank partitions", len(self.intakes), len(self.banks))
+        with self.lock:
+            if self.fatal is None:
+                try:
+                    self._checkpoint(force=True)
+                except Exception as exc:  # the successor replays from the previous checkpoint
+                    log.warning("final checkpoint failed: %s", exc)
+            self._commit(asynchronous=False)
+        try:
+            self.consumer.close()  # leaves the group: the others rebalance at once
+        except KafkaException as exc:
+            log.warning("consumer close: %s", exc)
+        left = self.producer.flush(30)
+        if left:
+            log.warning("%d records not delivered at shutdown", left)
+        self.store.close()
+
+    # -- stage 1 and stage 2 ---------------------------------------------------------------------
+    def _process(self, msgs: list) -> None:
+        t = self.topics
+        obs_topic, inf_topic = t.observations, t.inferences
+        batches: dict[tuple, list] = {}
+        route = self._routes
+        wall = None
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._consumer_error(err)
+                continue
+            topic = msg.topic()
+            if topic == obs_topic:
+                self._apply(msg)
+                continue
+            p = msg.partition()
+            ip = self.intakes.get(p)
+            if ip is None:  # not ours (any more): the assignment and state disagree only mid-rebalance
+                continue
+            ts_type, ts_ms = msg.timestamp()
+            if ts_type != TIMESTAMP_NOT_AVAILABLE:
+                default_ts = ts_ms / 1000.0
+            else:
+                default_ts = wall = wall or self.clock()
+            raw = msg.value()
+            intake = ip.intake
+            if topic == inf_topic:
+                code = "i"
+                ev = decode_inference(raw, default_ts, self.limits)
+                if type(ev) is not Invalid:
+                    obs, refused = intake.take_inference(ev, raw)
+                else:
+                    obs, refused = intake.take_invalid(ev), ev
+            else:
+                code = "l"
+                ev = decode_label(raw, default_ts, self.limits)
+                if type(ev) is not Invalid:
+                    obs, refused = intake.take_label(ev, raw)
+                else:
+                    obs, refused = intake.take_invalid(ev), ev
+            offset = msg.offset()
+            if refused is not None:
+                self._produce(t.dead_letters, msg.key(),
+                              dead_letter_record(refused, topic=topic, partition=p, offset=offset))
+            src = ip.epoch + code
+            for k, o in enumerate(obs):
+                dest = route.get((o[1], o[2]))
+                if dest is None:
+                    dest = self._route(o[1], o[2])
+                rec = [offset, k]
+                rec.extend(o)
+                bucket = batches.get((src, dest))
+                if bucket is None:
+                    batches[(src, dest)] = [rec]
+                else:
+                    bucket.append(rec)
+            ip.positions[topic] = offset + 1
+            ip.dirty = True
+        # One message per (source, destination partition), in source order: a bank sees each
+        # source's observations in offset order, which its de-duplication relies on.
+        for (src, dest), recs in batches.items():
+            key = src.encode()
+            for i in range(0, len(recs), OBS_PER_MESSAGE):
+                self._produce(obs_topic, key, orjson.dumps([src, recs[i:i + OBS_PER_MESSAGE]]), dest)
+
+    def _route(self, model: str, segment: str) -> int:
+        """The observations partition that owns (model, segment): stable across processes."""
+        dest = self._routes[(model, segment)] = zlib.crc32(f"{model}\x1f{segment}".encode()) % self.obs_partitions
+        return dest
+
+    def _apply(self, msg) -> None:
+        bp = self.banks.get(msg.partition())
+        if bp is None:
+            return
+        src, recs = orjson.loads(msg.value())
+        seen = bp.seen
+        last = seen.get(src)
+        bank = bp.bank
+        skipped = 0
+        for r in recs:
+            mark = (r[0], r[1])
+            if last is not None and mark <= last:
+                skipped += 1
+                continue
+            last = mark
+            hits = feed(bank, (r[2:],))
+            for rec in hits:
+                d = rec.to_dict()
+                d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id
+                self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
+        if last is not None:
+            if src not in seen and len(seen) >= MAX_SOURCES:
+                del seen[next(iter(seen))]  # the oldest source: an epoch long gone
+            seen[src] = last
+        self.stats.deduplicated += skipped
+        bp.positions[msg.topic()] = msg.offset() + 1
+        bp.dirty = True
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, key=key, value=value, partition=partition, on_delivery=self._delivered)
+                return
+            except BufferError:  # the local queue is full (broker slow or away): wait, never drop
+                self.producer.poll(0.1)
+                if self.stopping.is_set() and self.fatal is not None:
+                    return
+
+    def _delivered(self, err, msg) -> None:
+        if err is None:
+            return
+        topic = msg.topic()
+        self.stats.produce_errors[topic] = self.stats.produce_errors.get(topic, 0) + 1
+        # With infinite retries only a fatal or permanent error lands here. The state already
+        # holds this record's effect, so checkpointing it would lose the record for good: stop,
+        # and let the successor replay from the last checkpoint (crash-only).
+        self.fatal = f"delivery to {topic} failed: {err}"
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = f"consumer: {err}"
+        else:  # transient (broker restart, ...): librdkafka reconnects by itself
+            log.warning("consumer: %s", err)
+
+    # -- checkpoints and commits -----------------------------------------------------------------
+    def _key(self, stage: str, partition: int) -> str:
+        return f"{self._key_prefix}{stage}/{partition}"
+
+    def _checkpoint(self, force: bool = False, only: set[str] | None = None) -> None:
+        started = time.monotonic()
+        now = self.clock()
+        items, owners = [], []
+        for stage, table in (("intake", self.intakes), ("bank", self.banks)):
+            for p, part in table.items():
+                key = self._key(stage, p)
+                if only is not None and key not in only:
+                    continue
+                if force or part.dirty or now - part.checkpointed_at > MAX_CHECKPOINT_AGE:
+                    items.append((key, part.snapshot()))
+                    owners.append(part)
+        self._update_checkpoint_age(now)
+        if items:
+            try:
+                # Outputs of everything a checkpoint covers must be durable before it is.
+                left = self.producer.flush(30)
+                if left:
+                    raise CheckpointError(f"{left} records not delivered within 30 s")
+                if self.fatal is not None:
+                    raise CheckpointError(self.fatal)
+                self.store.write(items)
+            except (CheckpointError, KafkaException) as exc:
+                self.stats.checkpoints["failed"] += 1
+                log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
+                self._next_checkpoint = time.monotonic() + self.settings.worker.checkpoint_interval
+                return
+            for part in owners:
+                part.dirty = False
+                part.checkpointed_at = now
+            self.stats.checkpoints["ok"] += 1
+            self.stats.checkpoint_bytes = sum(len(b) for _, b in items)
+            self._commit(asynchronous=True)
+        took = time.monotonic() - started
+        if items:
+            self.stats.checkpoint_seconds = took
+        self._update_checkpoint_age(now)
+        self._next_checkpoint = time.monotonic() + max(self.settings.worker.checkpoint_interval, 10 * took)
+
+    def _update_checkpoint_age(self, now: float) -> None:
+        parts = list(self.intakes.values()) + list(self.banks.values())
+        self.stats.checkpoint_age = max((now - p.checkpointed_at for p in parts if p.dirty), default=0.0)
+
+    def _positions(self) -> list[TopicPartition]:
+        out = []
+        for table in (self.intakes, self.banks):
+            for p, part in table.items():
+                out.extend(TopicPartition(topic, p, off) for topic, off in part.positions.items())
+        return out
+
+    def _commit(self, asynchronous: bool) -> None:
+        offsets = self._positions()
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed: %s", exc)
+
+    def _refresh_lag(self) -> None:
+        lag = {}
+        for tp in self._positions():
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        self.stats.lag = lag
+
+    # -- rebalances -------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        t = self.topics
+        with self.lock:
+            self.stats.rebalances += 1
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in consumer.committed(partitions, timeout=30)}
+            stage_of = lambda topic: "bank" if topic == t.observations else "intake"  # noqa: E731
+            wanted = {self._key(stage_of(tp.topic), tp.partition) for tp in partitions}
+            # Parked states come back only if nobody committed past them since they were parked.
+            reuse = {}
+            for key, part in self._parked.items():
+                if key in wanted and all(committed.get((topic, int(key.rsplit("/", 1)[1])), -1) == off
+                                         for topic, off in part.positions.items()):
+                    reuse[key] = part
+            self._parked.clear()
+            try:
+                blobs = self.store.read(wanted - set(reuse))
+            except (CheckpointError, KafkaException) as exc:
+                # Starting these partitions empty would silently lose their history: stop instead.
+                self.fatal = f"cannot restore checkpoints: {exc}"
+                log.error("%s", self.fatal)
+                return
+            now = self.clock()
+            for key in sorted(wanted):
+                stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
+                table = self.intakes if stage == "intake" else self.banks
+                if p in table:
+                    continue
+                if key in reuse:
+                    table[p] = reuse[key]
+                elif key in blobs:
+                    table[p] = self._restore(stage, blobs[key], now)
+                    log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
+                elif stage == "intake":
+                    table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now)
+                else:
+                    table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle),
+                                             {}, {}, now)
+            for tp in partitions:
+                table = self.banks if tp.topic == t.observations else self.intakes
+                start = table[tp.partition].positions.get(tp.topic)
+                done = committed.get((tp.topic, tp.partition), -1)
+                if start is not None:
+                    tp.offset = start
+                    if done > start:
+                        self.stats.replayed += done - start
+                elif done >= 0:
+                    tp.offset = done
+                else:
+                    tp.offset = OFFSET_BEGINNING
+            consumer.assign(partitions)
+            self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+            self.assigned_once = True
+            self.rebalancing = False
+            self.stats.restore_seconds = time.monotonic() - started
+            log.info("assigned %d partitions (%d intake, %d bank) in %.2f s; %d events to replay",
+                     len(partitions), len(self.intakes), len(self.banks), self.stats.restore_seconds,
+                     self.stats.replayed)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self.lock:
+            self.rebalancing = True
+            t = self.topics
+            keys = {self._key("bank" if tp.topic == t.observations else "intake", tp.partition) for tp in partitions}
+            if self.fatal is None:
+                self._checkpoint(force=True, only=keys)
+                self._commit(asynchronous=False)
+            for tp in partitions:
+                table = self.banks if tp.topic == t.observations else self.intakes
+                stage = "bank" if tp.topic == t.observations else "intake"
+                part = table.pop(tp.partition, None)
+                if part is not None and not part.dirty:
+                    self._parked[self._key(stage, tp.partition)] = part
+            self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own these already: drop our state, keep nothing parked.
+        with self.lock:
+            self.rebalancing = True
+            for tp in partitions:
+                (self.banks if tp.topic == self.topics.observations else self.intakes).pop(tp.partition, None)
+            self._parked.clear()
+            log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
+
+    def _restore(self, stage: str, blob: bytes, now: float):
+        state = restore_state(blob)
+        if stage == "intake":
+            part = IntakePartition(Intake.restore(state["intake"], self.settings), state["epoch"], state["positions"], now)
         else:
-            out = intake.on_inference(decoded, raw) if kind == "inference" else intake.on_label(decoded, raw)
-        if isinstance(out, Invalid):
-            return [], dead_letter_record(out, topic=topic, partition=partition, offset=offset)
-        return out, None
-
-    def on_observation(self, partition: int, raw: bytes) -> list[DriftRecord]:
-        return feed(self.bank(partition), (decode_observation(raw),))
-
-    def expire(self) -> None:
-        for intake in list(self.intakes.values()):
-            intake.expire()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
-def build_app(settings, listen: str):
-    """The faust app around a fresh `WorkerState`; returns (app, state)."""
-    import faust
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    from stream.exporter import DriftlineCollector
-    from stream.kafka_auth import faust_credentials
-
-    host, port = parse_listen(listen)
-    state = WorkerState(settings)
-    topics = settings.kafka.topics
-    app = faust.App(
-        settings.kafka.group_id,
-        broker=f"kafka://{settings.kafka.bootstrap}",
-        broker_credentials=faust_credentials(settings.kafka.client_config),
-        store="memory://",
-        autodiscover=False,
-        web_enabled=True,
-        web_bind=host,
-        web_host=host,
-        web_port=port,
-        web_in_thread=False,
-        topic_partitions=settings.kafka.partitions,
-        topic_allow_declare=False,  # topics are provisioned by stream.admin, with our retention
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    source = app.topic(topics.inferences, topics.labels, key_serializer="raw", value_serializer="raw")
-    observations = app.topic(topics.observations, key_serializer="raw", value_serializer="raw",
-                             partitions=settings.kafka.partitions)
-    dead_letters = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw")
-    drift_events = app.topic(topics.drift_events, key_serializer="raw", value_serializer="raw")
-
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(DriftlineCollector(
-        state.tally, settings,
-        intakes=lambda: list(state.intakes.values()),
-        banks=lambda: list(state.banks.values()),
-        clock=time.time,
-    ))
-    ready = {"started": False}
-
-    @app.agent(source)
-    async def intake(stream):
-        async for event in stream.events():
-            msg = event.message
-            obs, dead = state.on_source(msg.topic, msg.partition, msg.offset, event.value, msg.timestamp)
-            if dead is not None:
-                await dead_letters.send(key=event.key, value=dead)
-            for o in obs:
-                await observations.send(key=o.key.encode(), value=encode_observation(o))
-
-    @app.agent(observations)
-    async def detect(stream):
-        async for event in stream.events():
-            for rec in state.on_observation(event.message.partition, event.value):
-                await drift_events.send(key=f"{rec.model}\x1f{rec.segment}".encode(), value=orjson.dumps(rec.to_dict()))
-
-    @app.timer(interval=EXPIRE_INTERVAL)
-    async def expire_join():
-        state.expire()
-
-    # Ready once the group has assigned this worker its partitions (possibly none) at least once;
-    # the Worker owns app.on_startup_finished, so the rebalance signal is the hook.
-    @app.on_rebalance_complete.connect
-    async def on_rebalanced(sender, **kwargs):
-        ready["started"] = True
-
-    @app.page("/metrics")
-    async def metrics(web, request):
-        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    @app.page("/healthz")
-    async def healthz(web, request):
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web, request):
-        is_ready = ready["started"] and not app.rebalancing
-        return web.json({"ready": is_ready, "rebalancing": app.rebalancing}, status=200 if is_ready else 503)
-
-    return app, state
+            bank = DetectorBank.restore(state["bank"], self.settings.spec_for)
+            bank.idle_after = self.settings.limits.segment_idle
+            part = BankPartition(bank, state["seen"], state["positions"], now)
+        return part
 
 
 def run_worker(settings, listen: str) -> int:
-    import faust
+    """Provision topics, serve /metrics, run the loop until SIGTERM/SIGINT; returns the exit code."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
 
     from stream.admin import ensure_topics
+    from stream.exporter import DriftlineCollector, WorkerCollector
+    from stream.http import StatusServer
 
-    created = ensure_topics(settings)
+    log.info("%s", settings.describe())
+    created, partitions = ensure_topics(settings)
     log.info("topics: %s", ", ".join(f"{k} ({v})" for k, v in created.items()))
-    app, _ = build_app(settings, listen)
-    worker = faust.Worker(app, loglevel="info", quiet=True, override_logging=False)
-    worker.execute_from_commandline()  # returns via SystemExit when stopped (SIGTERM: graceful)
-    return 0
+    worker = Worker(settings, partitions[settings.kafka.topics.observations], listen)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DriftlineCollector(settings, intakes=worker.intake_objects, banks=worker.bank_objects,
+                                         clock=time.time, lock=worker.lock))
+    registry.register(WorkerCollector(worker.stats, lock=worker.lock))
+    ProcessCollector(registry=registry)
+    server = StatusServer(listen, registry, worker.readiness).start()
+    log.info("serving /metrics, /healthz, /readyz on http://%s", listen)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    try:
+        return worker.run()
+    finally:
+        server.stop()

@@ -58,7 +58,9 @@ models:
     max_segments: 10
     features: {{f1: numeric, f5: numeric, f7: numeric, f9: numeric}}
     accuracy_window: {window}
-    label_ttl: 1h
+    # All inferences are published before any label and span 12,000 s of event time: a TTL
+    # shorter than that would expire predictions before their labels arrive.
+    label_ttl: 1d
     drift_hold: 10m
     page_hinkley: {{threshold: 500, min_instances: 200}}
 """

@@ -7,7 +7,6 @@ from detectors.bank import DetectorBank
 from detectors.segments import SegmentRouter
 from detectors.spec import ModelSpec, PageHinkleyParams
 from detectors.state import SnapshotError, restore, snapshot
-from detectors.tally import Tally
 
 SPEC = ModelSpec(
     name="churn", segments=("region", "plan"), max_segments=3,
@@ -17,7 +16,7 @@ SPEC = ModelSpec(
 
 
 def test_routing_reads_segment_object_then_features():
-    r = SegmentRouter(Tally())
+    r = SegmentRouter()
     assert r.route(SPEC, {"plan": "pro"}, {"region": "eu"}, 0.0) == ("__all__", "region=eu", "plan=pro")
     assert r.route(SPEC, {"plan": True}, None, 0.0) == ("__all__", "plan=true")
     assert r.route(SPEC, {}, None, 0.0) == ("__all__",)
@@ -25,17 +24,17 @@ def test_routing_reads_segment_object_then_features():
 
 
 def test_cardinality_flood_folds_and_counts():
-    r = SegmentRouter(Tally())
+    r = SegmentRouter()
     keys = set()
     for i in range(10_000):
         keys.update(r.route(SPEC, {"region": f"user-{i}"}, None, float(i)))
     assert keys == {"__all__", "region=user-0", "region=user-1", "region=user-2", "region=__other__"}
-    assert r.tally.folded[("churn", "region")] == 10_000 - 3
+    assert len(r.folded) == 10_000 - 3 and set(r.folded) == {("churn", "region")}
     assert r.value_count("churn", "region") == 3
 
 
 def test_idle_values_free_their_slot():
-    r = SegmentRouter(Tally())
+    r = SegmentRouter()
     for i in range(3):
         r.route(SPEC, {"region": f"r{i}"}, None, 0.0)
     assert r.route(SPEC, {"region": "new"}, None, 10.0)[1] == "region=__other__"
@@ -57,7 +56,7 @@ def feed_segment(bank, segment, error_rate_before, error_rate_after, change_at, 
 
 
 def test_error_drift_only_in_the_drifted_segment():
-    bank = DetectorBank(lambda m: SPEC, Tally())
+    bank = DetectorBank(lambda m: SPEC)
     drifted = feed_segment(bank, "region=eu", 0.05, 0.4, 2000, 4000, seed=1)
     calm = feed_segment(bank, "region=us", 0.05, 0.05, 2000, 4000, seed=2)
     err = [r for r in drifted if r.signal == "error"]
@@ -68,7 +67,7 @@ def test_error_drift_only_in_the_drifted_segment():
 
 
 def test_accuracy_and_counters_match_direct_computation():
-    bank = DetectorBank(lambda m: SPEC, Tally())
+    bank = DetectorBank(lambda m: SPEC)
     rng = random.Random(7)
     truth = []
     for i in range(500):
@@ -82,17 +81,22 @@ def test_accuracy_and_counters_match_direct_computation():
     assert st.accuracy.get() == pytest.approx(sum(truth[-200:]) / 200)
 
 
-def test_feature_type_violations_counted_once_per_event():
-    bank = DetectorBank(lambda m: SPEC, Tally())
-    bank.observe_inference("churn", "__all__", {"tenure": "ten"}, 1, None, 0.0, "a", count_invalid=True)
-    bank.observe_inference("churn", "region=eu", {"tenure": "ten"}, 1, None, 0.0, "a", count_invalid=False)
+def test_per_model_counts_are_taken_once_per_event_at_all():
+    bank = DetectorBank(lambda m: SPEC)
+    bank.observe_inference("churn", "__all__", {"tenure": "ten"}, 1, None, 0.0, "a")
+    bank.observe_inference("churn", "region=eu", {"tenure": "ten"}, 1, None, 0.0, "a")
     bank.observe_inference("churn", "__all__", {"tenure": None}, 1, None, 0.0, "b")
+    bank.observe_outcome("churn", "__all__", 1, 1, 5.0, "a", delay=5.0)
+    bank.observe_outcome("churn", "region=eu", 1, 1, 5.0, "a", delay=5.0)
     assert bank.tally.invalid_features == {("churn", "tenure", "type"): 1}
+    assert bank.tally.events == {("churn", "inference", "accepted"): 2, ("churn", "label", "accepted"): 1}
+    assert bank.tally.delays["churn"].count == 1 and bank.tally.delays["churn"].total == 5.0
+    assert bank.tally.inferences == {("churn", "__all__"): 2, ("churn", "region=eu"): 1}
 
 
 def test_regression_errors():
     spec = ModelSpec(name="eta", task="regression", accuracy_window=10)
-    bank = DetectorBank(lambda m: spec, Tally())
+    bank = DetectorBank(lambda m: spec)
     for i, (p, y) in enumerate([(10, 12), (5, 5), (3, 0)]):
         bank.observe_outcome("eta", "__all__", p, y, float(i), str(i))
     st = bank.get("eta", "__all__")
@@ -102,7 +106,7 @@ def test_regression_errors():
 
 
 def test_idle_segments_are_evicted():
-    bank = DetectorBank(lambda m: SPEC, Tally())
+    bank = DetectorBank(lambda m: SPEC)
     bank.observe_outcome("churn", "region=eu", 1, 1, 10.0, "a")
     bank.observe_outcome("churn", "region=us", 1, 1, 100.0, "b")
     assert bank.evict_idle(older_than=50.0) == [("churn", "region=eu")]
@@ -112,10 +116,10 @@ def test_idle_segments_are_evicted():
 
 def test_snapshot_restore_continues_identically():
     """A bank restored from bytes halfway must detect exactly what an uninterrupted one does."""
-    whole = DetectorBank(lambda m: SPEC, Tally())
+    whole = DetectorBank(lambda m: SPEC)
     first = feed_segment(whole, "region=eu", 0.05, 0.4, 2000, 1500, seed=3)
     blob = whole.snapshot()
-    resumed = DetectorBank.restore(blob, lambda m: SPEC, Tally())
+    resumed = DetectorBank.restore(blob, lambda m: SPEC)
     rest_whole = feed_segment(whole, "region=eu", 0.4, 0.4, 0, 2500, seed=4, start=1500.0)
     rest_resumed = feed_segment(resumed, "region=eu", 0.4, 0.4, 0, 2500, seed=4, start=1500.0)
     assert [(r.signal, r.detector, r.timestamp) for r in rest_whole] == [
@@ -123,21 +127,22 @@ def test_snapshot_restore_continues_identically():
     ]
     assert any(r.signal == "error" for r in rest_resumed)
     assert resumed.get("churn", "region=eu").accuracy.get() == whole.get("churn", "region=eu").accuracy.get()
-    assert resumed.tally.labeled[("churn", "region=eu")] == 2500  # counters stay with the process
+    # Counters are state too: the resumed bank goes on from the snapshot's counts.
+    assert resumed.tally.labeled[("churn", "region=eu")] == whole.tally.labeled[("churn", "region=eu")] == 4000
     assert not first or all(r.timestamp < 1500 for r in first)
 
 
 def test_snapshot_of_join_round_trips():
     from detectors.join import Joined, LabelJoin, PendingPrediction
 
-    join = LabelJoin(lambda m: 100.0, Tally())
+    join = LabelJoin(lambda m: 100.0)
     join.add_prediction(PendingPrediction("a", "churn", ("__all__",), 1, None, 0.0))
     join.add_label("b", 0, 1.0)
-    back = LabelJoin.restore(join.snapshot(), lambda m: 100.0, Tally())
+    back = LabelJoin.restore(join.snapshot(), lambda m: 100.0)
     assert isinstance(back.add_label("a", 1, 2.0), Joined)
     assert isinstance(back.add_prediction(PendingPrediction("b", "churn", ("__all__",), 0, None, 1.5)), Joined)
     with pytest.raises(SnapshotError, match="not a LabelJoin"):
-        LabelJoin.restore(snapshot({"x": 1}), lambda m: 1.0, Tally())
+        LabelJoin.restore(snapshot({"x": 1}), lambda m: 1.0)
 
 
 def test_snapshot_rejects_foreign_bytes():

@@ -1,0 +1,120 @@
+"""The event contract at the edge: every class of bad input becomes an Invalid with its reason."""
+import base64
+
+import orjson
+import pytest
+
+from stream.codec import REASONS, DecodeLimits, dead_letter_record, decode_inference, decode_label
+from stream.events import Inference, Invalid, Label
+
+GOOD = {"prediction_id": "p-1", "model": "churn", "features": {"tenure": 3, "plan": "pro", "x": None, "ok": True},
+        "prediction": 1}
+
+
+def inference(**changes):
+    ev = {**GOOD, **changes}
+    return orjson.dumps({k: v for k, v in ev.items() if v is not ...})
+
+
+def test_valid_inference_with_defaults():
+    ev = decode_inference(inference(), 123.0)
+    assert isinstance(ev, Inference)
+    assert (ev.prediction_id, ev.model, ev.model_version, ev.timestamp, ev.score, ev.segment) == \
+        ("p-1", "churn", "unknown", 123.0, None, None)
+    assert ev.features == GOOD["features"]
+
+
+def test_unknown_fields_are_ignored_and_timestamps_parse():
+    ev = decode_inference(inference(extra={"a": [1, 2]}, timestamp="2026-01-01T01:00:00+01:00", score=1), 0.0)
+    assert ev.timestamp == 1767225600.0 and ev.score == 1.0
+    assert decode_inference(inference(timestamp=1767225600.5), 0.0).timestamp == 1767225600.5
+
+
+BAD_INFERENCES = [
+    (b"", "empty"),
+    (b"x" * 2000, "oversized"),
+    (b"\xff\xfe\x00garbage", "not_utf8"),
+    (b'{"prediction_id": "p", "model": "m"', "malformed_json"),
+    (b'{"prediction_id": "p", "model": "m", "features": {"a": NaN}, "prediction": 1}', "not_finite"),
+    (b'{"prediction_id": "p", "model": "m", "features": {"a": 1e999}, "prediction": 1}', "not_finite"),
+    (b'{"prediction_id": "p", "model": "m", "features": {}, "prediction": 1, "deep": ' + b"[" * 40 + b"]" * 40 + b"}",
+     "too_deep"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'"just a string"', "not_object"),
+    (inference(prediction_id=...), "missing_field"),
+    (inference(model=...), "missing_field"),
+    (inference(features=...), "missing_field"),
+    (inference(prediction=...), "missing_field"),
+    (inference(prediction_id=7), "wrong_type"),
+    (inference(prediction_id=""), "out_of_range"),
+    (inference(prediction_id="x" * 257), "out_of_range"),
+    (inference(model="bad name!"), "bad_model_name"),
+    (inference(model="m" * 65), "bad_model_name"),
+    (inference(model=3), "wrong_type"),
+    (inference(features=[1, 2]), "wrong_type"),
+    (inference(features={"a": {"nested": 1}}), "wrong_type"),
+    (inference(features={"a": [1]}), "wrong_type"),
+    (inference(prediction=[1]), "wrong_type"),
+    (inference(prediction=None), "wrong_type"),
+    (inference(score=1.5), "out_of_range"),
+    (inference(score=-0.1), "out_of_range"),
+    (inference(score="high"), "wrong_type"),
+    (inference(segment="eu"), "wrong_type"),
+    (inference(segment={"region": 3}), "wrong_type"),
+    (inference(model_version=2), "wrong_type"),
+    (inference(timestamp=1767225600000), "bad_timestamp"),  # milliseconds
+    (inference(timestamp=-5), "bad_timestamp"),
+    (inference(timestamp="yesterday"), "bad_timestamp"),
+    (inference(timestamp="2026-01-01T00:00:00"), "bad_timestamp"),  # no offset
+    (inference(timestamp=True), "bad_timestamp"),
+]
+
+
+@pytest.mark.parametrize("raw,reason", BAD_INFERENCES)
+def test_bad_inference_is_an_invalid_value_with_its_reason(raw, reason):
+    out = decode_inference(raw, 0.0, DecodeLimits(max_bytes=1024, max_depth=32))
+    assert isinstance(out, Invalid), out
+    assert out.reason == reason, out.detail
+    assert out.kind == "inference" and out.raw == raw and out.detail
+    assert reason in REASONS
+
+
+def test_every_reason_of_the_decoder_is_exercised():
+    seen = {reason for _, reason in BAD_INFERENCES}
+    decoder_reasons = set(REASONS) - {"model_mismatch", "too_many_models"}  # decided by the intake
+    assert decoder_reasons <= seen
+
+
+def test_invalid_carries_the_model_when_it_is_valid():
+    assert decode_inference(inference(score=3), 0.0).model == "churn"
+    assert decode_inference(inference(model="bad name"), 0.0).model is None
+
+
+def test_labels():
+    ok = decode_label(b'{"prediction_id": "p", "label": false, "model": "churn", "timestamp": 5}', 1.0)
+    assert ok == Label("p", False, 5.0, "churn")
+    assert decode_label(b'{"prediction_id": "p", "label": "cat"}', 9.0) == Label("p", "cat", 9.0, None)
+    for raw, reason in [
+        (b'{"label": 1}', "missing_field"),
+        (b'{"prediction_id": "p"}', "missing_field"),
+        (b'{"prediction_id": "p", "label": {"a": 1}}', "wrong_type"),
+        (b'{"prediction_id": "p", "label": 1, "model": "no spaces"}', "bad_model_name"),
+        (b'{"prediction_id": "p", "label": Infinity}', "not_finite"),
+    ]:
+        out = decode_label(raw, 0.0)
+        assert isinstance(out, Invalid) and out.kind == "label" and out.reason == reason, (raw, out)
+
+
+def test_dead_letter_keeps_original_bytes_reason_and_source():
+    raw = b"\xff\xfe\x00garbage"
+    rec = orjson.loads(dead_letter_record(decode_inference(raw, 0.0), topic="t", partition=2, offset=41))
+    assert rec["reason"] == "not_utf8" and rec["kind"] == "inference"
+    assert (rec["topic"], rec["partition"], rec["offset"]) == ("t", 2, 41)
+    assert base64.b64decode(rec["raw_base64"]) == raw and rec["raw_size"] == len(raw) and not rec["raw_truncated"]
+
+
+def test_dead_letter_of_a_huge_payload_is_truncated_and_says_so():
+    raw = b"{" + b" " * 2_000_000 + b"}"
+    rec = orjson.loads(dead_letter_record(decode_inference(raw, 0.0), topic="t", partition=0, offset=0))
+    assert rec["reason"] == "oversized" and rec["raw_truncated"] and rec["raw_size"] == len(raw)
+    assert len(base64.b64decode(rec["raw_base64"])) < len(raw)

@@ -1,0 +1,134 @@
+"""`driftline replay` and the demo: the whole core over files, checked against independent counts."""
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.demo import DRIFT_SEGMENT, write_demo
+from stream.replay import replay
+from stream.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    files = write_demo(out)
+    result = replay(load_settings(files.config), files.inferences, files.labels)
+    return files, result
+
+
+def samples(exposition: bytes) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(exposition.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(smp, name, **labels):
+    return smp.get((name, tuple(sorted(labels.items()))))
+
+
+def test_error_drift_is_found_in_the_drifted_segment_and_nowhere_untouched(demo):
+    files, result = demo
+    error = [d for d in result.detections if d.signal == "error"]
+    by_segment = defaultdict(list)
+    for d in error:
+        by_segment[d.segment].append(d)
+    assert by_segment[DRIFT_SEGMENT], "no error drift in the drifted segment"
+    assert all(d.timestamp >= files.drift_time for d in by_segment[DRIFT_SEGMENT])
+    first = min(d.timestamp for d in by_segment[DRIFT_SEGMENT])
+    assert first - files.drift_time < 3600  # within an hour of event time (~300 labelled events)
+    assert not by_segment["band=low"] and not by_segment["band=mid"]
+    assert all(d.timestamp >= files.drift_time for d in by_segment["__all__"])
+
+
+def test_accuracy_and_counters_equal_an_independent_count(demo):
+    files, result = demo
+    preds = {}
+    for line in files.inferences.read_bytes().splitlines():
+        try:
+            ev = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if ev.get("model") == "shuttle" and 0 <= ev.get("score", 0) <= 1:
+            preds[ev["prediction_id"]] = ev
+    graded = defaultdict(list)  # segment -> [(label time, correct)]
+    for line in files.labels.read_bytes().splitlines():
+        lab = orjson.loads(line)
+        ev = preds[lab["prediction_id"]]
+        ok = ev["prediction"] == lab["label"]
+        for seg in ("__all__", "band=" + ev["segment"]["band"]):
+            graded[seg].append((lab["timestamp"], ok))
+    smp = samples(result.exposition())
+    window = load_settings(files.config).models["shuttle"].accuracy_window
+    for seg, rows in graded.items():
+        rows.sort()
+        oks = [ok for _, ok in rows]
+        assert value(smp, "driftline_labeled_total", model="shuttle", segment=seg) == len(oks)
+        assert value(smp, "driftline_correct_total", model="shuttle", segment=seg) == sum(oks)
+        assert value(smp, "driftline_accuracy", model="shuttle", segment=seg) == pytest.approx(
+            sum(oks[-window:]) / window, abs=1e-12)
+    assert value(smp, "driftline_events_total", model="shuttle", kind="inference", outcome="accepted") == len(preds)
+
+
+def test_bad_lines_are_counted_with_their_reason_and_skipped(demo):
+    _, result = demo
+    assert dict(result.invalid) == {("inference", "malformed_json"): 1, ("inference", "out_of_range"): 1,
+                                    ("inference", "bad_model_name"): 1}
+    smp = samples(result.exposition())
+    assert value(smp, "driftline_events_total", model="__unknown__", kind="inference", outcome="invalid") == 2
+    assert value(smp, "driftline_events_total", model="shuttle", kind="inference", outcome="invalid") == 1
+
+
+def test_label_before_its_prediction_in_event_time_still_joins(tmp_path):
+    (tmp_path / "c.yml").write_text("models:\n  m:\n    label_ttl: 1h\n")
+    (tmp_path / "i.jsonl").write_bytes(b'{"prediction_id":"a","model":"m","features":{},"prediction":1,"timestamp":100}\n')
+    (tmp_path / "l.jsonl").write_bytes(b'{"prediction_id":"a","label":1,"timestamp":50}\n'
+                                       b'{"prediction_id":"a","label":1,"timestamp":60}\n'
+                                       b'{"prediction_id":"zz","label":1,"timestamp":70}\n')
+    result = replay(load_settings(tmp_path / "c.yml"), tmp_path / "i.jsonl", tmp_path / "l.jsonl")
+    smp = samples(result.exposition())
+    assert value(smp, "driftline_labeled_total", model="m", segment="__all__") == 1
+    assert value(smp, "driftline_events_total", model="__unknown__", kind="label", outcome="duplicate") == 1
+    assert value(smp, "driftline_join_pending", kind="label") == 1  # "zz" waits for its prediction
+
+
+def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
+    files, result = demo
+    metrics, drifts = tmp_path / "m.prom", tmp_path / "d.jsonl"
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "replay", "--config", str(files.config),
+                          "--inferences", str(files.inferences), "--labels", str(files.labels),
+                          "--metrics-out", str(metrics), "--drift-out", str(drifts)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "events/s" in res.stderr
+    records = [orjson.loads(line) for line in drifts.read_bytes().splitlines()]
+    assert len(records) == len(result.detections) > 0
+    for r in records:
+        assert {"model", "segment", "signal", "detector", "timestamp", "prediction_id", "statistics"} <= set(r)
+    smp = samples(metrics.read_bytes())
+    detected = sum(v for (name, _), v in smp.items() if name == "driftline_drift_detected_total")
+    assert detected == len(records)
+
+
+def test_bad_config_is_refused_at_start_naming_the_key(tmp_path):
+    (tmp_path / "c.yml").write_text("models:\n  m:\n    task: clasification\n")
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "replay", "--config", str(tmp_path / "c.yml"),
+                          "--inferences", "x", "--labels", "y"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "models.m.task" in res.stderr and "classification, regression" in res.stderr
+
+
+def test_exposition_passes_promtool_check_metrics(demo):
+    _, result = demo
+    assert shutil.which("promtool"), "promtool missing: run deploy/setup (Debian's prometheus package)"
+    res = subprocess.run(["promtool", "check", "metrics"], input=result.exposition(), capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
