@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
@@ -80,7 +81,7 @@ def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict
                     result[name] = "exists"
                     continue
                 raise ProvisioningError(f"broker refused to create topic {name!r}: {err.str()}") from exc
-    existing = admin.list_topics(timeout=timeout).topics
+    existing = _wait_for_leaders(admin, [pl.name for pl in plans], timeout)
     for pl in plans:
         result.setdefault(pl.name, "exists")
     t = settings.kafka.topics
@@ -92,3 +93,17 @@ def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict
             "partition count: labels join predictions by prediction_id within one partition"
         )
     return result, {pl.name: len(existing[pl.name].partitions) for pl in plans}
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> dict:
+    """Topic metadata once every partition of `names` has a leader (new topics take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        missing = [n for n in names if n not in topics or topics[n].error is not None
+                   or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not missing:
+            return topics
+        if time.monotonic() > deadline:
+            raise ProvisioningError(f"topics {', '.join(missing)} have no leader after {timeout:.0f} s")
+        time.sleep(0.1)

@@ -57,6 +57,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.kafka:
+        from stream.live_demo import run_live_demo
+
+        live = run_live_demo(args.kafka, args.listen, args.out, rate=args.rate, keep_worker=args.keep_worker)
+        print("\n".join(live.lines))
+        return 0 if live.detection_seconds is not None else 1
+
     from stream.demo import run_demo
 
     _, report = run_demo(args.out, plot=not args.no_plot)
@@ -84,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--drift-out", help="write one JSON line per drift detection here")
     rp.set_defaults(func=_cmd_replay)
 
-    dp = sub.add_parser("demo", help="replay the built-in Shuttle demo (real data, one injected drift)")
+    dp = sub.add_parser("demo", help="the built-in Shuttle demo (real data, one injected drift): replayed from "
+                                      "files, or live through Kafka and a worker with --kafka")
     dp.add_argument("--out", default="out/demo", help="folder for the demo's files (default: out/demo)")
-    dp.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    dp.add_argument("--no-plot", action="store_true", help="skip the PNG plot (replay)")
+    dp.add_argument("--kafka", metavar="BOOTSTRAP", help="publish into this Kafka and run a worker (live demo)")
+    dp.add_argument("--listen", default="127.0.0.1:8000", help="the live demo worker's /metrics address")
+    dp.add_argument("--rate", type=float, default=4000.0, help="live demo: inference events per second")
+    dp.add_argument("--keep-worker", action="store_true", help="live demo: leave the worker running")
     dp.set_defaults(func=_cmd_demo)
     return parser
 

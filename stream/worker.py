@@ -436,12 +436,8 @@ class Worker:
                                          for topic, off in part.positions.items()):
                     reuse[key] = part
             self._parked.clear()
-            try:
-                blobs = self.store.read(wanted - set(reuse))
-            except (CheckpointError, KafkaException) as exc:
-                # Starting these partitions empty would silently lose their history: stop instead.
-                self.fatal = f"cannot restore checkpoints: {exc}"
-                log.error("%s", self.fatal)
+            blobs = self._read_checkpoints(wanted - set(reuse))
+            if blobs is None:
                 return
             now = self.clock()
             for key in sorted(wanted):
@@ -479,6 +475,23 @@ class Worker:
             log.info("assigned %d partitions (%d intake, %d bank) in %.2f s; %d events to replay",
                      len(partitions), len(self.intakes), len(self.banks), self.stats.restore_seconds,
                      self.stats.replayed)
+
+    def _read_checkpoints(self, keys: set[str], attempts: int = 10) -> dict[str, bytes] | None:
+        """Checkpoints of `keys`, retrying what a broker restart or a new topic can cause."""
+        for attempt in range(attempts):
+            try:
+                return self.store.read(keys)
+            except (CheckpointError, KafkaException) as exc:
+                last = exc
+                retriable = isinstance(exc, KafkaException) and exc.args[0].retriable()
+                if not retriable and not isinstance(exc, CheckpointError):
+                    break
+                log.warning("reading checkpoints (attempt %d of %d): %s", attempt + 1, attempts, exc)
+                time.sleep(min(0.5 * 2 ** attempt, 5.0))
+        # Starting these partitions empty would silently lose their history: stop instead.
+        self.fatal = f"cannot restore checkpoints: {last}"
+        log.error("%s", self.fatal)
+        return None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self.lock:
