@@ -46,8 +46,14 @@ def topic_plan(settings) -> list[TopicPlan]:
     ]
 
 
-def admin_client(settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap, **settings.kafka.client_config})
+def admin_client(settings, errors: list | None = None) -> AdminClient:
+    conf = {"bootstrap.servers": settings.kafka.bootstrap, **settings.kafka.client_config}
+    if errors is not None:
+        # librdkafka reports why it cannot connect (authentication, TLS, DNS) here, not in the
+        # exception a timed-out request raises.
+        conf["error_cb"] = errors.append
+        conf["log_level"] = 2
+    return AdminClient(conf)
 
 
 def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict[str, int]]:
@@ -55,13 +61,16 @@ def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict
 
     Returns ({topic: 'created' | 'exists'}, {topic: partition count}).
     """
-    admin = admin_client(settings)
+    errors: list = []
+    admin = admin_client(settings, errors)
     plans = topic_plan(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
+        admin.poll(1)  # error callbacks are served by poll()
+        why = "; ".join(sorted({e.str() for e in errors})) or exc.args[0].str()
         raise ProvisioningError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap}: {exc.args[0]} "
+            f"cannot reach Kafka at {settings.kafka.bootstrap}: {why} "
             "(check kafka.bootstrap / DRIFTLINE_BOOTSTRAP and the kafka.config security settings)"
         ) from exc
     result: dict[str, str] = {}

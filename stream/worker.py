@@ -27,7 +27,6 @@ from typing import Any
 
 import orjson
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -131,9 +130,14 @@ class Worker:
         group = settings.kafka.group_id
         self._key_prefix = f"{group}/"
         kafka = settings.kafka
-        common = {"bootstrap.servers": kafka.bootstrap, **kafka.client_config}
+        user = dict(kafka.client_config)
+        # Tunables first (the user's kafka.config overrides them), then what correctness needs.
         self.consumer = Consumer({
-            **common,
+            "session.timeout.ms": 10_000,  # a dead worker's partitions move after 10 s, not 45
+            "heartbeat.interval.ms": 2_000,
+            "fetch.wait.max.ms": 100,
+            **user,
+            "bootstrap.servers": kafka.bootstrap,
             "group.id": group,
             "client.id": f"driftline-{uuid.uuid4().hex[:6]}",
             # range: partition p of every subscribed topic goes to the same member when the
@@ -142,14 +146,14 @@ class Worker:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
-            "fetch.wait.max.ms": 100,
         })
         self.producer = Producer({
-            **common,
-            "enable.idempotence": True,  # ordered, no duplicates from retries
-            "acks": "all",
             "linger.ms": 20,
             "compression.type": "lz4",
+            **user,
+            "bootstrap.servers": kafka.bootstrap,
+            "enable.idempotence": True,  # ordered, no duplicates from retries
+            "acks": "all",
             # Never give up on a record: while the broker is away the local queue fills and
             # produce() blocks the loop (back pressure), and nothing is dropped.
             "message.timeout.ms": 0,
@@ -440,6 +444,7 @@ class Worker:
             if blobs is None:
                 return
             now = self.clock()
+            fresh: set[str] = set()
             for key in sorted(wanted):
                 stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
                 table = self.intakes if stage == "intake" else self.banks
@@ -452,9 +457,11 @@ class Worker:
                     log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
                 elif stage == "intake":
                     table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now)
+                    fresh.add(key)
                 else:
                     table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle),
                                              {}, {}, now)
+                    fresh.add(key)
             for tp in partitions:
                 table = self.banks if tp.topic == t.observations else self.intakes
                 start = table[tp.partition].positions.get(tp.topic)
@@ -463,11 +470,16 @@ class Worker:
                     tp.offset = start
                     if done > start:
                         self.stats.replayed += done - start
-                elif done >= 0:
-                    tp.offset = done
                 else:
-                    tp.offset = OFFSET_BEGINNING
+                    # A fresh state starts where the group left off (or at the beginning), and
+                    # says so in its positions: its first checkpoint must name an offset.
+                    tp.offset = done if done >= 0 else consumer.get_watermark_offsets(tp, timeout=30)[0]
+                    table[tp.partition].positions[tp.topic] = tp.offset
             consumer.assign(partitions)
+            if fresh:
+                # Checkpoint new states at once: a successor must never find a partition without
+                # one, or it would start empty at the committed offset and lose what the join held.
+                self._checkpoint(force=True, only=fresh)
             self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
             self.assigned_once = True
             self.rebalancing = False
@@ -482,10 +494,9 @@ class Worker:
             try:
                 return self.store.read(keys)
             except (CheckpointError, KafkaException) as exc:
+                # Leaders move and new topics settle for a moment after creation; a broker
+                # restart looks the same: retry with back-off before giving up.
                 last = exc
-                retriable = isinstance(exc, KafkaException) and exc.args[0].retriable()
-                if not retriable and not isinstance(exc, CheckpointError):
-                    break
                 log.warning("reading checkpoints (attempt %d of %d): %s", attempt + 1, attempts, exc)
                 time.sleep(min(0.5 * 2 ** attempt, 5.0))
         # Starting these partitions empty would silently lose their history: stop instead.

@@ -14,15 +14,17 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import pytest
 import yaml
@@ -91,20 +93,39 @@ def local_state(tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------------- Kafka
+def session_shared(request) -> dict:
+    """A dict that lives as long as the test session. tests/e2e/conftest.py defines this file's
+    fixtures again (a conftest's fixtures reach only its own directory), so a session-scoped
+    fixture is set up once per directory; what it starts is kept here so that the second setup
+    reuses the first one's process instead of starting another."""
+    shared = getattr(request.session, "_driftline_shared", None)
+    if shared is None:
+        shared = {}
+        request.session._driftline_shared = shared
+    return shared
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(local_state: Path) -> Iterator[str]:
-    """"127.0.0.1:PORT" of a running broker: DRIFTLINE_BOOTSTRAP, or one started for this session."""
+def kafka_bootstrap(request, local_state: Path) -> Iterator[str]:
+    """"127.0.0.1:PORT" of a running broker: DRIFTLINE_BOOTSTRAP, or one started for this session
+    (one broker per session, whichever test directory asks first)."""
     given = os.environ.get("DRIFTLINE_BOOTSTRAP")
     if given:
         yield given
+        return
+    shared = session_shared(request)
+    if "kafka" in shared:
+        yield shared["kafka"]
         return
     port, cport = free_port(), free_port()
     svc = _Service("kafka", {"DRIFTLINE_STATE": str(local_state), "KAFKA_PORT": str(port),
                              "KAFKA_CONTROLLER_PORT": str(cport)})
     svc.start(KAFKA_START_TIMEOUT)
+    shared["kafka"] = f"127.0.0.1:{port}"
     try:
-        yield f"127.0.0.1:{port}"
+        yield shared["kafka"]
     finally:
+        shared.pop("kafka", None)
         svc.stop()
 
 
@@ -162,30 +183,33 @@ def unique_topic(create_topic) -> str:
 
 # ---------------------------------------------------------------------------- monitoring
 class _Recorder(http.server.ThreadingHTTPServer):
-    """A tiny HTTP server on a free port: GET serves `body` (a /metrics stub), POST is recorded
-    (an Alertmanager webhook receiver)."""
+    """A tiny HTTP server on a free port: GET serves `body` (a /metrics stub; bytes, or a callable
+    returning bytes for a body that changes with every scrape), POST is recorded with the wall
+    time it arrived at (an Alertmanager webhook receiver)."""
 
     daemon_threads = True
 
     def __init__(self):
-        self.body = b""
+        self.body: bytes | Callable[[], bytes] = b""
         self.posts: list[dict] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                body = outer.body() if callable(outer.body) else outer.body
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.end_headers()
-                self.wfile.write(outer.body)
+                self.wfile.write(body)
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n)
+                at = time.time()
                 try:
-                    outer.posts.append({"path": self.path, "json": json.loads(raw)})
+                    outer.posts.append({"path": self.path, "json": json.loads(raw), "at": at})
                 except ValueError:
-                    outer.posts.append({"path": self.path, "raw": raw})
+                    outer.posts.append({"path": self.path, "raw": raw, "at": at})
                 self.send_response(200)
                 self.end_headers()
 
@@ -222,13 +246,23 @@ def webhook_sink() -> Iterator[_Recorder]:
 
 
 def render_alertmanager_config(dest: Path, webhook_url: str) -> Path:
-    """deploy/alertmanager/alertmanager.yml with the webhook pointed at `webhook_url` and a short
-    group_wait, so a test sees a notification within seconds. Routing is unchanged."""
+    """deploy/alertmanager/alertmanager.yml with every webhook sent to the scheme and host of
+    `webhook_url` (each receiver keeps its own path, e.g. /alert/page, so a test can tell the
+    routes apart) and a short group_wait on every route, so a test sees a notification within
+    seconds. Routing, grouping and inhibition are unchanged."""
     cfg = yaml.safe_load((REPO / "deploy/alertmanager/alertmanager.yml").read_text())
-    cfg["route"]["group_wait"] = "1s"
+    target = urllib.parse.urlsplit(webhook_url)
+
+    def short_waits(route: dict) -> None:  # child routes inherit the root's unless they set their own
+        if "group_wait" in route:
+            route["group_wait"] = "1s"
+        for child in route.get("routes", []):
+            short_waits(child)
+
+    short_waits(cfg["route"])
     for rcv in cfg["receivers"]:
         for hook in rcv.get("webhook_configs", []):
-            hook["url"] = webhook_url
+            hook["url"] = urllib.parse.urlsplit(hook["url"])._replace(scheme=target.scheme, netloc=target.netloc).geturl()
     dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
 
@@ -282,3 +316,60 @@ def prometheus_url(local_state: Path, alertmanager_url: str, metrics_stub: _Reco
         yield f"http://127.0.0.1:{port}"
     finally:
         svc.stop()
+
+
+# ---------------------------------------------------------------------------- Grafana dashboards
+DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
+
+
+class DashboardQuery(NamedTuple):
+    dashboard: str  # file name
+    kind: str       # "panel", "annotation" or "variable"
+    where: str      # panel title, annotation name or variable name
+    expr: str       # PromQL, with Grafana's $variables; for variables, Grafana's label_values(...)
+
+
+def _all_panels(panels: list[dict]) -> Iterator[dict]:
+    for panel in panels:
+        yield panel
+        yield from _all_panels(panel.get("panels", []))  # collapsed rows hold their panels
+
+
+def dashboard_queries(paths: Iterable[Path] | None = None) -> list[DashboardQuery]:
+    """Every query of the provisioned dashboards: panel targets, annotations, template variables."""
+    out = []
+    for path in sorted(paths or DASHBOARDS.glob("*.json")):
+        dash = json.loads(path.read_text())
+        for panel in _all_panels(dash["panels"]):
+            for target in panel.get("targets", []):
+                out.append(DashboardQuery(path.name, "panel", f"{panel['title']} [{target['refId']}]", target["expr"]))
+        for ann in dash.get("annotations", {}).get("list", []):
+            if ann.get("expr"):
+                out.append(DashboardQuery(path.name, "annotation", ann["name"], ann["expr"]))
+        for var in dash.get("templating", {}).get("list", []):
+            if var.get("type") == "query":
+                query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+                out.append(DashboardQuery(path.name, "variable", var["name"], query))
+    return out
+
+
+def grafana_expand(expr: str, values: dict[str, str]) -> str:
+    """`expr` with Grafana's variables replaced: `values` maps a template variable's name to what
+    to put in its place (a regex for multi-value variables, which the dashboards match with =~);
+    $__rate_interval, $__interval and $__range get `values` entries of those names, or defaults
+    that suit a 1 s scrape interval."""
+    values = {"__rate_interval": "10s", "__interval": "5s", "__range": "1h", **values}
+    for name in sorted(values, key=len, reverse=True):  # $model before $m
+        expr = expr.replace("${" + name + "}", values[name]).replace("$" + name, values[name])
+    assert "$" not in expr, f"unexpanded variable in {expr!r}"
+    return expr
+
+
+LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<selector>.+?)\s*,\s*)?(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*\)\s*$")
+
+
+def label_values_query(query: str) -> tuple[str | None, str]:
+    """Grafana's `label_values(selector, label)` (or `label_values(label)`) -> (selector, label)."""
+    m = LABEL_VALUES.match(query)
+    assert m, f"not a label_values() query: {query!r}"
+    return m.group("selector"), m.group("label")

@@ -1,0 +1,293 @@
+"""False-alarm control: detector thresholds set from a false-alarm budget, not by hand.
+
+Page-Hinkley's `threshold` and `delta` are in the units of the signal it watches, so one fixed
+threshold cannot suit a 0/1 error stream, a score in [0, 1] and a feature in the thousands; and
+ADWIN's bound assumes values in [0, 1]. driftline therefore puts a `Standardizer` in front of
+the detectors of every numeric signal: it learns the signal's mean and standard deviation over
+the segment's first `warmup` values (like `CategorySurprisal` learns its reference), then feeds
+the detectors z-scores clipped to +-3. Thresholds are then in standard deviations, and one table,
+computed once by simulation (`bench/quality.py --calibrate`, numbers below), maps a budget to
+them:
+
+- a *false-alarm budget* is the expected number of events between two false alarms of one
+  detector on one stationary signal: its average run length (ARL);
+- a model's budget, `events_between_false_alarms` of the model's traffic, is split over its
+  detector streams: every event updates `streams_per_event(...)` detectors (each detector on
+  each signal of `__all__` and of the one segment per attribute that the event falls in), so
+  each detector gets `stream_arl(budget, streams)` and the model's expected false alarms per
+  event is at most `1 / budget`, whatever the number of segment values;
+- a fleet's false alarms per second are then predictable: the sum over models of
+  `events per second / events_between_false_alarms`.
+
+The classification error stream (0/1 values) is the exception: ADWIN reads it raw (it is what
+ADWIN's bound is made for), Page-Hinkley reads it standardised by the warm-up error rate, with a
+threshold from a table per error rate, because a 0/1 stream with a low rate is far from normal.
+
+>>> params = page_hinkley_params(stream_arl(1e7, streams_per_event(1, 2, 2)))
+>>> params.delta, round(params.threshold, 1), params.alpha
+(0.25, 37.5, 1.0)
+>>> round(page_hinkley_arl(params.threshold) / 8e7, 2)
+1.0
+>>> det = CalibratedDetector("page_hinkley", arl=1e6, warmup=100)
+>>> [det.update(1000.0 + (i % 7)) for i in range(100)].count(True)
+0
+>>> det.update(1000.0 + 3), det.statistics()["scale"] > 0
+(False, True)
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Literal
+
+from detectors.drift import ADWINDetector, PageHinkleyDetector
+from detectors.spec import ADWINParams, PageHinkleyParams
+
+SignalKind = Literal["numeric", "binary"]
+
+# Values a Standardizer learns mean and scale from before the detectors see anything. 500 gives
+# the scale to ~3% (normal data); a 3% error in the scale moves the false-alarm rate at the
+# default budget by a factor of ~1.5 (measured, docs/quality.md).
+DEFAULT_WARMUP = 500
+# z-scores are clipped to +-CLIP before the detectors. Measured (bench/quality.py, robustness
+# table): without it, heavy tails (lognormal, Student t3) raise 10-30x the budgeted false alarms
+# of normal data at the same threshold; clipped at 3 every tested distribution is at or below
+# the normal rate, and a 1-sigma shift is detected as fast.
+CLIP = 3.0
+# Model-level default budget: events of the model's traffic between two false alarms on any of
+# its detectors (docs/quality.md: delay vs budget trade-off).
+DEFAULT_EVENTS_BETWEEN_FALSE_ALARMS = 1e7
+
+# --- Page-Hinkley tables ---------------------------------------------------------------------
+# River PageHinkley(min_instances=30, alpha=1, mode="both", delta=k) fed standardised values
+# whose scale is exact. Over thresholds h, ln(ARL) = a + theta * h, where theta is the
+# Cramer-Lundberg root of E[exp(theta * (z - k))] = 1 for the clipped z (theory: 2k for
+# normal z) and a is fitted on simulated ARLs (vectorised replica of River's update, checked
+# against River itself; 1,000 streams x 100,000 events per point; `--calibrate`).
+PH_MIN_INSTANCES = 30
+PH_DELTAS = (0.1, 0.25, 0.5)
+DEFAULT_PH_DELTA = 0.25
+# k -> (a, theta): normal noise clipped to +-3.
+PH_NUMERIC: dict[float, tuple[float, float]] = {
+    0.1: (1.6, 0.2),
+    0.25: (0.43, 0.5),
+    0.5: (-0.23, 1.0),
+}
+# k -> ((p, a, theta), ...) for a 0/1 stream with rate p, standardised by sqrt(p (1 - p)).
+# The table covers p in [0.002, 0.5]; a rate above 0.5 reads the row of 1 - p (mirror image).
+PH_BINARY: dict[float, tuple[tuple[float, float, float], ...]] = {
+    0.25: ((0.002, 0.0, 0.13), (0.5, 0.43, 0.5)),
+    0.1: ((0.002, 0.0, 0.08), (0.5, 1.6, 0.2)),
+    0.5: ((0.002, 0.0, 0.2), (0.5, -0.23, 1.0)),
+}
+
+# --- ADWIN tables ----------------------------------------------------------------------------
+# River ADWIN (clock=32, max_buckets=5, min_window_length=5, grace_period=10): false alarms per
+# event = exp(c) * delta ** g, fitted over delta in [0.02, 1] on stationary runs of 10^6 events
+# (`--calibrate`), extrapolated to smaller delta (theory: the bound's tail is linear in delta).
+ADWIN_NUMERIC: tuple[float, float] = (-7.8, 1.0)  # clipped standard normal
+ADWIN_BINARY: tuple[float, float] = (-8.4, 1.0)  # raw 0/1, the worst rate in [0.01, 0.5]
+ADWIN_MAX_DELTA = 1.0
+
+
+def streams_per_event(attributes: int, signals: int, detectors: int) -> int:
+    """Detector updates one event of a model causes: each detector on each signal, in `__all__`
+    and in the one segment per attribute that the event belongs to."""
+    return (1 + attributes) * max(signals, 1) * max(detectors, 1)
+
+
+def stream_arl(events_between_false_alarms: float, streams: int) -> float:
+    """The ARL each detector needs so that a model whose events feed `streams` detector
+    updates has, on stationary data, at most one false alarm per `events_between_false_alarms`."""
+    if events_between_false_alarms <= 0 or streams < 1:
+        raise ValueError("events_between_false_alarms must be > 0 and streams >= 1")
+    return float(events_between_false_alarms) * streams
+
+
+def _ph_row(kind: SignalKind, delta: float, p: float | None) -> tuple[float, float]:
+    if delta not in PH_NUMERIC:
+        raise ValueError(f"Page-Hinkley delta {delta!r} is not calibrated; use one of {PH_DELTAS}")
+    if kind == "numeric":
+        return PH_NUMERIC[delta]
+    if kind != "binary":
+        raise ValueError(f"unknown signal kind {kind!r}; known: numeric, binary")
+    if p is None:
+        raise ValueError("a binary signal needs its rate p")
+    rows = PH_BINARY[delta]
+    q = min(max(min(p, 1.0 - p), rows[0][0]), rows[-1][0])
+    ps = [r[0] for r in rows]
+    i = bisect.bisect_left(ps, q)
+    if ps[i] == q:
+        return rows[i][1], rows[i][2]
+    (p0, a0, t0), (p1, a1, t1) = rows[i - 1], rows[i]
+    w = (math.log(q) - math.log(p0)) / (math.log(p1) - math.log(p0))
+    return a0 + w * (a1 - a0), t0 + w * (t1 - t0)
+
+
+def page_hinkley_params(
+    arl: float, kind: SignalKind = "numeric", delta: float = DEFAULT_PH_DELTA, p: float | None = None
+) -> PageHinkleyParams:
+    """Page-Hinkley parameters, in standard deviations of the signal, for the given ARL."""
+    a, theta = _ph_row(kind, delta, p)
+    threshold = max((math.log(arl) - a) / theta, 1.0)
+    return PageHinkleyParams(min_instances=PH_MIN_INSTANCES, delta=delta, threshold=threshold, alpha=1.0, mode="both")
+
+
+def page_hinkley_arl(
+    threshold: float, kind: SignalKind = "numeric", delta: float = DEFAULT_PH_DELTA, p: float | None = None
+) -> float:
+    """The predicted ARL of a calibrated Page-Hinkley with this threshold (inverse of the above)."""
+    a, theta = _ph_row(kind, delta, p)
+    return math.exp(a + theta * threshold)
+
+
+def adwin_params(arl: float, kind: SignalKind = "numeric") -> ADWINParams:
+    c, g = ADWIN_NUMERIC if kind == "numeric" else ADWIN_BINARY
+    delta = math.exp(-(math.log(arl) + c) / g)
+    return ADWINParams(delta=min(delta, ADWIN_MAX_DELTA))
+
+
+def adwin_arl(delta: float, kind: SignalKind = "numeric") -> float:
+    c, g = ADWIN_NUMERIC if kind == "numeric" else ADWIN_BINARY
+    return math.exp(-(c + g * math.log(delta)))
+
+
+class Standardizer:
+    """z = (x - mean) / scale, clipped, with mean and scale frozen after `warmup` values.
+
+    `binary=True` is for 0/1 streams: the scale is sqrt(p (1 - p)) of the Laplace-smoothed rate
+    p = (ones + 1) / (n + 2), never 0. For other streams a constant warm-up gets a tiny scale,
+    so that any later change of value stands out.
+
+    >>> s = Standardizer(warmup=4)
+    >>> [s.transform(x) for x in (10.0, 12.0, 10.0, 12.0)]
+    [None, None, None, None]
+    >>> s.center, s.scale, s.transform(13.0), s.transform(100.0)
+    (11.0, 1.0, 2.0, 3.0)
+    """
+
+    __slots__ = ("warmup", "binary", "clip", "_n", "_mean", "_m2", "center", "scale")
+
+    def __init__(self, warmup: int = DEFAULT_WARMUP, binary: bool = False, clip: float | None = CLIP):
+        if warmup < 2:
+            raise ValueError("warmup must be >= 2")
+        self.warmup = warmup
+        self.binary = binary
+        self.clip = clip
+        self._n = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+        self.center: float | None = None
+        self.scale: float | None = None
+
+    @property
+    def learning(self) -> bool:
+        return self.scale is None
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.scale is not None else self.warmup - self._n
+
+    @property
+    def rate(self) -> float | None:
+        """The smoothed rate of ones (binary streams), once learnt."""
+        if not self.binary or self.scale is None:
+            return None
+        return (self._mean * self._n + 1.0) / (self._n + 2.0)
+
+    def transform(self, x: float) -> float | None:
+        scale = self.scale
+        if scale is not None:
+            z = (x - self.center) / scale
+            c = self.clip
+            if c is not None:
+                if z > c:
+                    return c
+                if z < -c:
+                    return -c
+            return z
+        self._n += 1
+        d = x - self._mean
+        self._mean += d / self._n
+        self._m2 += d * (x - self._mean)
+        if self._n >= self.warmup:
+            self._freeze()
+        return None
+
+    def _freeze(self) -> None:
+        n = self._n
+        if self.binary:
+            p = (self._mean * n + 1.0) / (n + 2.0)
+            self.center, self.scale = self._mean, math.sqrt(p * (1.0 - p))
+            return
+        sd = math.sqrt(self._m2 / (n - 1))
+        self.center = self._mean
+        self.scale = sd if sd > 0.0 else 1e-9 * max(1.0, abs(self._mean))
+
+
+class CalibratedDetector:
+    """A River detector whose threshold comes from a per-stream ARL; the `Detector` protocol.
+
+    numeric signals: standardised, then ADWIN or Page-Hinkley with the numeric tables.
+    binary signals (0/1 errors): ADWIN raw with the binary table (no warm-up); Page-Hinkley
+    standardised by the warm-up error rate, threshold from the binary table at that rate.
+    Nothing is detected during the warm-up.
+    """
+
+    __slots__ = ("name", "arl", "kind", "ph_delta", "_std", "_inner")
+
+    def __init__(
+        self,
+        name: str,
+        arl: float,
+        kind: SignalKind = "numeric",
+        warmup: int = DEFAULT_WARMUP,
+        ph_delta: float = DEFAULT_PH_DELTA,
+        clip: float | None = CLIP,
+    ):
+        if name not in ("adwin", "page_hinkley"):
+            raise ValueError(f"unknown detector {name!r}; known: adwin, page_hinkley")
+        if kind not in ("numeric", "binary"):
+            raise ValueError(f"unknown signal kind {kind!r}; known: numeric, binary")
+        _ph_row("numeric", ph_delta, None)  # refuse an uncalibrated delta now, not after warm-up
+        self.name = name
+        self.arl = float(arl)
+        self.kind = kind
+        self.ph_delta = ph_delta
+        self._inner: ADWINDetector | PageHinkleyDetector | None = None
+        self._std: Standardizer | None = None
+        if name == "adwin" and kind == "binary":
+            self._inner = ADWINDetector(adwin_params(self.arl, "binary"))
+        else:
+            self._std = Standardizer(warmup, binary=kind == "binary", clip=None if kind == "binary" else clip)
+
+    def update(self, x: float) -> bool:
+        std = self._std
+        if std is None:
+            return self._inner.update(x)
+        z = std.transform(x)
+        if z is None:
+            return False
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = self._build(std)
+        return inner.update(z)
+
+    def _build(self, std: Standardizer) -> ADWINDetector | PageHinkleyDetector:
+        if self.name == "adwin":
+            return ADWINDetector(adwin_params(self.arl, "numeric"))
+        return PageHinkleyDetector(page_hinkley_params(self.arl, self.kind, self.ph_delta, std.rate))
+
+    @property
+    def inner(self) -> ADWINDetector | PageHinkleyDetector | None:
+        return self._inner
+
+    def statistics(self) -> dict[str, float]:
+        std = self._std
+        if self._inner is None:
+            return {"warmup_remaining": float(std.remaining)}
+        out = self._inner.statistics()
+        if std is not None:
+            out["center"] = float(std.center)
+            out["scale"] = float(std.scale)
+        return out
