@@ -75,12 +75,18 @@ class SignalState:
 
 
 class SegmentState:
-    """What moves with a segment between workers: detectors and rolling windows, no counters."""
+    """Everything of one (model, segment) but its counters (those are in the bank's Tally).
 
-    __slots__ = ("signals", "accuracy", "errors", "last_seen")
+    `plan` lists the model's configured features as [name, numeric, SignalState | None]: the
+    hot loop walks it instead of looking each signal up by name; a signal's detectors are
+    built when its first value comes.
+    """
+
+    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
+        self.plan: list[list] = [[name, kind == "numeric", None] for name, kind in spec.features.items()]
         self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task == "classification" else None
         self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
         self.last_seen = 0.0
@@ -171,35 +177,53 @@ class DetectorBank:
     ) -> list[DriftRecord]:
         """One accepted inference event in one segment (an event reaches `__all__` and each of
         its attribute segments; per-model counts are taken at `__all__`, once per event)."""
-        spec = self._spec_for(model)
-        state = self._state(spec, segment, timestamp)
+        state = self._segments.get((model, segment))
+        if state is None:
+            state = self._new_state(model, segment)
+        self._tick(timestamp)
         tally = self.tally
         tally.inferences[(model, segment)] += 1
-        count_invalid = segment == ALL_SEGMENT
-        if count_invalid:
+        at_all = segment == ALL_SEGMENT
+        if at_all:
             tally.events[(model, "inference", "accepted")] += 1
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
         ctx = (model, segment, timestamp, prediction_id)
-        if spec.task == "regression":
-            if is_number(prediction):
-                self._feed(spec, state, PREDICTION, float(prediction), ctx, found)
-        elif prediction is not None:
-            self._feed_categorical(spec, state, PREDICTION, prediction, ctx, found)
+        if prediction is not None:
+            if state.errors is not None:  # regression: the predicted value itself
+                if is_number(prediction):
+                    self._update(self._signal(state, model, PREDICTION, False), PREDICTION, float(prediction), ctx, found)
+            else:
+                sig = self._signal(state, model, PREDICTION, True)
+                x = sig.transform.transform(prediction)
+                if x is not None:
+                    self._update(sig, PREDICTION, x, ctx, found)
         if score is not None:
-            self._feed(spec, state, SCORE, float(score), ctx, found)
-        for name, kind in spec.features.items():
+            self._update(self._signal(state, model, SCORE, False), SCORE, score, ctx, found)
+        for slot in state.plan:
+            name, numeric, sig = slot
             value = features.get(name)
             if value is None:
                 continue  # missing: counted by data quality, not a detector input
-            if kind == "numeric":
-                if is_number(value):
-                    self._feed(spec, state, name, float(value), ctx, found)
-                elif count_invalid:
-                    self.tally.invalid_features[(model, name, "type")] += 1
+            if numeric:
+                t = type(value)
+                if (t is not float and t is not int) or value - value != 0:  # not a finite number (bools too)
+                    if at_all:
+                        tally.invalid_features[(model, name, "type")] += 1
+                    continue
+                x = value
+                if sig is None:
+                    sig = slot[2] = self._signal(state, model, name, False)
             else:
-                self._feed_categorical(spec, state, name, value, ctx, found)
+                if sig is None:
+                    sig = slot[2] = self._signal(state, model, name, True)
+                x = sig.transform.transform(value)
+                if x is None:
+                    continue
+            for det in sig.detectors:
+                if det.update(x):
+                    self._detected(sig, det, name, x, ctx, found)
         return found
 
     def observe_outcome(
@@ -214,29 +238,33 @@ class DetectorBank:
     ) -> list[DriftRecord]:
         """A prediction joined to its label, in one segment; `delay` is label time minus
         prediction time, observed once per event at `__all__`."""
-        spec = self._spec_for(model)
-        state = self._state(spec, segment, timestamp)
+        state = self._segments.get((model, segment))
+        if state is None:
+            state = self._new_state(model, segment)
+        self._tick(timestamp)
+        tally = self.tally
         if segment == ALL_SEGMENT:
-            self.tally.events[(model, "label", "accepted")] += 1
+            tally.events[(model, "label", "accepted")] += 1
             if delay is not None:
-                self.tally.observe_delay(model, delay)
+                tally.observe_delay(model, delay)
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
         ctx = (model, segment, timestamp, prediction_id)
-        if spec.task == "regression":
+        if state.errors is not None:
             if not (is_number(prediction) and is_number(label)):
                 return found
             error = float(prediction) - float(label)
-            self.tally.labeled[(model, segment)] += 1
+            tally.labeled[(model, segment)] += 1
             state.errors.update(error)
-            self._feed(spec, state, ERROR, abs(error), ctx, found)
+            self._update(self._signal(state, model, ERROR, False), ERROR, abs(error), ctx, found)
         else:
             correct = is_correct(prediction, label)
-            self.tally.labeled[(model, segment)] += 1
-            self.tally.correct[(model, segment)] += correct
+            tally.labeled[(model, segment)] += 1
+            if correct:
+                tally.correct[(model, segment)] += 1
             state.accuracy.update(correct)
-            self._feed(spec, state, ERROR, 0.0 if correct else 1.0, ctx, found)
+            self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
         return found
 
     def observe_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
@@ -256,40 +284,35 @@ class DetectorBank:
         return stale
 
     # -- internals -----------------------------------------------------------------------------
-    def _state(self, spec: ModelSpec, segment: str, timestamp: float) -> SegmentState:
+    def _tick(self, timestamp: float) -> None:
         if timestamp > self.watermark:
             self.watermark = timestamp
         self._since_evict += 1
-        if self._since_evict >= EVICT_EVERY and self.idle_after is not None:
+        if self._since_evict >= EVICT_EVERY:
             self._since_evict = 0
-            self.evict_idle(self.watermark - self.idle_after)
-        key = (spec.name, segment)
-        state = self._segments.get(key)
-        if state is None:
-            state = self._segments[key] = SegmentState(spec)
+            if self.idle_after is not None:
+                self.evict_idle(self.watermark - self.idle_after)
+
+    def _new_state(self, model: str, segment: str) -> SegmentState:
+        state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))
         return state
 
-    def _signal(self, spec: ModelSpec, state: SegmentState, signal: str, categorical: bool) -> SignalState:
+    def _signal(self, state: SegmentState, model: str, signal: str, categorical: bool) -> SignalState:
         sig = state.signals.get(signal)
         if sig is None:
+            spec = self._spec_for(model)
             detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in spec.detectors]
             transform = CategorySurprisal(spec.categorical_reference) if categorical else None
             sig = state.signals[signal] = SignalState(detectors, transform)
         return sig
 
-    def _feed_categorical(self, spec, state, signal, value, ctx, found) -> None:
-        sig = self._signal(spec, state, signal, categorical=True)
-        x = sig.transform.transform(value)
-        if x is not None:
-            self._update(sig, signal, x, ctx, found)
-
-    def _feed(self, spec, state, signal, x, ctx, found) -> None:
-        self._update(self._signal(spec, state, signal, categorical=False), signal, x, ctx, found)
-
     def _update(self, sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
-        for i, det in enumerate(sig.detectors):
+        for det in sig.detectors:
             if det.update(x):
-                model, segment, timestamp, pid = ctx
-                self.tally.detections[(model, segment, signal, det.name)] += 1
-                sig.last_detection[i] = timestamp
-                found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, x, det.statistics()))
+                self._detected(sig, det, signal, x, ctx, found)
+
+    def _detected(self, sig: SignalState, det: Detector, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
+        model, segment, timestamp, pid = ctx
+        self.tally.detections[(model, segment, signal, det.name)] += 1
+        sig.last_detection[sig.detectors.index(det)] = timestamp
+        found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Mapping
 
@@ -68,7 +69,8 @@ def ensure_topics(settings, timeout: float = 30.0) -> tuple[dict[str, str], dict
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         admin.poll(1)  # error callbacks are served by poll()
-        why = "; ".join(sorted({e.str() for e in errors})) or exc.args[0].str()
+        # The same failure repeats per attempt with its timing: keep one of each.
+        why = "; ".join(sorted({re.sub(r" \(after \d+ms[^)]*\)", "", e.str()) for e in errors})) or exc.args[0].str()
         raise ProvisioningError(
             f"cannot reach Kafka at {settings.kafka.bootstrap}: {why} "
             "(check kafka.bootstrap / DRIFTLINE_BOOTSTRAP and the kafka.config security settings)"

@@ -99,11 +99,17 @@ class Intake:
             out.append((FATE, model, ALL_SEGMENT, "inference", "duplicate"))
             return out, None
         router = self.router
-        segments = router.route(self.spec_for(model), ev.features, ev.segment, ts)
+        spec = self.spec_for(model)
+        features = ev.features
+        segments = router.route(spec, features, ev.segment, ts)
         if router.folded:
             out.extend((FOLD, m, ALL_SEGMENT, attr) for m, attr in router.folded)
             router.folded.clear()
-        prediction, score, features = ev.prediction, ev.score, ev.features
+        monitored = spec.features
+        if len(features) > len(monitored):
+            # Observations carry only the monitored features (they travel once per segment).
+            features = {name: features[name] for name in monitored if name in features}
+        prediction, score = ev.prediction, ev.score
         joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts))
         for seg in segments:
             out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
@@ -170,23 +176,27 @@ class Intake:
             out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay))
 
 
-def feed(bank: DetectorBank, observations: Iterable[tuple]) -> list[DriftRecord]:
+def observe(bank: DetectorBank, o) -> list[DriftRecord]:
+    """Apply one observation (a tuple, or the list it becomes on the wire) to the bank."""
+    kind = o[0]
+    if kind == INFERENCE:
+        return bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
+    if kind == OUTCOME:
+        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7])
+    if kind == FATE:
+        bank.observe_fate(o[1], o[3], o[4])
+    elif kind == FOLD:
+        bank.observe_fold(o[1], o[3])
+    else:
+        raise ValueError(f"unknown observation kind {kind!r}")
+    return []
+
+
+def feed(bank: DetectorBank, observations: Iterable) -> list[DriftRecord]:
     """Apply observations to the bank; returns every detection they caused."""
     found: list[DriftRecord] = []
     for o in observations:
-        kind = o[0]
-        if kind == INFERENCE:
-            hits = bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
-        elif kind == OUTCOME:
-            hits = bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7])
-        elif kind == FATE:
-            bank.observe_fate(o[1], o[3], o[4])
-            continue
-        elif kind == FOLD:
-            bank.observe_fold(o[1], o[3])
-            continue
-        else:
-            raise ValueError(f"unknown observation kind {kind!r}")
+        hits = observe(bank, o)
         if hits:
             found += hits
     return found

@@ -41,7 +41,7 @@ from detectors.state import snapshot as snapshot_state
 from stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
 from stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from stream.events import Invalid
-from stream.pipeline import Intake, feed
+from stream.pipeline import Intake, observe
 
 log = logging.getLogger("driftline.worker")
 
@@ -181,7 +181,9 @@ class Worker:
         batch = self.settings.worker.batch
         try:
             while not self.stopping.is_set() and self.fatal is None:
-                msgs = self.consumer.consume(batch, 0.2)
+                # A short timeout: consume() waits for a full batch until it expires, which at low
+                # rates is pure latency; an idle loop wakes 50 times a second, which costs nothing.
+                msgs = self.consumer.consume(batch, 0.02)
                 if msgs:
                     with self.lock:
                         self._process(msgs)
@@ -309,7 +311,7 @@ class Worker:
                 skipped += 1
                 continue
             last = mark
-            hits = feed(bank, (r[2:],))
+            hits = observe(bank, r[2:])
             for rec in hits:
                 d = rec.to_dict()
                 d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id

@@ -373,3 +373,16 @@ def label_values_query(query: str) -> tuple[str | None, str]:
     m = LABEL_VALUES.match(query)
     assert m, f"not a label_values() query: {query!r}"
     return m.group("selector"), m.group("label")
+
+
+class Dashboards:
+    """The helpers above, for test modules (which cannot import a conftest): fixture `dashboards`."""
+
+    queries = staticmethod(dashboard_queries)
+    expand = staticmethod(grafana_expand)
+    label_values = staticmethod(label_values_query)
+
+
+@pytest.fixture(scope="session")
+def dashboards() -> Dashboards:
+    return Dashboards()

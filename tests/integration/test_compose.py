@@ -109,9 +109,28 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
     mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in SERVICES["grafana"]["volumes"]}
     assert mounts[path] == "./deploy/grafana/dashboards"
     uid = ds["datasources"][0]["uid"]
-    dash = json.loads((REPO / "deploy/grafana/dashboards/fleet.json").read_text())
-    for panel in dash["panels"]:
-        assert panel["datasource"]["uid"] == uid
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(path + "/") and (REPO / "deploy/grafana/dashboards" / home[len(path) + 1:]).is_file()
+    dashboards = sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
+    assert {d.name for d in dashboards} == {"fleet.json", "model.json", "workers.json"}
+    uids = set()
+    for path in dashboards:
+        dash = json.loads(path.read_text())
+        uids.add(dash["uid"])
+        used = [p["datasource"] for p in _all_panels(dash["panels"]) if p["type"] != "row"]
+        used += [t["datasource"] for p in _all_panels(dash["panels"]) for t in p.get("targets", [])]
+        used += [a["datasource"] for a in dash["annotations"]["list"]]
+        used += [v["datasource"] for v in dash["templating"]["list"] if v["type"] == "query"]
+        assert used and all(d == {"type": "prometheus", "uid": uid} for d in used), path.name
+        ids = [p["id"] for p in _all_panels(dash["panels"])]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+    assert len(uids) == len(dashboards), "dashboard uids must be unique"
+
+
+def _all_panels(panels):
+    for panel in panels:
+        yield panel
+        yield from _all_panels(panel.get("panels", []))
 
 
 def _compose_available() -> bool:

@@ -3,8 +3,10 @@ tests, and the processes that deploy/local/* starts load them and work together:
 metrics -> Prometheus rule -> Alertmanager -> webhook."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -13,14 +15,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "deploy" / "prometheus"
 AM_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-ALERTS = {"DriftlineErrorDrift", "DriftlineWorkerDown"}
-RECORDS = {"driftline:accuracy:ratio_rate5m"}
+RUNBOOK = REPO / "docs" / "alerting.md"
+RULES = [r for p in sorted((PROM / "rules").glob("*.yml")) for g in yaml.safe_load(p.read_text())["groups"]
+         for r in g["rules"]]
+ALERTS = {r["alert"] for r in RULES if "alert" in r}
+RECORDS = {r["record"] for r in RULES if "record" in r}
+SEVERITIES = {"page", "ticket"}
 
 
 def run(*cmd: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -86,6 +93,78 @@ def test_amtool_check_config():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_the_shipped_alerts_and_recording_rules():
+    assert ALERTS == {
+        "DriftlineErrorDrift", "DriftlineAccuracyBelowObjective", "DriftlineFeatureDrift", "DriftlinePredictionDrift",
+        "DriftlineFeaturePSIHigh", "DriftlineDeadLettersHigh", "DriftlineModelSilent", "DriftlineLabelsStopped",
+        "DriftlineWorkerDown", "DriftlineNoWorkers", "DriftlineWorkerLagging", "DriftlineCheckpointStale",
+    }
+    assert {"driftline:accuracy:ratio_rate5m", "driftline:accuracy:ratio_rate30m", "driftline:events:rate5m",
+            "driftline:dead_letters:ratio_rate5m", "driftline:label_coverage:ratio_rate30m"} <= RECORDS
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if "alert" in r], ids=lambda r: r["alert"])
+def test_every_alert_has_a_severity_and_a_runbook(rule):
+    assert rule["labels"]["severity"] in SEVERITIES
+    ann = rule["annotations"]
+    assert ann["summary"] and ann["description"]
+    page, anchor = ann["runbook"].split("#")
+    assert (REPO / page) == RUNBOOK and anchor == rule["alert"].lower()
+    # The runbook has a section of that name (GitHub's anchor: the heading, lowercased).
+    assert re.search(rf"^#+ {rule['alert']}$", RUNBOOK.read_text(), re.M), f"no section {rule['alert']} in {RUNBOOK}"
+
+
+def test_every_alert_is_unit_tested_firing_and_not_firing():
+    fired, quiet = set(), set()
+    for path in sorted((PROM / "tests").glob("*.yml")):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert ALERTS - fired == set(), "alerts never tested firing"
+    assert ALERTS - quiet == set(), "alerts never tested not firing"
+
+
+def test_alertmanager_config_names_only_shipped_alerts():
+    """Each alternative of every alertname matcher (routes, inhibitions) matches a shipped alert:
+    a renamed alert must not silently fall out of its route or inhibition."""
+    cfg = yaml.safe_load(AM_CONFIG.read_text())
+
+    def route_matchers(route):
+        yield from route.get("matchers", [])
+        for child in route.get("routes", []):
+            yield from route_matchers(child)
+
+    matchers = list(route_matchers(cfg["route"]))
+    for rule in cfg["inhibit_rules"]:
+        matchers += rule["source_matchers"] + rule["target_matchers"]
+    checked = 0
+    for matcher in matchers:
+        m = re.fullmatch(r'alertname\s*(=~|=)\s*"?([^"]*)"?', matcher.strip())
+        if m is None:
+            continue
+        op, value = m.groups()
+        for alt in value.split("|") if op == "=~" else [value]:
+            assert any(re.fullmatch(alt, name) for name in ALERTS), f"{matcher!r}: {alt!r} matches no shipped alert"
+            checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("labels, receiver", [
+    ("alertname=DriftlineErrorDrift severity=page model=churn segment=plan=pro instance=w1:8000", "pager"),
+    ("alertname=DriftlineAccuracyBelowObjective severity=page model=churn segment=__all__", "pager"),
+    ("alertname=DriftlineFeatureDrift severity=ticket model=churn segment=plan=pro signal=tenure", "tickets"),
+    ("alertname=DriftlineDeadLettersHigh severity=ticket model=churn", "tickets"),
+    ("alertname=DriftlineDeadLettersHigh severity=ticket model=__unknown__", "platform"),
+    ("alertname=DriftlineWorkerDown severity=ticket job=driftline instance=w1:8000", "platform"),
+    ("alertname=DriftlineCheckpointStale severity=ticket job=driftline instance=w1:8000", "platform"),
+    ("alertname=DriftlineNoWorkers severity=page job=driftline", "platform-pager"),
+])
+def test_alertmanager_routes_by_severity_and_model(labels, receiver):
+    res = run("amtool", "config", "routes", "test", f"--config.file={AM_CONFIG}", f"--verify.receivers={receiver}",
+              *labels.split())
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 # ---------------------------------------------------------------- running processes
 def test_shipped_prometheus_config_starts_with_its_rules(tmp_path):
     """deploy/local/prometheus with its default config (relative rule paths and all)."""
@@ -121,35 +200,58 @@ def test_prometheus_and_alertmanager_are_ready_and_connected(prometheus_url, ale
     ])
 
 
-def test_grafana_dashboard_queries_are_valid_promql(prometheus_url):
-    dash = json.loads((REPO / "deploy/grafana/dashboards/fleet.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    assert exprs
-    for expr in exprs:
-        q = expr.replace("$model", ".*")
-        body = get_json(f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
-        assert body["status"] == "success", (expr, body)
+def test_grafana_dashboard_queries_are_valid_promql(prometheus_url, dashboards):
+    """Every panel, annotation and variable query parses (tests/e2e runs them on real data)."""
+    queries = dashboards.queries()
+    assert {q.dashboard for q in queries} == {"fleet.json", "model.json", "workers.json"}
+    values = {"model": "shuttle", "segment": ".*", "instance": ".*"}
+    for q in queries:
+        if q.kind == "variable":
+            selector, _ = dashboards.label_values(q.expr)
+            url = f"{prometheus_url}/api/v1/series?" + urllib.parse.urlencode({"match[]": dashboards.expand(selector, values)})
+        else:
+            url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": dashboards.expand(q.expr, values)})
+        body = get_json(url)
+        assert body["status"] == "success", (q, body)
 
 
 def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmanager_url, metrics_stub, webhook_sink):
-    """A worker reporting driftline_drift_active{signal="error"} == 1 is paged within seconds."""
-    metrics_stub.body = (
-        b"# HELP driftline_drift_active 1 from a detection until the drift hold passes.\n"
-        b"# TYPE driftline_drift_active gauge\n"
-        b'driftline_drift_active{model="shuttle",segment="region=eu",signal="error",detector="adwin"} 1\n'
-        b'driftline_drift_active{model="shuttle",segment="__all__",signal="f1",detector="adwin"} 1\n'
-    )
+    """A worker reporting driftline_drift_active{signal="error"} == 1 for a segment with enough
+    traffic is paged within seconds, on the pager route; a segment with too little traffic to
+    judge, and feature drift, page nobody."""
+    scrapes = itertools.count()
+
+    def exposition() -> bytes:
+        n = next(scrapes) * 50  # 50 inference events between scrapes in region=eu
+        return (
+            "# HELP driftline_drift_active 1 from a detection until the drift hold passes.\n"
+            "# TYPE driftline_drift_active gauge\n"
+            'driftline_drift_active{model="shuttle",segment="region=eu",signal="error",detector="adwin"} 1\n'
+            'driftline_drift_active{model="shuttle",segment="region=tiny",signal="error",detector="adwin"} 1\n'
+            'driftline_drift_active{model="shuttle",segment="__all__",signal="f1",detector="adwin"} 1\n'
+            "# HELP driftline_segment_inferences_total Inference events per segment.\n"
+            "# TYPE driftline_segment_inferences_total counter\n"
+            f'driftline_segment_inferences_total{{model="shuttle",segment="region=eu"}} {n}\n'
+            'driftline_segment_inferences_total{model="shuttle",segment="region=tiny"} 3\n'
+            f'driftline_segment_inferences_total{{model="shuttle",segment="__all__"}} {n + 3}\n'
+        ).encode()
+
+    metrics_stub.body = exposition
 
     def paged():
         for post in webhook_sink.posts:
             for alert in post.get("json", {}).get("alerts", []):
                 if alert["labels"].get("alertname") == "DriftlineErrorDrift" and alert["status"] == "firing":
-                    return alert
+                    return post, alert
         return None
 
-    alert = wait_for("the DriftlineErrorDrift notification at the webhook", paged, timeout=60)
-    assert alert["labels"] == {"alertname": "DriftlineErrorDrift", "model": "shuttle",
-                               "segment": "region=eu", "severity": "page"}
-    # Feature drift alone pages nobody.
+    post, alert = wait_for("the DriftlineErrorDrift notification at the webhook", paged, timeout=60)
+    assert alert["labels"] == {"alertname": "DriftlineErrorDrift", "model": "shuttle", "segment": "region=eu",
+                               "severity": "page", "job": "driftline", "instance": metrics_stub.address}
+    assert post["path"] == "/alert/page"  # the pager receiver
+    assert alert["annotations"]["runbook"] == "docs/alerting.md#driftlineerrordrift"
+    # region=tiny (3 events) is too small to judge; feature drift alone pages nobody.
     active = get_json(f"{alertmanager_url}/api/v2/alerts")
     assert {a["labels"]["segment"] for a in active if a["labels"].get("alertname") == "DriftlineErrorDrift"} == {"region=eu"}
+    rules = get_json(f"{prometheus_url}/api/v1/alerts")["data"]["alerts"]
+    assert [a["labels"]["segment"] for a in rules if a["labels"]["alertname"] == "DriftlineErrorDrift"] == ["region=eu"]

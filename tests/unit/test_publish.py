@@ -268,3 +268,12 @@ def test_fastapi_dependency_logs_and_returns_the_id():
     assert r.json()["prediction_id"] == "order-9" == r.headers[HEADER]
     assert rec.calls[1] == dict(model="churn", features={"tenure": 4}, prediction=1, score=0.9, segment=None,
                                 prediction_id="order-9", model_version="7")
+
+
+def test_docstring_examples():
+    import doctest
+
+    import stream.publish
+
+    failed, attempted = doctest.testmod(stream.publish)
+    assert attempted > 0 and failed == 0

@@ -1,0 +1,483 @@
+"""driftline's speed, measured: throughput against the ceiling, latency, memory, scrape cost.
+
+    .venv/bin/python bench/perf.py [--quick] [--bootstrap HOST:PORT] [--out bench/results]
+
+Starts its own Kafka broker (deploy/local/kafka, free ports, a temporary state folder) unless
+--bootstrap names one. Every figure that depends on the machine is also reported as a ratio to
+a ceiling measured in the same run on the same machine: these machines are shared and noisy.
+
+- ceiling: a bare confluent-kafka `consume(1000)` + `orjson.loads` loop over the same topics
+  and events the workers read (the inference and label events of the demo stream);
+- faust: the same loop as a faust-streaming agent (the runtime the design first named);
+- workers: 1, 2 and 3 `driftline run` processes in one consumer group, demo config, reading the
+  same backlog; events/s from the first partition assignment to the last label accounted for;
+- latency: publish time -> the event counted on /metrics, at a fixed offered load, one worker;
+- memory: RSS growth of one process per monitored segment (1k and 10k segments);
+- scrape: /metrics render time and size at 10k and 100k series.
+
+Writes OUT/perf.json and OUT/perf.png, and prints a markdown table for the README.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stream.demo import DEMO_CONFIG, demo_events  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(f"perf: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ broker
+class Broker:
+    def __init__(self, bootstrap: str | None):
+        self.bootstrap = bootstrap
+        self.env = None
+
+    def __enter__(self) -> "Broker":
+        if self.bootstrap is None:
+            self.state = tempfile.mkdtemp(prefix="driftline-perf-")
+            self.env = {**os.environ, "DRIFTLINE_STATE": self.state, "KAFKA_PORT": str(free_port()),
+                        "KAFKA_CONTROLLER_PORT": str(free_port())}
+            subprocess.run([str(REPO / "deploy/local/kafka"), "start"], env=self.env, check=True)
+            self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.env is not None:
+            subprocess.run([str(REPO / "deploy/local/kafka"), "stop"], env=self.env, check=False)
+            shutil.rmtree(self.state, ignore_errors=True)
+
+
+def demo_raw(rows: int) -> tuple[list[bytes], list[bytes]]:
+    inf, lab, _ = demo_events(rows_limit=rows, drift_row=rows // 2)
+    now = time.time()
+    for i, (a, b) in enumerate(zip(inf, lab)):
+        a["timestamp"] = now + i * 0.001
+        b["timestamp"] = now + i * 0.001 + 0.5
+    return [orjson.dumps(e) for e in inf], [orjson.dumps(e) for e in lab]
+
+
+def fill(bootstrap: str, prefix: str, partitions: int, inf: list[bytes], lab: list[bytes]) -> None:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(f"{prefix}.{t}", partitions, 1) for t in ("inferences", "labels")]).values():
+        f.result()
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000,
+                  "compression.type": "lz4"})
+    for topic, raws in ((f"{prefix}.inferences", inf), (f"{prefix}.labels", lab)):
+        for i, raw in enumerate(raws):
+            p.produce(topic, key=orjson.loads(raw)["prediction_id"].encode(), value=raw)
+            if i % 5000 == 0:
+                p.poll(0)
+    p.flush(120)
+
+
+# ------------------------------------------------------------------------------------ ceiling
+CEILING = r"""
+import sys, time, uuid, orjson
+from confluent_kafka import Consumer
+bootstrap, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": str(uuid.uuid4()), "auto.offset.reset": "earliest",
+              "enable.auto.commit": False})
+c.subscribe([prefix + ".inferences", prefix + ".labels"])
+got, t0 = 0, None
+while got < n:
+    msgs = c.consume(1000, 1.0)
+    if msgs and t0 is None:
+        t0 = time.perf_counter(); cpu0 = time.process_time()
+    for m in msgs:
+        if m.error() is None:
+            orjson.loads(m.value()); got += 1
+print(got / (time.perf_counter() - t0), got / (time.process_time() - cpu0))
+"""
+
+FAUST = r"""
+import os, sys, time, uuid, orjson
+import faust
+bootstrap, prefix, n, parts = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+app = faust.App(str(uuid.uuid4()), broker="kafka://" + bootstrap, store="memory://", web_enabled=False,
+                autodiscover=False, topic_partitions=parts, topic_disable_leader=True,
+                consumer_auto_offset_reset="earliest", datadir=os.environ["FAUST_DATADIR"])
+topic = app.topic(prefix + ".inferences", prefix + ".labels", key_serializer="raw", value_serializer="raw")
+st = {"n": 0, "t0": None}
+@app.agent(topic)
+async def count(stream):
+    async for v in stream:
+        if st["t0"] is None:
+            st["t0"] = time.perf_counter()
+        orjson.loads(v); st["n"] += 1
+        if st["n"] >= n:
+            print("RESULT", st["n"] / (time.perf_counter() - st["t0"]), flush=True); os._exit(0)
+sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+app.main()
+"""
+
+
+def ceiling(bootstrap: str, prefix: str, n: int) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", CEILING, bootstrap, prefix, str(n)], capture_output=True, text=True,
+                         timeout=600, check=True)
+    wall, cpu = map(float, out.stdout.split())
+    return wall, cpu
+
+
+def faust_ceiling(bootstrap: str, prefix: str, n: int, partitions: int) -> float | None:
+    try:
+        import faust  # noqa: F401
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", FAUST, bootstrap, prefix, str(n), str(partitions)],
+                             capture_output=True, text=True, timeout=900, env={**os.environ, "FAUST_DATADIR": d})
+    for line in out.stdout.splitlines() + out.stderr.splitlines():
+        if "RESULT" in line:
+            return float(line.split("RESULT", 1)[1])
+    log(f"faust run failed: {out.stderr[-500:]}")
+    return None
+
+
+# ------------------------------------------------------------------------------------ workers
+def scrape(url: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lv), v in samples.items() if n == name and want <= set(lv))
+
+
+def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partitions: int) -> Path:
+    topics = (f"{{inferences: {prefix}.inferences, labels: {prefix}.labels, observations: {group}.observations, "
+              f"dead_letters: {group}.dead-letters, drift_events: {group}.drift-events, "
+              f"checkpoints: {group}.checkpoints, checkpoint_data: {group}.checkpoint-data}}")
+    body = DEMO_CONFIG.split("models:", 1)[1]
+    path.write_text(f"kafka:\n  bootstrap: {bootstrap}\n  group_id: {group}\n  partitions: {partitions}\n"
+                    f"  topics: {topics}\nmodels:{body}")
+    return path
+
+
+class Workers:
+    def __init__(self, config: Path, n: int, logdir: Path):
+        self.procs, self.urls = [], []
+        for i in range(n):
+            port = free_port()
+            logf = open(logdir / f"worker{i}.log", "wb")
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+                cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
+            self.urls.append(f"http://127.0.0.1:{port}")
+
+    def sum(self, name: str, **labels) -> float:
+        out = 0.0
+        for url in self.urls:
+            try:
+                out += total(scrape(url + "/metrics"), name, **labels)
+            except OSError:
+                pass
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path) -> dict:
+    group = f"perf-{uuid.uuid4().hex[:8]}"
+    cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions)
+    ws = Workers(cfg, k, logdir)
+    try:
+        # Start: every partition assigned (the backlog is already there, so reading begins at once).
+        deadline = time.time() + 120
+        while ws.sum("driftline_worker_partitions", stage="intake") < partitions or \
+                ws.sum("driftline_worker_partitions", stage="bank") < partitions:
+            if time.time() > deadline:
+                raise RuntimeError("workers did not take every partition")
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        while ws.sum("driftline_labeled_total", segment="__all__") < n_pairs:
+            if time.perf_counter() - t0 > 900:
+                raise RuntimeError("workers did not finish within 900 s")
+            time.sleep(0.1)
+        took = time.perf_counter() - t0
+    finally:
+        ws.stop()
+    rate = 2 * n_pairs / took
+    return {"workers": k, "events": 2 * n_pairs, "seconds": took, "events_per_s": rate,
+            "events_per_s_per_worker": rate / k}
+
+
+def latency(bootstrap: str, rows: int, rate: float, logdir: Path) -> dict:
+    from confluent_kafka import Producer
+
+    group = f"perf-lat-{uuid.uuid4().hex[:8]}"
+    cfg = worker_config(logdir / f"{group}.yml", bootstrap, group, group, 4)
+    ws = Workers(cfg, 1, logdir)
+    inf, _ = demo_raw(rows)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    try:
+        deadline = time.time() + 120
+        while ws.sum("driftline_worker_partitions", stage="bank") < 4:
+            if time.time() > deadline:
+                raise RuntimeError("worker not ready")
+            time.sleep(0.05)
+        sent: list[float] = []
+        seen: list[tuple[float, float]] = []
+        start = time.perf_counter()
+        next_scrape = start
+        for i, raw in enumerate(inf):
+            t = start + i / rate
+            while True:
+                now = time.perf_counter()
+                if now >= next_scrape:
+                    seen.append((now, ws.sum("driftline_events_total", kind="inference", outcome="accepted")))
+                    next_scrape = now + 0.05
+                if now >= t:
+                    break
+                time.sleep(min(t - now, 0.002))
+            p.produce(f"{group}.inferences", value=raw, key=str(i).encode())
+            p.poll(0)
+            sent.append(time.perf_counter())
+        p.flush(30)
+        while not seen or seen[-1][1] < len(inf):
+            seen.append((time.perf_counter(), ws.sum("driftline_events_total", kind="inference", outcome="accepted")))
+            time.sleep(0.02)
+            if time.perf_counter() - start > 600:
+                break
+    finally:
+        ws.stop()
+    lat = []
+    j = 0
+    for k, ts in enumerate(sent):
+        while j < len(seen) and seen[j][1] < k + 1:
+            j += 1
+        if j < len(seen):
+            lat.append(seen[j][0] - ts)
+    lat.sort()
+    pct = lambda q: lat[min(int(q * len(lat)), len(lat) - 1)]  # noqa: E731
+    return {"offered_events_per_s": rate, "events": len(sent), "p50_ms": 1000 * pct(0.5), "p99_ms": 1000 * pct(0.99),
+            "scrape_interval_ms": 50}
+
+
+# ------------------------------------------------------------------------------------ in-process
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_per_segment(counts: tuple[int, ...]) -> list[dict]:
+    """RSS growth of an intake + bank as segments are added (demo model, one event each)."""
+    import yaml
+
+    from detectors.bank import DetectorBank
+    from stream.pipeline import Intake, feed
+    from stream.settings import parse_settings
+
+    cfg = yaml.safe_load(DEMO_CONFIG)
+    out = []
+    inf, lab, _ = demo_events(rows_limit=600, drift_row=10**9)
+    for n in counts:
+        cfg["models"]["shuttle"]["max_segments"] = n
+        settings = parse_settings(cfg, env={})
+        gc.collect()
+        intake, bank = Intake(settings), DetectorBank(settings.spec_for)
+        before = rss()
+        from stream.codec import decode_inference, decode_label
+
+        for s in range(n):
+            # enough events per segment to build every signal's detectors (categorical references too)
+            for j in range(3):
+                ev = dict(inf[(s * 3 + j) % len(inf)])
+                ev["prediction_id"] = f"{s}-{j}"
+                ev["segment"] = {"band": f"b{s}"}
+                obs, _ = intake.take_inference(decode_inference(orjson.dumps(ev), 0.0), b"")
+                feed(bank, obs)
+                obs, _ = intake.take_label(decode_label(orjson.dumps({"prediction_id": ev["prediction_id"], "label": 0,
+                                                                      "timestamp": ev["timestamp"] + 1}), 0.0), b"")
+                feed(bank, obs)
+        grew = rss() - before
+        snap = len(bank.snapshot())
+        out.append({"segments": n, "rss_growth_bytes": grew, "bytes_per_segment": grew / n,
+                    "snapshot_bytes_per_segment": snap / n})
+        del intake, bank
+    return out
+
+
+def scrape_cost(series_targets: tuple[int, ...]) -> list[dict]:
+    """/metrics render time and size with banks holding about N series."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from detectors.bank import DetectorBank
+    from detectors.spec import ModelSpec
+    from stream.exporter import DriftlineCollector
+    from stream.settings import parse_settings
+
+    spec = ModelSpec(name="m", segments=("seg",), max_segments=10**6, features={"f1": "numeric", "f2": "numeric"})
+    settings = parse_settings({}, env={})
+    out = []
+    for target in series_targets:
+        bank = DetectorBank(lambda m: spec)
+        # Per segment: 3 signals x 2 detectors x (detected, active) + accuracy, labeled, correct, inferences = 16
+        n_seg = max(1, target // 16)
+        for s in range(n_seg):
+            seg = f"seg=s{s}"
+            bank.observe_inference("m", seg, {"f1": 1.0, "f2": 2.0}, None, 0.5, 1.0, "p")
+            bank.observe_outcome("m", seg, 1, 1, 1.0, "p")
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(DriftlineCollector(settings, banks=lambda: (bank,)))
+        body = generate_latest(reg)
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            body = generate_latest(reg)
+            runs.append(time.perf_counter() - t0)
+        n_series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+        out.append({"series": n_series, "seconds": min(runs), "bytes": len(body)})
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller streams (about a minute)")
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument("--out", default=str(REPO / "bench/results"))
+    ap.add_argument("--no-faust", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 20_000 if args.quick else 44_000
+    partitions = 6
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
+        "python": platform.python_version(), "versions": versions(), "quick": args.quick,
+    }
+    log("memory and scrape cost (in process)")
+    results["memory"] = memory_per_segment((1_000,) if args.quick else (1_000, 10_000))
+    results["scrape"] = scrape_cost((10_000, 100_000))
+    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+        logdir = Path(tmp)
+        prefix = f"perf-{uuid.uuid4().hex[:8]}"
+        log(f"filling {prefix} with {rows:,} inference and {rows:,} label events ({partitions} partitions)")
+        inf, lab = demo_raw(rows)
+        fill(broker.bootstrap, prefix, partitions, inf, lab)
+        wall, cpu = ceiling(broker.bootstrap, prefix, 2 * rows)
+        results["ceiling"] = {"events_per_s": wall, "events_per_cpu_s": cpu}
+        log(f"ceiling {wall:,.0f} events/s")
+        if not args.no_faust:
+            results["faust"] = {"events_per_s": faust_ceiling(broker.bootstrap, prefix, 2 * rows, partitions)}
+            log(f"faust {results['faust']['events_per_s']}")
+        results["workers"] = []
+        for k in (1, 2, 3):
+            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir)
+            r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
+            results["workers"].append(r)
+            log(f"{k} worker(s): {r['events_per_s']:,.0f} events/s, {r['ratio_to_ceiling_per_worker']:.1%} of the ceiling per worker")
+        results["latency"] = latency(broker.bootstrap, 8_000 if args.quick else 20_000, 1000.0, logdir)
+        log(f"latency p50 {results['latency']['p50_ms']:.0f} ms, p99 {results['latency']['p99_ms']:.0f} ms")
+    (out / "perf.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "perf.png")
+    print(table(results))
+    return 0
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("confluent-kafka", "river", "prometheus-client", "orjson")
+            } | {"kafka": "3.9.1", "librdkafka": __import__("confluent_kafka").libversion()[0]}
+
+
+def table(r: dict) -> str:
+    c = r["ceiling"]["events_per_s"]
+    lines = [f"Measured {r['date']} on {r['machine']}, Python {r['python']}, "
+             + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ":", "",
+             "| what | figure | ratio |", "|---|---|---|",
+             f"| ceiling: bare confluent-kafka consume + orjson decode | {c:,.0f} events/s | 1 |"]
+    if r.get("faust", {}).get("events_per_s"):
+        f = r["faust"]["events_per_s"]
+        lines.append(f"| faust-streaming agent, same loop | {f:,.0f} events/s | {f / c:.1%} |")
+    for w in r["workers"]:
+        lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
+                     f"({w['events_per_s_per_worker']:,.0f} per worker) | {w['ratio_to_ceiling_per_worker']:.1%} per worker |")
+    lat = r["latency"]
+    lines.append(f"| latency, publish -> counted on /metrics, {lat['offered_events_per_s']:.0f} events/s offered | "
+                 f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |")
+    for m in r["memory"]:
+        lines.append(f"| memory, {m['segments']:,} segments (demo model) | {m['bytes_per_segment'] / 1024:.1f} KiB RSS "
+                     f"per segment, {m['snapshot_bytes_per_segment'] / 1024:.1f} KiB checkpointed | |")
+    for s in r["scrape"]:
+        lines.append(f"| /metrics render, {s['series']:,} series | {s['seconds'] * 1000:.0f} ms, "
+                     f"{s['bytes'] / 2**20:.1f} MiB | |")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    c = r["ceiling"]["events_per_s"]
+    names = ["ceiling"] + (["faust"] if r.get("faust", {}).get("events_per_s") else []) + \
+        [f"{w['workers']} worker(s)" for w in r["workers"]]
+    vals = [c] + ([r["faust"]["events_per_s"]] if len(names) > 1 + len(r["workers"]) else []) + \
+        [w["events_per_s"] for w in r["workers"]]
+    ax[0].bar(names, vals, color=["grey"] + ["tab:orange"] * (len(names) - 1 - len(r["workers"]))
+              + ["tab:blue"] * len(r["workers"]))
+    ax[0].set_ylabel("events/s")
+    ax[0].set_title("throughput (same topics, same run)")
+    s = r["scrape"]
+    ax[1].plot([x["series"] for x in s], [x["seconds"] * 1000 for x in s], "o-")
+    ax[1].set_xscale("log")
+    ax[1].set_xlabel("series")
+    ax[1].set_ylabel("ms per /metrics render")
+    ax[1].set_title("scrape cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
