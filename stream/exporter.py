@@ -1,31 +1,56 @@
-"""The metrics contract, rendered from the core's state when Prometheus scrapes.
+"""The metrics contract, built from the core's state when Prometheus scrapes.
 
-A custom Collector (prometheus client_python's pattern): nothing is set per event; `collect()`
-walks the banks (and the intakes, for join sizes) and builds metric families. Series of evicted
-segments vanish with their state, so there is nothing to `remove()`. Every counter lives in the
-bank that owns its (model, segment) key (see detectors/tally.py), so a worker exports the
-series of the partitions it owns, and the sum over workers is the fleet's total.
+Nothing is set per event: at scrape time `DriftlineMetrics.families()` walks the banks (and the
+intakes, for join sizes) and returns plain `Family` values. Two renderers take them:
 
-`collect()` runs in the HTTP server's thread while the worker's loop mutates state: the worker
-holds `lock` while it processes a batch, and the collector holds it while it reads.
+- `render()` writes the Prometheus text format directly, caching each series' label string: a
+  worker's `/metrics` uses it (100k series in well under a second; prometheus-client's
+  `generate_latest` spends ~20 us per sample);
+- `DriftlineCollector` adapts the same families to a prometheus-client custom Collector, for
+  code that wants them in a `CollectorRegistry` (tests check both give the same samples).
+
+Series of evicted segments vanish with their state, so there is nothing to `remove()`. Every
+counter lives in the bank that owns its (model, segment) key (see detectors/tally.py), so a
+worker exports the series of the partitions it owns and the sum over workers is the fleet's.
+
+The walk runs in the HTTP server's thread while the worker's loop mutates state: it holds the
+worker's `lock`, and the text is formatted after the lock is released.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Callable, ContextManager, Iterable, Sequence
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from detectors.bank import DetectorBank
+from detectors.bank import ERROR, PREDICTION, SCORE, DetectorBank
+from detectors.spec import ALL_SEGMENT
 from detectors.tally import DelayHistogram, Tally
 from stream.pipeline import UNKNOWN_MODEL, Intake
+
+# Detector internals are exported for these signals on every segment, and for feature signals
+# on `__all__` only: they are for judging how close a signal is to alarm, and a series per
+# feature x segment x detector x statistic would multiply /metrics by ten.
+INTERNAL_SIGNALS = (ERROR, PREDICTION, SCORE)
+
+
+class Family:
+    """One metric family as plain values: rows of (label values, value).
+
+    A histogram's rows are (label values, [(upper bound, cumulative count)], sum).
+    """
+
+    __slots__ = ("name", "kind", "help", "labels", "rows")
+
+    def __init__(self, name: str, kind: str, help: str, labels: Sequence[str] = ()):
+        self.name, self.kind, self.help, self.labels = name, kind, help, tuple(labels)
+        self.rows: list = []
+
+    def add(self, values: tuple, value) -> None:
+        self.rows.append((values, value))
 
 
 def merge_tallies(tallies: Iterable[Tally]) -> Tally:
@@ -47,109 +72,86 @@ def merge_tallies(tallies: Iterable[Tally]) -> Tally:
     return out
 
 
-class DriftlineCollector(Collector):
-    """Renders the counters and live state of the banks (and intakes) a process owns.
+class DriftlineMetrics:
+    """The contract's families from the banks and intakes a process owns.
 
     `intakes` and `banks` are callables returning the live objects, because a worker's set of
-    partitions changes with every rebalance.
+    partitions changes with every rebalance. `clock` judges `driftline_drift_active`: wall time
+    in a worker, the last event time in a replay.
     """
 
-    def __init__(
-        self,
-        settings,
-        intakes: Callable[[], Iterable[Intake]] = tuple,
-        banks: Callable[[], Iterable[DetectorBank]] = tuple,
-        clock: Callable[[], float] = time.time,
-        lock: ContextManager | None = None,
-    ):
+    def __init__(self, settings, intakes: Callable[[], Iterable[Intake]] = tuple,
+                 banks: Callable[[], Iterable[DetectorBank]] = tuple, clock: Callable[[], float] = time.time,
+                 lock: ContextManager | None = None):
         self.settings = settings
         self.intakes = intakes
         self.banks = banks
-        self.clock = clock  # drift_active is judged against this: wall time in a worker, event time in replay
+        self.clock = clock
         self.lock = lock if lock is not None else contextlib.nullcontext()
 
-    def collect(self) -> Iterator[Metric]:
-        # Families are built under the lock and yielded after it: a slow HTTP client never
-        # holds up the worker.
+    def families(self) -> list[Family]:
         with self.lock:
             banks = list(self.banks())
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
-            families = list(self._counters(tally))
-            families += self._join_gauges(list(self.intakes()))
-            families += self._bank_gauges(banks, tally)
-        yield from families
+            return self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
 
-    def _counters(self, tally: Tally) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "driftline_events", "Events read, by model, kind and fate.", labels=["model", "kind", "outcome"]
-        )
+    def render(self) -> bytes:
+        return render(self.families())
+
+    def _counters(self, tally: Tally) -> list[Family]:
+        events = Family("driftline_events", "counter", "Events read, by model, kind and fate.",
+                        ("model", "kind", "outcome"))
         merged: dict[tuple[str, str, str], int] = {}
-        for (model, kind, outcome), n in list(tally.events.items()):
+        for (model, kind, outcome), n in tally.events.items():
             key = (model or UNKNOWN_MODEL, kind, outcome)
             merged[key] = merged.get(key, 0) + n
-        for key, n in sorted(merged.items()):
-            events.add_metric(key, n)
-        yield events
-
-        delay = HistogramMetricFamily(
-            "driftline_label_delay_seconds", "Label event time minus prediction event time.", labels=["model"]
-        )
-        for model, hist in sorted(tally.delays.items()):
-            delay.add_metric([model], hist.cumulative(), hist.total)
-        yield delay
-
-        folded = CounterMetricFamily(
-            "driftline_segments_folded", "Events whose segment value folded into __other__.", labels=["model", "attribute"]
-        )
-        for key, n in sorted(tally.folded.items()):
-            folded.add_metric(list(key), n)
-        yield folded
-
-        seg_labels = ["model", "segment"]
+        events.rows = sorted(merged.items())
+        delay = Family("driftline_label_delay_seconds", "histogram", "Label event time minus prediction event time.",
+                       ("model",))
+        delay.rows = [((model,), hist.cumulative(), hist.total) for model, hist in sorted(tally.delays.items())]
+        folded = Family("driftline_segments_folded", "counter", "Events whose segment value folded into __other__.",
+                        ("model", "attribute"))
+        folded.rows = sorted(tally.folded.items())
+        out = [events, delay, folded]
         for name, doc, counter in (
             ("driftline_labeled", "Predictions joined to a label.", tally.labeled),
             ("driftline_correct", "Labelled predictions that were correct (classification).", tally.correct),
             ("driftline_segment_inferences", "Inference events per segment (volume, for alert noise control).",
              tally.inferences),
         ):
-            family = CounterMetricFamily(name, doc, labels=seg_labels)
-            for key, n in sorted(counter.items()):
-                family.add_metric(list(key), n)
-            yield family
+            family = Family(name, "counter", doc, ("model", "segment"))
+            family.rows = sorted(counter.items())
+            out.append(family)
+        invalid = Family("driftline_feature_invalid", "counter", "Feature values that break the model's expectations.",
+                         ("model", "feature", "reason"))
+        invalid.rows = sorted(tally.invalid_features.items())
+        objective = Family("driftline_accuracy_objective", "gauge",
+                           "The accuracy a model is expected to keep (from config).", ("model",))
+        objective.rows = [((name,), spec.accuracy_objective) for name, spec in sorted(self.settings.models.items())
+                          if spec.accuracy_objective is not None]
+        return out + [invalid, objective]
 
-        invalid = CounterMetricFamily(
-            "driftline_feature_invalid", "Feature values that break the model's expectations.",
-            labels=["model", "feature", "reason"],
-        )
-        for key, n in sorted(tally.invalid_features.items()):
-            invalid.add_metric(list(key), n)
-        yield invalid
+    @staticmethod
+    def _join(intakes: list[Intake]) -> list[Family]:
+        pending = Family("driftline_join_pending", "gauge", "Entries waiting in the label join.", ("kind",))
+        pending.add(("prediction",), sum(i.join.pending_predictions for i in intakes))
+        pending.add(("label",), sum(i.join.held_labels for i in intakes))
+        return [pending]
 
-        objective = GaugeMetricFamily(
-            "driftline_accuracy_objective", "The accuracy a model is expected to keep (from config).", labels=["model"]
-        )
-        for name, spec in sorted(self.settings.models.items()):
-            if spec.accuracy_objective is not None:
-                objective.add_metric([name], spec.accuracy_objective)
-        yield objective
-
-    def _join_gauges(self, intakes: list[Intake]) -> Iterator[Metric]:
-        pending = GaugeMetricFamily("driftline_join_pending", "Entries waiting in the label join.", labels=["kind"])
-        pending.add_metric(["prediction"], sum(i.join.pending_predictions for i in intakes))
-        pending.add_metric(["label"], sum(i.join.held_labels for i in intakes))
-        yield pending
-
-    def _bank_gauges(self, banks: list[DetectorBank], tally: Tally) -> Iterator[Metric]:
-        seg_labels = ["model", "segment"]
-        sig_labels = ["model", "segment", "signal", "detector"]
-        accuracy = GaugeMetricFamily("driftline_accuracy", "Rolling accuracy over the model's window.", labels=seg_labels)
-        mae = GaugeMetricFamily("driftline_mae", "Rolling mean absolute error over the model's window.", labels=seg_labels)
-        rmse = GaugeMetricFamily("driftline_rmse", "Rolling root mean squared error over the model's window.", labels=seg_labels)
-        detected = CounterMetricFamily("driftline_drift_detected", "Drift detections.", labels=sig_labels)
-        active = GaugeMetricFamily(
-            "driftline_drift_active", "1 from a detection until the model's drift hold passes without another.",
-            labels=sig_labels,
-        )
+    def _state(self, banks: list[DetectorBank], tally: Tally) -> list[Family]:
+        seg, sig = ("model", "segment"), ("model", "segment", "signal", "detector")
+        accuracy = Family("driftline_accuracy", "gauge", "Rolling accuracy over the model's window.", seg)
+        mae = Family("driftline_mae", "gauge", "Rolling mean absolute error over the model's window.", seg)
+        rmse = Family("driftline_rmse", "gauge", "Rolling root mean squared error over the model's window.", seg)
+        detected = Family("driftline_drift_detected", "counter", "Drift detections.", sig)
+        active = Family("driftline_drift_active", "gauge",
+                        "1 from a detection until the model's drift hold passes without another.", sig)
+        sig3 = ("model", "segment", "signal")
+        width = Family("driftline_adwin_width", "gauge", "ADWIN's window: values since its last cut.", sig3)
+        mean = Family("driftline_adwin_mean", "gauge", "ADWIN's estimate of the signal's mean over its window.", sig3)
+        ph_stat = Family("driftline_page_hinkley_statistic", "gauge",
+                         "Page-Hinkley's cumulative deviation; it alarms above its threshold.", sig3)
+        ph_thr = Family("driftline_page_hinkley_threshold", "gauge", "Page-Hinkley's alarm threshold.", sig3)
         detections = tally.detections
         exported: set[tuple[str, str, str, str]] = set()
         now = self.clock()
@@ -157,71 +159,153 @@ class DriftlineCollector(Collector):
         for bank in banks:
             for (model, segment), st in bank.items():
                 n_segments += 1
-                key = [model, segment]
+                key = (model, segment)
                 if st.accuracy is not None and st.accuracy.count:
-                    accuracy.add_metric(key, st.accuracy.get())
+                    accuracy.add(key, st.accuracy.get())
                 if st.errors is not None and st.errors.count:
-                    mae.add_metric(key, st.errors.mae())
-                    rmse.add_metric(key, st.errors.rmse())
+                    mae.add(key, st.errors.mae())
+                    rmse.add(key, st.errors.rmse())
                 hold = bank.spec(model).drift_hold
-                for signal, sig in st.signals.items():
-                    for det, last in zip(sig.detectors, sig.last_detection):
+                at_all = segment == ALL_SEGMENT
+                for signal, sg in list(st.signals.items()):
+                    internals = at_all or signal in INTERNAL_SIGNALS
+                    for det, last in zip(sg.detectors, sg.last_detection):
                         lv = (model, segment, signal, det.name)
                         exported.add(lv)
                         # A live signal exports 0 before its first detection, so increase() works.
-                        detected.add_metric(list(lv), detections.get(lv, 0))
-                        active.add_metric(list(lv), 1.0 if last is not None and now - last < hold else 0.0)
-        for lv, n in list(detections.items()):
-            if lv not in exported:  # counted here, state since moved to another worker
-                detected.add_metric(list(lv), n)
-        yield from (accuracy, mae, rmse, detected, active)
+                        detected.add(lv, detections.get(lv, 0))
+                        active.add(lv, 1.0 if last is not None and now - last < hold else 0.0)
+                        if internals:
+                            stats = det.statistics()
+                            if det.name == "adwin":
+                                width.add((model, segment, signal), stats["width"])
+                                mean.add((model, segment, signal), stats["mean"])
+                            elif det.name == "page_hinkley":
+                                ph_stat.add((model, segment, signal), stats["statistic"])
+                                ph_thr.add((model, segment, signal), stats["threshold"])
+        for lv, n in detections.items():
+            if lv not in exported:  # counted, but the signal's state was evicted since
+                detected.add(lv, n)
+        segments = Family("driftline_segments", "gauge", "Segments with live detector state in this process.")
+        segments.add((), n_segments)
+        return [accuracy, mae, rmse, detected, active, width, mean, ph_stat, ph_thr, segments]
 
-        segments = GaugeMetricFamily("driftline_segments", "Segments with live detector state in this process.")
-        segments.add_metric([], n_segments)
-        yield segments
+
+# ---------------------------------------------------------------------------------- rendering
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
-class WorkerCollector(Collector):
+def _number(v) -> str:
+    if type(v) is int:
+        return str(v)
+    v = float(v)
+    if math.isfinite(v):
+        return repr(v)
+    return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
+
+
+class _LabelCache(dict):
+    """Label strings by (label names, values): a series is formatted once, not per scrape."""
+
+    def string(self, names: tuple, values: tuple) -> str:
+        key = (names, values)
+        s = self.get(key)
+        if s is None:
+            if len(self) > 2_000_000:  # bounded: series come and go with segments
+                self.clear()
+            s = self[key] = ",".join(f'{n}="{_escape(str(v))}"' for n, v in zip(names, values))
+        return s
+
+
+_labels = _LabelCache()
+
+
+def render(families: Iterable[Family]) -> bytes:
+    """The Prometheus text exposition format (version 0.0.4) of `families`."""
+    out: list[str] = []
+    append = out.append
+    string = _labels.string
+    for f in families:
+        name = f.name + "_total" if f.kind == "counter" else f.name
+        append(f"# HELP {name} {f.help}\n# TYPE {name} {f.kind}\n")
+        names = f.labels
+        if f.kind == "histogram":
+            for values, buckets, total in f.rows:
+                ls = string(names, values)
+                sep = "," if ls else ""
+                for bound, n in buckets:
+                    append(f'{name}_bucket{{{ls}{sep}le="{bound}"}} {n}\n')
+                append(f"{name}_sum{{{ls}}} {_number(total)}\n" if ls else f"{name}_sum {_number(total)}\n")
+                append(f"{name}_count{{{ls}}} {buckets[-1][1]}\n" if ls else f"{name}_count {buckets[-1][1]}\n")
+            continue
+        if not names:
+            for _, v in f.rows:
+                append(f"{name} {_number(v)}\n")
+            continue
+        for values, v in f.rows:
+            append(f"{name}{{{string(names, values)}}} {_number(v)}\n")
+    return "".join(out).encode()
+
+
+class DriftlineCollector(Collector):
+    """The same families as a prometheus-client custom Collector (for a CollectorRegistry)."""
+
+    def __init__(self, source):
+        self.source = source  # anything with families(): DriftlineMetrics, WorkerMetrics
+
+    def collect(self):
+        for f in self.source.families():
+            if f.kind == "histogram":
+                fam = HistogramMetricFamily(f.name, f.help, labels=list(f.labels))
+                for values, buckets, total in f.rows:
+                    fam.add_metric(list(values), buckets, total)
+            else:
+                cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
+                fam = cls(f.name, f.help, labels=list(f.labels))
+                for values, v in f.rows:
+                    fam.add_metric(list(values), v)
+            yield fam
+
+
+class WorkerMetrics:
     """A worker process's own figures: partitions, lag, checkpoints, replays (see WorkerStats)."""
 
     def __init__(self, stats, lock: ContextManager | None = None):
         self.stats = stats
         self.lock = lock if lock is not None else contextlib.nullcontext()
 
-    def collect(self) -> Iterator[Metric]:
+    def families(self) -> list[Family]:
         with self.lock:
             st = self.stats
-            parts = GaugeMetricFamily("driftline_worker_partitions", "Partitions this worker owns, by stage.",
-                                      labels=["stage"])
-            for stage, n in sorted(st.partitions.items()):
-                parts.add_metric([stage], n)
-            lag = GaugeMetricFamily("driftline_consumer_lag", "Messages behind the end of each owned partition.",
-                                    labels=["topic", "partition"])
-            for (topic, p), n in sorted(st.lag.items()):
-                lag.add_metric([topic, str(p)], n)
-            age = GaugeMetricFamily("driftline_checkpoint_age_seconds",
-                                    "Age of the oldest owned state not yet checkpointed (0 when all are).")
-            age.add_metric([], st.checkpoint_age)
-            ckpt = CounterMetricFamily("driftline_checkpoints", "Checkpoint rounds, by outcome.", labels=["outcome"])
-            for outcome, n in sorted(st.checkpoints.items()):
-                ckpt.add_metric([outcome], n)
-            took = GaugeMetricFamily("driftline_checkpoint_duration_seconds", "Duration of the last checkpoint round.")
-            took.add_metric([], st.checkpoint_seconds)
-            size = GaugeMetricFamily("driftline_checkpoint_size_bytes", "Bytes written by the last checkpoint round.")
-            size.add_metric([], st.checkpoint_bytes)
-            restore = GaugeMetricFamily("driftline_restore_duration_seconds",
-                                        "Duration of the last partition assignment, restores included.")
-            restore.add_metric([], st.restore_seconds)
-            replayed = CounterMetricFamily("driftline_events_replayed",
-                                           "Events read again after taking a partition over from its last checkpoint.")
-            replayed.add_metric([], st.replayed)
-            dedup = CounterMetricFamily("driftline_observations_deduplicated",
-                                        "Observations skipped because a replay had applied them already.")
-            dedup.add_metric([], st.deduplicated)
-            rebalances = CounterMetricFamily("driftline_rebalances", "Partition assignments received.")
-            rebalances.add_metric([], st.rebalances)
-            errors = CounterMetricFamily("driftline_produce_errors", "Records Kafka refused, by topic.", labels=["topic"])
-            for topic, n in sorted(st.produce_errors.items()):
-                errors.add_metric([topic], n)
-            families = [parts, lag, age, ckpt, took, size, restore, replayed, dedup, rebalances, errors]
-        yield from families
+            parts = Family("driftline_worker_partitions", "gauge", "Partitions this worker owns, by stage.", ("stage",))
+            parts.rows = [((stage,), n) for stage, n in sorted(st.partitions.items())]
+            lag = Family("driftline_consumer_lag", "gauge", "Messages behind the end of each owned partition.",
+                         ("topic", "partition"))
+            lag.rows = [((topic, str(p)), n) for (topic, p), n in sorted(st.lag.items())]
+            out = [parts, lag]
+            for name, kind, doc, value in (
+                ("driftline_checkpoint_age_seconds", "gauge",
+                 "Age of the oldest owned state not yet checkpointed (0 when all are).", st.checkpoint_age),
+                ("driftline_checkpoint_duration_seconds", "gauge", "Duration of the last checkpoint round.",
+                 st.checkpoint_seconds),
+                ("driftline_checkpoint_size_bytes", "gauge", "Bytes written by the last checkpoint round.",
+                 st.checkpoint_bytes),
+                ("driftline_restore_duration_seconds", "gauge",
+                 "Duration of the last partition assignment, restores included.", st.restore_seconds),
+                ("driftline_events_replayed", "counter",
+                 "Events read again after taking a partition over from its last checkpoint.", st.replayed),
+                ("driftline_observations_deduplicated", "counter",
+                 "Observations skipped because a replay had applied them already.", st.deduplicated),
+                ("driftline_rebalances", "counter", "Partition assignments received.", st.rebalances),
+            ):
+                f = Family(name, kind, doc)
+                f.add((), value)
+                out.append(f)
+            ckpt = Family("driftline_checkpoints", "counter", "Checkpoint rounds, by outcome.", ("outcome",))
+            ckpt.rows = [((o,), n) for o, n in sorted(st.checkpoints.items())]
+            errors = Family("driftline_produce_errors", "counter", "Records Kafka refused, by topic.", ("topic",))
+            errors.rows = [((t,), n) for t, n in sorted(st.produce_errors.items())]
+            return out + [ckpt, errors]

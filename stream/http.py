@@ -10,7 +10,7 @@ import threading
 from typing import Callable
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -24,11 +24,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class StatusServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, listen: str, registry: CollectorRegistry, readiness: Callable[[], tuple[bool, dict]]):
+    def __init__(self, listen: str, metrics: Callable[[], bytes], readiness: Callable[[], tuple[bool, dict]]):
         host, port = parse_listen(listen)
         if ":" in host:
             self.address_family = __import__("socket").AF_INET6
-        self.registry = registry
+        self.metrics = metrics
         self.readiness = readiness
         super().__init__((host, port), _Handler)
         self._thread = threading.Thread(target=self.serve_forever, name="driftline-http", daemon=True)
@@ -49,7 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+            self._send(200, self.server.metrics(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             self._send(200, b'{"status":"ok"}', "application/json")
         elif path == "/readyz":

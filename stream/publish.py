@@ -8,7 +8,7 @@ microseconds, never an exception in the request path.
 
 The events are built here, checked against event contract v1 (DESIGN.md) and handed to
 librdkafka's local queue; librdkafka batches, compresses and sends them from its own threads, and
-a small daemon thread of ours serves the delivery reports. What can go wrong is counted in
+a small daemon thread of ours serves its failure reports. What can go wrong is counted in
 `Publisher.stats`, never raised:
 
 - invalid: the call breaks the contract (bad model name, score outside [0, 1], a non-finite
@@ -242,8 +242,8 @@ class Publisher:
     Logs go to `driftline.publish` (an outage: once when it starts and once when it ends; an
     invalid call: once per reason) and librdkafka's to `driftline.publish.kafka`.
 
-    Create it in the process that serves requests (after a fork: librdkafka's threads do not
-    survive one), and close it on shutdown; an unclosed publisher is flushed at exit.
+    Create one per process, in the process that serves requests (after a fork: librdkafka's
+    threads do not survive one), and close it on shutdown; one never closed is closed at exit.
     """
 
     def __init__(self, bootstrap: str, *, inferences_topic: str = "driftline.inferences",
@@ -271,15 +271,7 @@ class Publisher:
         # request path never calls poll() (and never runs a callback).
         self._poller = threading.Thread(target=self._poll_loop, name="driftline-publisher", daemon=True)
         self._poller.start()
-        ref = weakref.ref(self)
-
-        def _at_exit():  # a weak reference: registering must not keep the publisher alive
-            pub = ref()
-            if pub is not None:
-                pub.close()
-
-        self._at_exit = _at_exit
-        atexit.register(_at_exit)
+        atexit.register(self.close)  # flush on shutdown even if the application forgets to
         if registry is not None:
             registry.register(_StatsCollector(self))
 
@@ -415,7 +407,7 @@ class Publisher:
             left = self.flush(self._close_timeout if timeout is None else timeout)
             if left:
                 log.warning("driftline publisher closed with %d events undelivered", left)
-            atexit.unregister(self._at_exit)
+            atexit.unregister(self.close)
         return self.stats
 
     def __enter__(self) -> Publisher:

@@ -15,12 +15,10 @@ import time
 from collections import Counter
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from detectors.bank import DetectorBank, DriftRecord
 from stream.codec import DecodeLimits, decode_inference, decode_label
 from stream.events import Inference, Invalid
-from stream.exporter import DriftlineCollector
+from stream.exporter import DriftlineMetrics
 from stream.pipeline import Intake, feed
 
 TICK_EVERY = 1024  # events between progress reports and on_tick calls
@@ -36,17 +34,13 @@ class ReplayResult:
     invalid: Counter
     seconds: float
 
-    def registry(self) -> CollectorRegistry:
-        registry = CollectorRegistry(auto_describe=True)
+    def metrics(self) -> DriftlineMetrics:
         # drift_active is judged at the last event time: the state the stream ended in.
-        registry.register(DriftlineCollector(
-            self.settings, intakes=lambda: (self.intake,), banks=lambda: (self.bank,),
-            clock=lambda: self.intake.watermark,
-        ))
-        return registry
+        return DriftlineMetrics(self.settings, intakes=lambda: (self.intake,), banks=lambda: (self.bank,),
+                                clock=lambda: self.intake.watermark)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry())
+        return self.metrics().render()
 
 
 def read_events(path: str | os.PathLike, kind: str, limits: DecodeLimits) -> Iterator[Inference | object]:

@@ -89,7 +89,7 @@ class BankPartition:
 
 
 class WorkerStats:
-    """Per-process operating figures, rendered by exporter.WorkerCollector."""
+    """Per-process operating figures, rendered by exporter.WorkerMetrics."""
 
     def __init__(self) -> None:
         self.replayed = 0  # events read again after taking over a partition (checkpoint -> committed)
@@ -544,23 +544,27 @@ class Worker:
 
 def run_worker(settings, listen: str) -> int:
     """Provision topics, serve /metrics, run the loop until SIGTERM/SIGINT; returns the exit code."""
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.process_collector import ProcessCollector
 
     from stream.admin import ensure_topics
-    from stream.exporter import DriftlineCollector, WorkerCollector
+    from stream.exporter import DriftlineMetrics, WorkerMetrics, render
     from stream.http import StatusServer
 
     log.info("%s", settings.describe())
     created, partitions = ensure_topics(settings)
     log.info("topics: %s", ", ".join(f"{k} ({v})" for k, v in created.items()))
     worker = Worker(settings, partitions[settings.kafka.topics.observations], listen)
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(DriftlineCollector(settings, intakes=worker.intake_objects, banks=worker.bank_objects,
-                                         clock=time.time, lock=worker.lock))
-    registry.register(WorkerCollector(worker.stats, lock=worker.lock))
-    ProcessCollector(registry=registry)
-    server = StatusServer(listen, registry, worker.readiness).start()
+    contract = DriftlineMetrics(settings, intakes=worker.intake_objects, banks=worker.bank_objects,
+                                clock=time.time, lock=worker.lock)
+    figures = WorkerMetrics(worker.stats, lock=worker.lock)
+    process = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=process)
+
+    def metrics() -> bytes:
+        return render(contract.families() + figures.families()) + generate_latest(process)
+
+    server = StatusServer(listen, metrics, worker.readiness).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s", listen)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

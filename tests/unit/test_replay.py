@@ -132,3 +132,26 @@ def test_exposition_passes_promtool_check_metrics(demo):
     assert shutil.which("promtool"), "promtool missing: run deploy/setup (Debian's prometheus package)"
     res = subprocess.run(["promtool", "check", "metrics"], input=result.exposition(), capture_output=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_fast_renderer_and_prometheus_client_collector_agree(demo):
+    """/metrics is rendered by our own writer; the Collector adapter must expose the same samples."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.exporter import DriftlineCollector
+
+    _, result = demo
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DriftlineCollector(result.metrics()))
+    ours, theirs = samples(result.exposition()), samples(generate_latest(registry))
+    assert ours.keys() == theirs.keys() and len(ours) > 100
+    assert all(ours[k] == pytest.approx(theirs[k]) for k in ours)
+
+
+def test_detector_internals_are_exported_with_bounded_cardinality(demo):
+    _, result = demo
+    smp = samples(result.exposition())
+    widths = {dict(lv)["signal"] + "@" + dict(lv)["segment"] for (n, lv) in smp if n == "driftline_adwin_width"}
+    assert "error@band=high" in widths and "f7@__all__" in widths
+    assert "f7@band=high" not in widths  # feature internals only at __all__
+    assert value(smp, "driftline_page_hinkley_threshold", model="shuttle", segment="__all__", signal="f7") == 500
