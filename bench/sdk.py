@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     sample = encode_inference(prediction_id=uuid.uuid4().hex, timestamp=time.time(), **calls[0])
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
-                          "platform": platform.platform()},
+                          "platform": platform.platform(),
+                          # Other processes on the machine inflate every figure: say how busy it was.
+                          "load_average_1m_at_start": round(os.getloadavg()[0], 2)},
               "event_bytes": len(sample), "producer_settings": {k: v for k, v in PRODUCER_DEFAULTS.items()},
               "per_call_us": {}}
     try:

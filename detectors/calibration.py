@@ -69,24 +69,54 @@ PH_DELTAS = (0.1, 0.25, 0.5)
 DEFAULT_PH_DELTA = 0.25
 # k -> (a, theta): normal noise clipped to +-3.
 PH_NUMERIC: dict[float, tuple[float, float]] = {
-    0.1: (1.6, 0.2),
-    0.25: (0.43, 0.5),
-    0.5: (-0.23, 1.0),
+    0.1: (3.410, 0.2010),
+    0.25: (1.971, 0.5034),
+    0.5: (1.154, 1.0130),
 }
 # k -> ((p, a, theta), ...) for a 0/1 stream with rate p, standardised by sqrt(p (1 - p)).
 # The table covers p in [0.002, 0.5]; a rate above 0.5 reads the row of 1 - p (mirror image).
 PH_BINARY: dict[float, tuple[tuple[float, float, float], ...]] = {
-    0.25: ((0.002, 0.0, 0.13), (0.5, 0.43, 0.5)),
-    0.1: ((0.002, 0.0, 0.08), (0.5, 1.6, 0.2)),
-    0.5: ((0.002, 0.0, 0.2), (0.5, -0.23, 1.0)),
+    0.1: (
+        (0.002, 5.260, 0.0906),
+        (0.005, 5.007, 0.1112),
+        (0.01, 4.788, 0.1267),
+        (0.02, 4.562, 0.1416),
+        (0.05, 4.340, 0.1595),
+        (0.1, 4.120, 0.1717),
+        (0.2, 3.875, 0.1833),
+        (0.3, 3.723, 0.1903),
+        (0.5, 3.388, 0.2013),
+    ),
+    0.25: (
+        (0.002, 4.328, 0.1374),
+        (0.005, 4.026, 0.1805),
+        (0.01, 3.612, 0.2179),
+        (0.02, 3.394, 0.2588),
+        (0.05, 3.061, 0.3170),
+        (0.1, 2.870, 0.3642),
+        (0.2, 2.718, 0.4168),
+        (0.3, 2.509, 0.4539),
+        (0.5, 1.797, 0.5221),
+    ),
+    0.5: (
+        (0.002, 3.958, 0.1759),
+        (0.005, 3.009, 0.2411),
+        (0.01, 3.043, 0.3026),
+        (0.02, 2.577, 0.3760),
+        (0.05, 2.210, 0.4952),
+        (0.1, 2.069, 0.6088),
+        (0.2, 1.784, 0.7609),
+        (0.3, 1.725, 0.8918),
+        (0.5, 0.749, 1.2188),
+    ),
 }
 
 # --- ADWIN tables ----------------------------------------------------------------------------
 # River ADWIN (clock=32, max_buckets=5, min_window_length=5, grace_period=10): false alarms per
 # event = exp(c) * delta ** g, fitted over delta in [0.02, 1] on stationary runs of 10^6 events
 # (`--calibrate`), extrapolated to smaller delta (theory: the bound's tail is linear in delta).
-ADWIN_NUMERIC: tuple[float, float] = (-7.8, 1.0)  # clipped standard normal
-ADWIN_BINARY: tuple[float, float] = (-8.4, 1.0)  # raw 0/1, the worst rate in [0.01, 0.5]
+ADWIN_NUMERIC: tuple[float, float] = (-8.095, 1.0)  # clipped standard normal
+ADWIN_BINARY: tuple[float, float] = (-8.77, 1.0)  # raw 0/1, the worst rate in [0.01, 0.5]
 ADWIN_MAX_DELTA = 1.0
 
 

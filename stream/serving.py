@@ -15,9 +15,9 @@ without it (Flask, batch scorers, gateways call `Publisher.log_prediction` direc
 that sends `X-Prediction-ID` chooses the id (e.g. its own order id) so that it can send the
 label later without keeping ours. Like the SDK, logging never blocks and never raises.
 """
-# No `from __future__ import annotations`: FastAPI reads the dependency's parameter types from
-# the signature of `__call__`, and cannot resolve string annotations on a callable instance.
-from typing import Any, Callable, Mapping, Optional, Union
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
 
 from fastapi import Request, Response
 
@@ -33,13 +33,13 @@ class PredictionLog:
 
     __slots__ = ("_publisher", "_model", "_version", "_response", "prediction_id")
 
-    def __init__(self, publisher: Publisher, model: str, model_version: Optional[str], response: Response,
-                 prediction_id: Optional[str]):
+    def __init__(self, publisher: Publisher, model: str, model_version: str | None, response: Response,
+                 prediction_id: str | None):
         self._publisher, self._model, self._version, self._response = publisher, model, model_version, response
         self.prediction_id = prediction_id  # the client's id (from the header) until logged
 
-    def __call__(self, *, features: Mapping[str, Any], prediction: Any, score: Optional[float] = None,
-                 segment: Optional[Mapping[str, str]] = None) -> str:
+    def __call__(self, *, features: Mapping[str, Any], prediction: Any, score: float | None = None,
+                 segment: Mapping[str, str] | None = None) -> str:
         pid = self._publisher.log_prediction(model=self._model, features=features, prediction=prediction, score=score,
                                              segment=segment, prediction_id=self.prediction_id,
                                              model_version=self._version)
@@ -59,8 +59,8 @@ class PredictionLogger:
     id_header: the request header that may carry the caller's prediction id; None to ignore it.
     """
 
-    def __init__(self, publisher: Union[Publisher, Callable[[], Publisher]], *, model: str,
-                 model_version: Optional[str] = None, id_header: Optional[str] = HEADER):
+    def __init__(self, publisher: Publisher | Callable[[], Publisher], *, model: str,
+                 model_version: str | None = None, id_header: str | None = HEADER):
         self._publisher, self._model, self._version, self._header = publisher, model, model_version, id_header
 
     def __call__(self, request: Request, response: Response) -> PredictionLog:

@@ -427,6 +427,13 @@ class Worker:
 
     # -- rebalances -------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._assign(consumer, partitions)
+        except Exception as exc:  # an exception here would escape consume(): stop cleanly instead
+            log.exception("partition assignment failed")
+            self.fatal = f"partition assignment failed: {exc!r}"
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         t = self.topics
         with self.lock:
@@ -475,7 +482,7 @@ class Worker:
                 else:
                     # A fresh state starts where the group left off (or at the beginning), and
                     # says so in its positions: its first checkpoint must name an offset.
-                    tp.offset = done if done >= 0 else consumer.get_watermark_offsets(tp, timeout=30)[0]
+                    tp.offset = done if done >= 0 else self._low_watermark(tp)
                     table[tp.partition].positions[tp.topic] = tp.offset
             consumer.assign(partitions)
             if fresh:
@@ -489,6 +496,18 @@ class Worker:
             log.info("assigned %d partitions (%d intake, %d bank) in %.2f s; %d events to replay",
                      len(partitions), len(self.intakes), len(self.banks), self.stats.restore_seconds,
                      self.stats.replayed)
+
+    def _low_watermark(self, tp: TopicPartition, attempts: int = 10) -> int:
+        """The first offset still stored in `tp`, retrying while a new topic's leader settles."""
+        for attempt in range(attempts):
+            try:
+                return self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+            except KafkaException as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("watermarks of %s[%d] (attempt %d): %s", tp.topic, tp.partition, attempt + 1, exc)
+                time.sleep(min(0.2 * 2 ** attempt, 3.0))
+        raise AssertionError("unreachable")
 
     def _read_checkpoints(self, keys: set[str], attempts: int = 10) -> dict[str, bytes] | None:
         """Checkpoints of `keys`, retrying what a broker restart or a new topic can cause."""

@@ -136,7 +136,8 @@ def fleet_total(workers: Iterable[WorkerProcess], name: str, **labels) -> float:
 
 
 def producer(bootstrap: str, **extra) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "enable.idempotence": True, **extra})
+    # log_level 2: a broker the test stops on purpose would fill the output with refused connections.
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "enable.idempotence": True, "log_level": 2, **extra})
 
 
 def publish(p: Producer, topic: str, events: Iterable[dict | bytes], key_of=lambda ev: ev["prediction_id"]) -> int:
