@@ -3,6 +3,7 @@ they fire on stationary data (issue 7, parts 2 and 3).
 
     .venv/bin/python bench/quality.py [--quick] [--seeds N] [--out bench/results] [--jobs N]
     .venv/bin/python bench/quality.py --calibrate     # recompute the tables of detectors/calibration.py
+    .venv/bin/python bench/quality.py --verify        # long runs: false alarms at budgets of 1e6, 1e7
 
 Every stream is replayed, one value at a time, through the detector objects that production
 runs: `detectors.drift.build_detector` (River's defaults on the raw signal) and
@@ -80,13 +81,18 @@ class Config:
 
     detector: str  # adwin | page_hinkley
     arl: float | None = None
-    ph_delta: float = cal.DEFAULT_PH_DELTA
+    ph_delta: float | None = None  # None: the default for the signal's kind
 
     @property
     def label(self) -> str:
         if self.arl is None:
             return f"river-{'ph' if self.detector == 'page_hinkley' else 'adwin'}"
-        name = "adwin" if self.detector == "adwin" else f"ph(k={self.ph_delta:g})"
+        if self.detector == "adwin":
+            name = "adwin"
+        elif self.ph_delta is None:
+            name = "ph"
+        else:
+            name = f"ph(k={self.ph_delta:g})"
         return f"{name}@{self.arl:.0e}".replace("e+0", "e")
 
     @property
@@ -94,7 +100,15 @@ class Config:
         """The curve this config belongs to in the trade-off plot."""
         if self.arl is None:
             return self.label
-        return "adwin" if self.detector == "adwin" else f"ph(k={self.ph_delta:g})"
+        if self.detector == "adwin":
+            return "adwin"
+        return "ph" if self.ph_delta is None else f"ph(k={self.ph_delta:g})"
+
+    def k(self, kind: str) -> float | None:
+        """Page-Hinkley's drift allowance in standard deviations (calibrated configs)."""
+        if self.detector != "page_hinkley" or self.arl is None:
+            return None
+        return cal.DEFAULT_PH_DELTA[kind] if self.ph_delta is None else self.ph_delta
 
     def make(self, kind: str, warmup: int = cal.DEFAULT_WARMUP):
         if self.arl is None:
@@ -330,7 +344,7 @@ def run_case(case: Case, configs: Sequence[Config], seeds: int, n0: int, n1: int
         a = acc[c.label]
         rows.append({
             "family": case.family, "case": case.name, "kind": case.kind, "config": c.label,
-            "curve": c.family, "detector": c.detector, "arl": c.arl, "ph_delta": c.ph_delta if c.detector == "page_hinkley" else None,
+            "curve": c.family, "detector": c.detector, "arl": c.arl, "ph_delta": c.k(case.kind),
             "params": c.params(case.kind, p), "seeds": seeds, "change_at": n0, "post_events": n1,
             "shift_sigma": case.shift_sigma, "base_rate": p,
             "detection_rate": len(a["delays"]) / seeds,
@@ -357,7 +371,7 @@ def run_stationary(name: str, kind: str, configs: Sequence[Config], seeds: int, 
         lo, hi = poisson_ci(k)
         rows.append({
             "stream": name, "kind": kind, "config": c.label, "curve": c.family, "detector": c.detector,
-            "arl": c.arl, "ph_delta": c.ph_delta if c.detector == "page_hinkley" else None,
+            "arl": c.arl, "ph_delta": c.k(kind),
             "seeds": seeds, "events": ev, "false_alarms": k,
             "fa_per_100k": 1e5 * k / ev, "fa_per_100k_ci95": [1e5 * lo / ev, 1e5 * hi / ev],
             "budget_fa_per_100k": None if c.arl is None else 1e5 / c.arl,
@@ -459,19 +473,22 @@ def ph_replica_alarms(draw: Callable[[np.random.Generator, tuple[int, int]], np.
                      record: bool = False):
     """River's `PageHinkley.update`, line for line, over `streams` independent streams and every
     threshold at once (numpy, one row per threshold). A stream restarts after each alarm, as
-    River's does on the next update. Returns alarm counts per threshold (and, with `record`,
-    the alarm indices of stream 0 per threshold, to compare with River)."""
+    River's does on the next update. `thresholds` is one per row, or an array (rows, streams).
+    Returns alarm counts per row (and, with `record`, the alarm indices of stream 0 per row, to
+    compare with River)."""
     rng = np.random.default_rng(seed)
-    h = np.asarray(thresholds, float)[:, None]
-    shape = (len(thresholds), streams)
+    h = np.asarray(thresholds, float)
+    if h.ndim == 1:
+        h = h[:, None]  # one threshold per row, the same for every stream
+    shape = (h.shape[0], streams)
     n = np.zeros(shape)
     mean = np.zeros(shape)
     s_inc = np.zeros(shape)
     s_dec = np.zeros(shape)
     min_inc = np.full(shape, np.inf)
     max_dec = np.full(shape, -1.0)
-    alarms = np.zeros(len(thresholds), dtype=np.int64)
-    where: list[list[int]] = [[] for _ in thresholds]
+    alarms = np.zeros(shape[0], dtype=np.int64)
+    where: list[list[int]] = [[] for _ in range(shape[0])]
     t = 0
     block = 512
     for t0 in range(0, length, block):
@@ -596,15 +613,17 @@ def calibrate_adwin(kind: str, p: float | None, runs: int, length: int, seed: in
     return {"kind": kind, "p": p, "points": out}
 
 
-def fit_adwin(points: list[dict]) -> tuple[float, float]:
-    """False alarms per event = exp(c) * delta, anchored on the two smallest deltas measured.
-
-    Over the measured range the rate falls faster than delta (local slope ~1.2-1.3 in log-log);
-    the bound's tail is linear in delta as delta -> 0, so slope 1 from the smallest measured
-    deltas over-predicts false alarms below them: conservative."""
-    low = sorted(points, key=lambda q: q["delta"])[:2]
-    c = math.log(sum(q["alarms"] for q in low) / sum(q["events"] * q["delta"] for q in low))
-    return c, 1.0
+def adwin_table(points: list[dict]) -> list[tuple[float, float]]:
+    """(delta, false alarms per event), ascending in delta, made strictly increasing (a smaller
+    delta never has more false alarms: where noise says so, the larger rate is kept)."""
+    pts = sorted((q for q in points if q["alarms"] > 0), key=lambda q: q["delta"])
+    out: list[tuple[float, float]] = []
+    for q in pts:
+        r = q["rate"]
+        if out and r <= out[-1][1]:
+            r = out[-1][1] * 1.001
+        out.append((q["delta"], r))
+    return out
 
 
 def local_slopes(points: list[dict]) -> list[float]:
@@ -635,13 +654,11 @@ def calibrate(out: Path, jobs: int) -> None:
     adwin = [r for r in results if "points" in r]
     ph = [r for r in results if "points" not in r]
     num = next(r for r in adwin if r["kind"] == "numeric")
-    c_num, g_num = fit_adwin(num["points"])
+    num_table = adwin_table(num["points"])
     # binary: the worst (highest) false-alarm rate over the tested error rates, per delta
-    worst = []
-    for i, delta in enumerate(num["points"]):
-        cand = [r["points"][i] for r in adwin if r["kind"] == "binary"]
-        worst.append(max(cand, key=lambda q: q["rate"]))
-    c_bin, g_bin = fit_adwin(worst)
+    worst = [max((r["points"][i] for r in adwin if r["kind"] == "binary"), key=lambda q: q["rate"])
+             for i in range(len(num["points"]))]
+    bin_table = adwin_table(worst)
     lines = ["PH_NUMERIC: dict[float, tuple[float, float]] = {"]
     for r in sorted((r for r in ph if r["kind"] == "numeric"), key=lambda r: r["delta"]):
         lines.append(f"    {r['delta']}: ({r['a']:.3f}, {r['theta']:.4f}),")
@@ -653,18 +670,118 @@ def calibrate(out: Path, jobs: int) -> None:
         lines.extend(f"        ({r['p']}, {r['a']:.3f}, {r['theta']:.4f})," for r in rows)
         lines.append("    ),")
     lines.append("}")
-    lines.append(f"ADWIN_NUMERIC: tuple[float, float] = ({c_num:.3f}, {g_num:.1f})")
-    lines.append(f"ADWIN_BINARY: tuple[float, float] = ({c_bin:.3f}, {g_bin:.1f})")
+    fmt = lambda t: "(" + ", ".join(f"({d:g}, {r:.3g})" for d, r in t) + ")"  # noqa: E731
+    lines.append(f"ADWIN_NUMERIC: tuple[tuple[float, float], ...] = {fmt(num_table)}")
+    lines.append(f"ADWIN_BINARY: tuple[tuple[float, float], ...] = {fmt(bin_table)}")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality-calibration.json").write_text(json.dumps({
         "meta": _meta(time.time() - t0, jobs), "page_hinkley": ph, "adwin": adwin,
-        "adwin_fit": {"numeric": [c_num, g_num], "binary_worst": [c_bin, g_bin],
-                      "local_slopes": {f"{r['kind']}:{r['p']}": local_slopes(r["points"]) for r in adwin}},
+        "adwin_tables": {"numeric": num_table, "binary_worst": bin_table},
+        "adwin_local_slopes": {f"{r['kind']}:{r['p']}": local_slopes(r["points"]) for r in adwin},
         "constants": text,
     }, indent=1))
     print(text)
     print(f"# calibration took {time.time() - t0:.0f} s; details in {out / 'quality-calibration.json'}")
+
+
+def verify_ph(kind: str, k: float, arls: Sequence[float], p: float | None, streams: int, length: int,
+              seed: int, warmup: int = cal.DEFAULT_WARMUP) -> dict:
+    """Long stationary runs of the production pipeline, vectorised: per stream, a warm-up
+    estimate of mean and scale (as `Standardizer`), then Page-Hinkley with the threshold
+    `calibration.page_hinkley_params` gives for that estimate."""
+    rng = np.random.default_rng(seed)
+    if kind == "numeric":
+        w = rng.standard_normal((warmup, streams))
+        m, sd = w.mean(axis=0), w.std(axis=0, ddof=1)
+        c = cal.CLIP
+
+        def draw(r, shape):
+            return np.clip((r.standard_normal(shape) - m) / sd, -c, c)
+        h = [[cal.page_hinkley_params(a, "numeric", k).threshold] * streams for a in arls]
+    else:
+        ones = (rng.random((warmup, streams)) < p).sum(axis=0)
+        m = ones / warmup
+        pt = (ones + 1.0) / (warmup + 2.0)
+        sd = np.sqrt(pt * (1 - pt))
+
+        def draw(r, shape):
+            return ((r.random(shape) < p) - m) / sd
+        h = [[cal.page_hinkley_params(a, "binary", k, float(q)).threshold for q in pt] for a in arls]
+    counts = ph_replica_alarms(draw, streams, length, k, np.array(h), seed + 1)
+    events = streams * length
+    rows = []
+    for a, n in zip(arls, counts):
+        lo, hi = poisson_ci(int(n))
+        rows.append({"detector": f"page_hinkley(k={k:g})", "kind": kind, "p": p, "arl": a, "events": events,
+                     "false_alarms": int(n), "fa_per_100k": 1e5 * n / events,
+                     "fa_per_100k_ci95": [1e5 * lo / events, 1e5 * hi / events], "budget_fa_per_100k": 1e5 / a})
+    return {"rows": rows}
+
+
+def verify_adwin(kind: str, arl: float, p: float | None, streams: int, length: int, seed: int,
+                 warmup: int = cal.DEFAULT_WARMUP) -> dict:
+    """Long stationary runs through `CalibratedDetector("adwin", ...)` itself."""
+    k = 0
+    watched = 0
+    for j in range(streams):
+        rng = np.random.default_rng([seed, j])
+        xs = (rng.standard_normal(length) if kind == "numeric" else (rng.random(length) < p).astype(float)).tolist()
+        k += len(detections(cal.CalibratedDetector("adwin", arl, kind, warmup=warmup), xs))
+        watched += length - (warmup if kind == "numeric" else 0)
+    lo, hi = poisson_ci(k)
+    return {"rows": [{"detector": "adwin", "kind": kind, "p": p, "arl": arl, "events": watched, "false_alarms": k,
+                      "fa_per_100k": 1e5 * k / watched, "fa_per_100k_ci95": [1e5 * lo / watched, 1e5 * hi / watched],
+                      "budget_fa_per_100k": 1e5 / arl}]}
+
+
+VERIFY_TASKS = (
+    ("ph", "numeric", cal.DEFAULT_PH_DELTA["numeric"], None),
+    ("ph", "binary", cal.DEFAULT_PH_DELTA["binary"], 0.01),
+    ("ph", "binary", cal.DEFAULT_PH_DELTA["binary"], 0.05),
+    ("ph", "binary", cal.DEFAULT_PH_DELTA["binary"], 0.2),
+    ("adwin", "numeric", None, None),
+    ("adwin", "binary", None, 0.05),
+    ("adwin", "binary", None, 0.2),
+)
+
+
+def _verify_task(task: tuple) -> dict:
+    what, kind, k, p = task
+    seed = int_seed("verify", *task)
+    if what == "ph":
+        return verify_ph(kind, k, (1e6, 1e7), p, streams=1000, length=500_000, seed=seed)
+    return verify_adwin(kind, 1e6, p, streams=40, length=1_000_000, seed=seed)
+
+
+def verify(out: Path, jobs: int) -> None:
+    t0 = time.time()
+    with cf.ProcessPoolExecutor(jobs) as ex:
+        rows = [r for res in ex.map(_verify_task, VERIFY_TASKS) for r in res["rows"]]
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"meta": _meta(time.time() - t0, jobs), "rows": rows}
+    (out / "quality-verify.json").write_text(json.dumps(data, indent=1, default=float))
+    print("\n".join(verification_md(data)))
+
+
+def verification_md(v: dict | None) -> list[str]:
+    if not v:
+        return []
+    out = ["", "### Long-run check of the budget (`bench/quality.py --verify`)", "",
+           f"Stationary streams at per-stream budgets of 1e6 and 1e7 events between false alarms, "
+           f"fresh seeds, each stream with its own warm-up estimate ({v['meta']['seconds']:.0f} s on "
+           f"{v['meta']['cpus']} CPUs). Page-Hinkley: the vectorised replica of River's update over the "
+           "production pipeline (warm-up standardisation, per-stream threshold); ADWIN: "
+           "`CalibratedDetector` itself.", "",
+           "| detector | signal | events | false alarms | FA / 100k (95% CI) | budget FA / 100k | measured / budget |",
+           "|---|---|---|---|---|---|---|"]
+    for r in v["rows"]:
+        sig = r["kind"] if r["p"] is None else f"0/1, rate {r['p']:g}"
+        lo, hi = r["fa_per_100k_ci95"]
+        out.append(f"| {r['detector']}@{r['arl']:.0e} | {sig} | {r['events']:.2g} | {r['false_alarms']} | "
+                   f"{_f(r['fa_per_100k'])} ({_f(lo, 2)}–{_f(hi, 2)}) | {_f(r['budget_fa_per_100k'])} | "
+                   f"{_f(r['fa_per_100k'] / r['budget_fa_per_100k'], 2)} |")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,18 +798,20 @@ class Plan:
     fa_arls: tuple[float, ...] = (1e4, 1e5)  # budgets whose false alarms are measured directly
     stat_seeds: int = 20
     stat_len: int = 100_000
-    stat_streams: tuple[str, ...] = ("bernoulli:0.05", "bernoulli:0.2", "normal", "normal_x1000")
+    # (stream, share of stat_seeds): the headline streams get all seeds
+    stat_streams: tuple[tuple[str, float], ...] = (("bernoulli:0.05", 1.0), ("normal", 1.0),
+                                                  ("bernoulli:0.2", 0.5), ("normal_x1000", 0.5))
     synth_stat_seeds: int = 4
     synth_stat_len: int = 20_000
     robust_seeds: int = 10
-    robust_len: int = 100_000
+    robust_len: int = 50_000
     robust_shapes: tuple[str, ...] = ROBUSTNESS_SHAPES
     annotated: bool = True
     default_arl: float = 1e8  # the per-stream ARL of the shipped default budget (docs/quality.md)
 
 
 QUICK = Plan(seeds=3, n0=1500, n1=2500, delay_arls=(1e4, 1e6, 1e8), fa_arls=(1e4,), stat_seeds=3,
-             stat_len=20_000, stat_streams=("bernoulli:0.05", "normal"), synth_stat_seeds=1,
+             stat_len=20_000, stat_streams=(("bernoulli:0.05", 1.0), ("normal", 1.0)), synth_stat_seeds=1,
              synth_stat_len=5_000, robust_seeds=2, robust_len=20_000,
              robust_shapes=("normal", "lognormal"), annotated=True)
 
@@ -723,21 +842,24 @@ def _work(task: tuple) -> list[dict]:
 
 
 def build_tasks(plan: Plan) -> list[tuple]:
+    """The run's work items, longest first (the pool hands them out in order)."""
     delay_configs = [*RIVER, *calibrated(plan.delay_arls)]
     fa_configs = [*RIVER, *calibrated(plan.fa_arls)]
     tasks: list[tuple] = []
-    if plan.annotated:
-        tasks.append(("annotated", [*RIVER, *calibrated([plan.default_arl], (cal.DEFAULT_PH_DELTA,))]))
-    for i in range(len(CASES)):
-        tasks.append(("case", i, delay_configs, plan))
-    for name in plan.stat_streams:
+    for name, share in plan.stat_streams:
         kind = "binary" if name.startswith("bernoulli") else "numeric"
-        tasks.append(("stationary", name, kind, fa_configs, plan.stat_seeds, plan.stat_len, plan.warmup))
+        seeds = max(1, round(share * plan.stat_seeds))
+        tasks.append(("stationary", name, kind, fa_configs, seeds, plan.stat_len, plan.warmup))
+    synth_first = sorted(range(len(CASES)), key=lambda i: CASES[i].family != "synthetic")
+    for i in synth_first:
+        tasks.append(("case", i, delay_configs, plan))
     for case in SYNTH:
         tasks.append(("synth_stationary", case, fa_configs, plan.synth_stat_seeds, plan.synth_stat_len, plan.warmup))
-    robust_configs = [c for c in calibrated(plan.fa_arls) if c.detector == "adwin" or c.ph_delta == cal.DEFAULT_PH_DELTA]
+    robust_configs = [c for c in calibrated(plan.fa_arls) if c.detector == "adwin" or c.ph_delta == cal.DEFAULT_PH_DELTA["numeric"]]
     for name in plan.robust_shapes:
         tasks.append(("robust", name, robust_configs, plan.robust_seeds, plan.robust_len, plan.warmup))
+    if plan.annotated:
+        tasks.append(("annotated", [*RIVER, *calibrated([plan.default_arl], (None,))]))
     return tasks
 
 
@@ -762,8 +884,10 @@ def run(plan: Plan, out: Path, jobs: int, quick: bool) -> dict:
         with cf.ProcessPoolExecutor(jobs) as ex:
             for r in ex.map(_work, tasks):
                 rows.extend(r)
+    verify_file = out / "quality-verify.json"
     result = {
         "meta": {**_meta(time.time() - t0, jobs), "quick": quick, "plan": dataclasses.asdict(plan)},
+        "verification": json.loads(verify_file.read_text()) if verify_file.exists() else None,
         "changes": [r for r in rows if "case" in r],
         "stationary": [r for r in rows if r.get("section") == "stationary"],
         "robustness": [r for r in rows if r.get("section") == "robustness"],
@@ -833,18 +957,25 @@ def markdown(result: dict) -> str:
         "run of this size. `@ARL` is the per-stream budget: expected events between false alarms.",
         "",
     ]
-    head_cases = ["error 0.05->0.10", "error 0.05->0.30", "error 0.20->0.30", "normal +0.5 sd", "normal +1 sd"]
-    head_cfgs = ["river-adwin", "river-ph", *[c.label for c in calibrated([plan["default_arl"]], (cal.DEFAULT_PH_DELTA,))]]
-    out.append("| stream | detector | false alarms / 100k | detection rate | median delay (events) | mean delay |")
+    head_cases = ["error 0.05->0.10", "error 0.05->0.30", "error 0.20->0.30", "SEA 0->1",
+                  "normal +0.25 sd", "normal +0.5 sd", "normal +1 sd"]
+    arl = plan["default_arl"]
+    out.append(f"| stream | detector | false alarms / 100k | detection rate | median delay (events = s) | mean delay |")
     out.append("|---|---|---|---|---|---|")
     for case in head_cases:
-        for cfg in head_cfgs:
-            r = next((x for x in result["changes"] if x["case"] == case and x["config"] == cfg), None)
+        rows = [x for x in result["changes"] if x["case"] == case]
+        if not rows:
+            continue
+        kind = rows[0]["kind"]
+        cfgs = ["river-adwin", "river-ph", Config("adwin", arl).label, Config("page_hinkley", arl, cal.DEFAULT_PH_DELTA[kind]).label]
+        for cfg in cfgs:
+            r = next((x for x in rows if x["config"] == cfg), None)
             if r is None:
                 continue
             v, measured = fa_value(r, fa)
             out.append(f"| {case} | {cfg} | {_f(v)}{'' if measured else '*'} | {_f(r['detection_rate'])} | "
                        f"{_f(r['delay_median'])} | {_f(r['delay_mean'])} |")
+    out += verification_md(result.get("verification"))
     out += ["", "### Detection delay and rate, every stream x detector x budget", "",
             f"{plan['seeds']} seeds per stream; change after {plan['n0']} stationary events "
             f"({plan['warmup']} of warm-up for calibrated detectors), {plan['n1']} events after it. "
@@ -948,10 +1079,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, help="seeded streams per change case (default 20; quick 3)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
-    ap.add_argument("--calibrate", action="store_true", help="recompute detectors/calibration.py's tables (~5 min)")
+    ap.add_argument("--calibrate", action="store_true", help="recompute detectors/calibration.py's tables (~8 min)")
+    ap.add_argument("--verify", action="store_true",
+                    help="long stationary runs at budgets of 1e6 and 1e7 events (~5 min); later runs' quality.md include them")
     args = ap.parse_args(argv)
     if args.calibrate:
         calibrate(args.out, args.jobs)
+        return 0
+    if args.verify:
+        verify(args.out, args.jobs)
         return 0
     plan = QUICK if args.quick else Plan()
     if args.seeds:

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = requests(max(args.events, args.calls, args.paced))
     sample = encode_inference(prediction_id=uuid.uuid4().hex, timestamp=time.time(), **calls[0])
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
+                          "confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
                           "platform": platform.platform(),
                           # Other processes on the machine inflate every figure: say how busy it was.
                           "load_average_1m_at_start": round(os.getloadavg()[0], 2)},

@@ -1,6 +1,8 @@
-"""deploy/prometheus and deploy/alertmanager: the configs pass Prometheus' own checks and rule
-tests, and the processes that deploy/local/* starts load them and work together:
-metrics -> Prometheus rule -> Alertmanager -> webhook."""
+"""deploy/prometheus, deploy/alertmanager and the dashboards' queries: the configs pass Prometheus'
+and Alertmanager's own checks, rule unit tests and routing tests; every alert is unit-tested firing
+and not firing and has a runbook section; and the processes that deploy/local/* starts load them and
+work together: metrics (a stub) -> Prometheus rule -> Alertmanager -> webhook. tests/e2e does the
+same with real workers."""
 from __future__ import annotations
 
 import itertools

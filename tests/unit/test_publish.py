@@ -277,3 +277,12 @@ def test_docstring_examples():
 
     failed, attempted = doctest.testmod(stream.publish)
     assert attempted > 0 and failed == 0
+
+
+def test_the_sdk_needs_no_web_framework():
+    import subprocess
+    import sys
+
+    code = "import sys, stream.publish; print(sorted(m for m in ('fastapi', 'starlette', 'httpx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

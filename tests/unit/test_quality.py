@@ -167,7 +167,7 @@ def test_annotated_series_follow_tcpd_indexing():
 def test_harness_end_to_end_tiny(tmp_path):
     plan = dataclasses.replace(
         q.QUICK, seeds=1, n0=700, n1=600, warmup=200, delay_arls=(1e4,), fa_arls=(1e4,),
-        stat_seeds=1, stat_len=4000, stat_streams=("normal",), synth_stat_seeds=1, synth_stat_len=500,
+        stat_seeds=1, stat_len=4000, stat_streams=(("normal", 1.0),), synth_stat_seeds=1, synth_stat_len=500,
         robust_seeds=1, robust_len=2000, robust_shapes=("lognormal",), annotated=False, default_arl=1e4)
     result = q.run(plan, tmp_path, jobs=1, quick=True)
     for name in ("quality.json", "quality.md", "quality.png"):
