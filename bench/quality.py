@@ -297,6 +297,9 @@ CASES = [
 ]
 
 
+CASE_ORDER = {c.name: i for i, c in enumerate(CASES)}
+
+
 def score_change(hits: Sequence[int], cp: int, n_total: int, watched_from: int) -> dict:
     """One stream with one change at `cp`: the first detection at or after it (delay = post-change
     events read up to and including the detecting one), and detections before it (false alarms
@@ -888,7 +891,7 @@ def run(plan: Plan, out: Path, jobs: int, quick: bool) -> dict:
     result = {
         "meta": {**_meta(time.time() - t0, jobs), "quick": quick, "plan": dataclasses.asdict(plan)},
         "verification": json.loads(verify_file.read_text()) if verify_file.exists() else None,
-        "changes": [r for r in rows if "case" in r],
+        "changes": sorted((r for r in rows if "case" in r), key=lambda r: CASE_ORDER[r["case"]]),
         "stationary": [r for r in rows if r.get("section") == "stationary"],
         "robustness": [r for r in rows if r.get("section") == "robustness"],
         "annotated": [r for r in rows if "series" in r],

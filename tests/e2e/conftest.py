@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -163,7 +162,7 @@ def wait_until(what: str, check: Callable[[], object], timeout: float, interval:
             last = check()
             if last:
                 return last
-        except (OSError, urllib.request.URLError) as exc:
+        except OSError as exc:  # connection refused or reset while a process settles (URLError too)
             last = exc
         time.sleep(interval)
     logs = "".join(f"\n--- {w.name}:\n{_tail(w.log_path, 2000)}" for w in workers)
