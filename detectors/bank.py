@@ -13,14 +13,22 @@ returns a `DriftRecord` for each detection. Signals:
 Each signal is watched by every detector named in the model's spec (ADWIN and Page-Hinkley by
 default). State is created on first use and can be evicted when idle; nothing here grows with
 the number of events.
+
+A model with a reference profile (detectors/baseline.py, looked up in the bank's `ProfileBook`)
+also keeps, per segment, a window of bin indices per profiled feature, prediction and score;
+its distribution statistics are computed from those windows at scrape time. Values outside the
+reference range and unseen categories are counted as invalid features (reasons `range` and
+`unseen_category`), once per event at `__all__`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from bisect import bisect_left
 from typing import Any, Callable, Iterator, Mapping
 
 from detectors.accuracy import RollingAccuracy, RollingError
+from detectors.baseline import FEATURE_SOURCE, PREDICTION_SOURCE, ProfileBook, Window, category_key
 from detectors.categorical import CategorySurprisal
 from detectors.drift import Detector, build_detector
 from detectors.spec import ALL_SEGMENT, ModelSpec
@@ -49,6 +57,7 @@ class DriftRecord:
     prediction_id: str
     value: float
     statistics: Mapping[str, float]
+    direction: str = "up"  # the signal's mean went "up" or "down" (for `error`: up = worse)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,17 +69,19 @@ class DriftRecord:
             "prediction_id": self.prediction_id,
             "value": self.value,
             "statistics": dict(self.statistics),
+            "direction": self.direction,
         }
 
 
 class SignalState:
     """The detectors on one signal of one segment, with their detection history."""
 
-    __slots__ = ("detectors", "last_detection", "transform")
+    __slots__ = ("detectors", "last_detection", "last_direction", "transform")
 
     def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None):
         self.detectors = detectors
         self.last_detection: list[float | None] = [None] * len(detectors)
+        self.last_direction: list[int] = [0] * len(detectors)  # of the last detection: +1 up, -1 down
         self.transform = transform
 
 
@@ -82,7 +93,7 @@ class SegmentState:
     built when its first value comes.
     """
 
-    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen")
+    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
@@ -90,6 +101,26 @@ class SegmentState:
         self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task == "classification" else None
         self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
         self.last_seen = 0.0
+        # Baseline comparison: windows by signal name (state), the digest of the profile they
+        # were made for, and the hot list of (binner, window) pairs (configuration: rebuilt from
+        # the bank's ProfileBook, never pickled) with the book generation it was built at.
+        self.windows: dict[str, Window] = {}
+        self.profile_id: str | None = None
+        self.profile_gen = -1
+        self.dist: list | None = None
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
+
+    def __setstate__(self, state) -> None:
+        if isinstance(state, tuple):  # a snapshot from before baselines: (None, {slot: value})
+            state = state[1]
+        for name in self.__slots__:
+            setattr(self, name, state.get(name))
+        if self.windows is None:  # a snapshot from before baselines
+            self.windows = {}
+        self.profile_gen = -1  # check the profile again on the next event
+        self.dist = None
 
 
 def _unbound_spec(model: str) -> ModelSpec:
@@ -113,8 +144,11 @@ class DetectorBank:
     Everything in it, counters included, is state: `snapshot()` captures all of it.
     """
 
-    def __init__(self, spec_for: Callable[[str], ModelSpec], idle_after: float | None = None):
+    def __init__(self, spec_for: Callable[[str], ModelSpec], idle_after: float | None = None,
+                 profiles: ProfileBook | None = None):
         self._spec_for = spec_for
+        # Reference profiles (configuration, like the spec lookup): None when no model has one.
+        self.profiles = profiles
         # Segments with no event for `idle_after` seconds of event time are dropped, with their
         # series: a bound on state for segment values that stop occurring.
         self.idle_after = idle_after
@@ -130,23 +164,26 @@ class DetectorBank:
 
     def __setstate__(self, state: dict) -> None:
         self._spec_for = _unbound_spec
+        self.profiles = None
         self.tally = state["tally"]
         self._segments = state["segments"]
         self.idle_after = state["idle_after"]
         self.watermark = state["watermark"]
         self._since_evict = state["since_evict"]
 
-    def bind(self, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
-        """Give a restored bank its spec lookup (configuration, not state)."""
+    def bind(self, spec_for: Callable[[str], ModelSpec], profiles: ProfileBook | None = None) -> "DetectorBank":
+        """Give a restored bank its spec lookup and reference profiles (configuration, not state)."""
         self._spec_for = spec_for
+        self.profiles = profiles
         return self
 
     @classmethod
-    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec]) -> "DetectorBank":
+    def restore(cls, blob: bytes, spec_for: Callable[[str], ModelSpec],
+                profiles: ProfileBook | None = None) -> "DetectorBank":
         bank = restore_state(blob)
         if not isinstance(bank, cls):
             raise SnapshotError(f"snapshot holds a {type(bank).__name__}, not a DetectorBank")
-        return bank.bind(spec_for)
+        return bank.bind(spec_for, profiles)
 
     def snapshot(self) -> bytes:
         return snapshot_state(self)
@@ -224,6 +261,12 @@ class DetectorBank:
             for det in sig.detectors:
                 if det.update(x):
                     self._detected(sig, det, name, x, ctx, found)
+        book = self.profiles
+        if book is not None:
+            if state.profile_gen != book.generation:
+                self._bind_profile(state, model, segment)
+            if state.dist is not None:
+                self._distribution(state.dist, model, at_all, features, prediction, score)
         return found
 
     def observe_outcome(
@@ -283,6 +326,59 @@ class DetectorBank:
             self.tally.forget_segment(*key)
         return stale
 
+    # -- baseline windows ----------------------------------------------------------------------
+    def _bind_profile(self, state: SegmentState, model: str, segment: str) -> None:
+        """(Re)build the segment's (binner, window) list after the book changed (or a restore)."""
+        book = self.profiles
+        state.profile_gen = book.generation
+        compiled = book.get(model)
+        if compiled is None:
+            state.windows, state.profile_id, state.dist = {}, None, None
+            return
+        if state.profile_id != compiled.id:  # a new profile: the old windows mean other bins
+            state.windows, state.profile_id = {}, compiled.id
+        windows = state.windows
+        dist = []
+        for binner in compiled.binners(segment):
+            w = windows.get(binner.name)
+            if w is None or len(w.ring) != compiled.window or len(w.counts) != binner.slots:
+                w = windows[binner.name] = Window(compiled.window, binner.slots)
+            dist.append((binner, w))
+        state.dist = dist
+
+    def _distribution(self, dist: list, model: str, at_all: bool, features: Mapping[str, object],
+                      prediction: object, score: object) -> None:
+        """Each profiled signal's value into its window: O(1) (a bisect on <= 103 edges) per value."""
+        for b, w in dist:
+            src = b.source
+            v = features.get(b.name) if src == FEATURE_SOURCE else (prediction if src == PREDICTION_SOURCE else score)
+            if v is None:
+                i = b.missing
+            elif b.numeric:
+                t = type(v)
+                if (t is float or t is int) and v - v == 0:
+                    i = bisect_left(b.edges, v)
+                    if (v < b.lo or v > b.hi) and at_all and src == FEATURE_SOURCE:
+                        self.tally.invalid_features[(model, b.name, "range")] += 1
+                else:
+                    i = b.invalid  # counted as reason "type" by the feature's detectors above
+            else:
+                i = b.index.get(v if type(v) is str else category_key(v))
+                if i is None:
+                    i = b.other
+                    if b.check_unseen and at_all and src == FEATURE_SOURCE:
+                        self.tally.invalid_features[(model, b.name, "unseen_category")] += 1
+            ring, pos = w.ring, w.pos
+            counts = w.counts
+            if w.filled == len(ring):
+                counts[ring[pos]] -= 1
+            else:
+                w.filled += 1
+            ring[pos] = i
+            counts[i] += 1
+            pos += 1
+            w.pos = 0 if pos == len(ring) else pos
+
     # -- internals -----------------------------------------------------------------------------
     def _tick(self, timestamp: float) -> None:
         if timestamp > self.watermark:
@@ -314,5 +410,8 @@ class DetectorBank:
     def _detected(self, sig: SignalState, det: Detector, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
         model, segment, timestamp, pid = ctx
         self.tally.detections[(model, segment, signal, det.name)] += 1
-        sig.last_detection[sig.detectors.index(det)] = timestamp
-        found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics()))
+        i = sig.detectors.index(det)
+        sig.last_detection[i] = timestamp
+        sig.last_direction[i] = det.direction
+        found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics(),
+                                 "up" if det.direction > 0 else "down"))

@@ -21,6 +21,7 @@ from detectors.spec import ADWINParams, PageHinkleyParams
 
 class Detector(Protocol):
     name: str
+    direction: int  # after a detection: +1 the signal's mean went up, -1 down
 
     def update(self, x: float) -> bool: ...
 
@@ -28,10 +29,15 @@ class Detector(Protocol):
 
 
 class ADWINDetector:
-    """ADWIN (adaptive windowing): detects a change in the mean of a bounded stream."""
+    """ADWIN (adaptive windowing): detects a change in the mean of a bounded stream.
+
+    After a detection, `direction` says which way the mean moved (+1 up, -1 down): ADWIN cuts
+    its window into an old and a recent part; the wrapper keeps the count and sum of the values
+    since the last cut, so the old part's mean is what the recent part leaves of them.
+    """
 
     name = "adwin"
-    __slots__ = ("_adwin",)
+    __slots__ = ("_adwin", "_n", "_sum", "direction")
 
     def __init__(self, params: ADWINParams = ADWINParams()):
         self._adwin = river_drift.ADWIN(
@@ -41,11 +47,24 @@ class ADWINDetector:
             min_window_length=params.min_window_length,
             grace_period=params.grace_period,
         )
+        self._n = 0
+        self._sum = 0.0
+        self.direction = 0
 
     def update(self, x: float) -> bool:
         adwin = self._adwin
         adwin.update(x)
-        return adwin.drift_detected
+        self._n += 1
+        self._sum += x
+        if not adwin.drift_detected:
+            return False
+        width = adwin.width
+        recent = adwin.estimation * width
+        old_n = self._n - width
+        old_mean = (self._sum - recent) / old_n if old_n > 0 else adwin.estimation
+        self.direction = 1 if adwin.estimation > old_mean else -1
+        self._n, self._sum = width, recent
+        return True
 
     @property
     def width(self) -> float:
@@ -63,7 +82,7 @@ class PageHinkleyDetector:
     """Page-Hinkley: detects a sustained shift of the mean away from its running average."""
 
     name = "page_hinkley"
-    __slots__ = ("_ph",)
+    __slots__ = ("_ph", "direction")
 
     def __init__(self, params: PageHinkleyParams = PageHinkleyParams()):
         self._ph = river_drift.PageHinkley(
@@ -73,11 +92,16 @@ class PageHinkleyDetector:
             alpha=params.alpha,
             mode=params.mode,
         )
+        self.direction = 0  # +1 or -1 after a detection: the side whose deviation passed the threshold
 
     def update(self, x: float) -> bool:
         ph = self._ph
         ph.update(x)
-        return ph.drift_detected
+        if not ph.drift_detected:
+            return False
+        up = ph._sum_increase - ph._min_increase
+        self.direction = 1 if ph.mode == "up" or (ph.mode == "both" and up > ph.threshold) else -1
+        return True
 
     @property
     def threshold(self) -> float:

@@ -38,6 +38,26 @@ class PageHinkleyParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class BaselineChecks:
+    """How live traffic is compared with the model's reference profile (docs/baselines.md).
+
+    The three drift thresholds are set to the same size of change: a normal feature whose mean
+    moves by half a standard deviation gives PSI ~0.25, JS distance ~0.2 and KS ~0.2.
+    """
+
+    environment: str = "training"  # which published profile (training, validation, ...)
+    model_version: str | None = None  # pin a published profile's model version; None: the newest
+    window: int = 1000  # values per (segment, feature) in the live window
+    min_values: int = 200  # values in the window before its statistics are exported
+    psi: float = 0.25  # the usual "major shift" mark for the population stability index
+    js_distance: float = 0.2
+    ks_statistic: float = 0.2
+    range_tolerance: float = 0.1  # share of the baseline's span added beyond its min and max
+    missing_increase: float = 0.05  # live missing ratio above the baseline's by more than this
+    invalid_ratio: float = 0.01  # share of a model's events with an invalid value of one feature
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """One model's monitoring settings (the `models.<name>` block of the config)."""
 
@@ -57,6 +77,7 @@ class ModelSpec:
     # surprisal stream is watched (see detectors/categorical.py).
     categorical_reference: int = 500
     accuracy_objective: float | None = None
+    baseline_checks: BaselineChecks = BaselineChecks()
 
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(n for n, k in self.features.items() if k == "numeric")

@@ -44,6 +44,11 @@ def topic_plan(settings) -> list[TopicPlan]:
                   "latest checkpoint manifest of each partition's state"),
         TopicPlan(t.checkpoint_data, 1, {"retention.ms": str(DATA_RETENTION_MS), "segment.ms": str(3_600_000)},
                   "checkpoint bytes, in chunks; manifests point here"),
+        # Reference profiles (`driftline baseline publish`), key model/model_version/environment:
+        # compaction keeps the latest of each; workers read it whole at start (docs/baselines.md).
+        TopicPlan(t.baselines, 1, {"cleanup.policy": "compact", "max.message.bytes": str(16 * 1024 * 1024),
+                                   "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(86_400_000)},
+                  "reference baseline profiles, the latest per model, version and environment"),
     ]
 
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from detectors.bank import ERROR, PREDICTION, SCORE, DetectorBank
+from detectors.baseline import FEATURE_SOURCE, compare
 from detectors.spec import ALL_SEGMENT
 from detectors.tally import DelayHistogram, Tally
 from stream.pipeline import UNKNOWN_MODEL, Intake
@@ -88,12 +89,16 @@ class DriftlineMetrics:
         self.banks = banks
         self.clock = clock
         self.lock = lock if lock is not None else contextlib.nullcontext()
+        # (model, segment) -> (its inference count, profile digest, comparisons): a segment's
+        # windows change only with its inference events, so an idle one is not recomputed.
+        self._comparisons: dict[tuple[str, str], tuple] = {}
 
     def families(self) -> list[Family]:
         with self.lock:
             banks = list(self.banks())
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
-            return self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
+            return (self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
+                    + self._baselines(banks))
 
     def render(self) -> bytes:
         return render(self.families())
@@ -146,6 +151,9 @@ class DriftlineMetrics:
         detected = Family("driftline_drift_detected", "counter", "Drift detections.", sig)
         active = Family("driftline_drift_active", "gauge",
                         "1 from a detection until the model's drift hold passes without another.", sig)
+        direction = Family("driftline_drift_direction", "gauge",
+                           "Which way the signal's mean moved at the last detection: 1 up, -1 down, 0 none yet "
+                           "(for the error signal, 1 is worse).", sig)
         sig3 = ("model", "segment", "signal")
         width = Family("driftline_adwin_width", "gauge", "ADWIN's window: values since its last cut.", sig3)
         mean = Family("driftline_adwin_mean", "gauge", "ADWIN's estimate of the signal's mean over its window.", sig3)
@@ -169,12 +177,13 @@ class DriftlineMetrics:
                 at_all = segment == ALL_SEGMENT
                 for signal, sg in list(st.signals.items()):
                     internals = at_all or signal in INTERNAL_SIGNALS
-                    for det, last in zip(sg.detectors, sg.last_detection):
+                    for det, last, way in zip(sg.detectors, sg.last_detection, sg.last_direction):
                         lv = (model, segment, signal, det.name)
                         exported.add(lv)
                         # A live signal exports 0 before its first detection, so increase() works.
                         detected.add(lv, detections.get(lv, 0))
                         active.add(lv, 1.0 if last is not None and now - last < hold else 0.0)
+                        direction.add(lv, way)
                         if internals:
                             stats = det.statistics()
                             if det.name == "adwin":
@@ -188,7 +197,103 @@ class DriftlineMetrics:
                 detected.add(lv, n)
         segments = Family("driftline_segments", "gauge", "Segments with live detector state in this process.")
         segments.add((), n_segments)
-        return [accuracy, mae, rmse, detected, active, width, mean, ph_stat, ph_thr, segments]
+        return [accuracy, mae, rmse, detected, active, direction, width, mean, ph_stat, ph_thr, segments]
+
+
+    def _baselines(self, banks: list[DetectorBank]) -> list[Family]:
+        """Distribution drift and data quality against each model's reference profile, computed
+        from the live windows in O(bins) per (segment, signal); see docs/baselines.md."""
+        books = {id(b.profiles): b.profiles for b in banks if b.profiles is not None and len(b.profiles)}
+        if not books:
+            self._comparisons.clear()
+            return []
+        lv3 = ("model", "segment", "feature")
+        psi = Family("driftline_feature_psi", "gauge",
+                     "Population stability index of the live window against the baseline (a feature, the prediction "
+                     "or the score).", lv3)
+        js = Family("driftline_feature_js_distance", "gauge",
+                    "Jensen-Shannon distance (log base 2) of the live window to the baseline.", lv3)
+        ks = Family("driftline_feature_ks_statistic", "gauge",
+                    "Two-sample KS statistic of the live window against the baseline, at the baseline's bin edges "
+                    "(numeric signals).", lv3)
+        missing = Family("driftline_feature_missing_ratio", "gauge", "Share of missing values in the live window.", lv3)
+        cache, seen = self._comparisons, set()
+        for bank in banks:
+            book = bank.profiles
+            if book is None or not len(book):
+                continue
+            inferences = bank.tally.inferences
+            for key, st in bank.items():
+                model, segment = key
+                compiled = book.get(model)
+                if compiled is None or st.profile_id != compiled.id or not st.windows:
+                    continue  # no profile, or windows of a replaced profile (reset on the next event)
+                seen.add(key)
+                n = inferences.get(key, 0)
+                hit = cache.get(key)
+                if hit is None or hit[0] != n or hit[1] != compiled.id:
+                    rows = []
+                    for b in compiled.binners(segment):
+                        w = st.windows.get(b.name)
+                        if w is not None:
+                            rows.append((b.name, b.source == FEATURE_SOURCE, compare(b, w)))
+                    hit = cache[key] = (n, compiled.id, rows)
+                least = compiled.checks.min_values
+                for name, is_feature, c in hit[2]:
+                    lv = (model, segment, name)
+                    if is_feature and c.filled >= least:
+                        missing.add(lv, c.missing_ratio)
+                    if c.values >= least:  # fewer values: sampling noise would dominate
+                        psi.add(lv, c.psi)
+                        js.add(lv, c.js_distance)
+                        if c.ks_statistic is not None:
+                            ks.add(lv, c.ks_statistic)
+        for key in [k for k in cache if k not in seen]:
+            del cache[key]
+        return [psi, js, ks, missing] + self._baseline_settings(books.values())
+
+    @staticmethod
+    def _baseline_settings(books) -> list[Family]:
+        """Per model: which profile, and the thresholds the alert rules compare with."""
+        m = ("model",)
+        info = Family("driftline_baseline_info", "gauge", "The reference profile a model is compared with (always 1).",
+                      ("model", "model_version", "environment", "digest"))
+        thresholds = [
+            (Family("driftline_feature_psi_threshold", "gauge", "PSI above which a signal has drifted (config).", m),
+             "psi"),
+            (Family("driftline_feature_js_distance_threshold", "gauge",
+                    "Jensen-Shannon distance above which a signal has drifted (config).", m), "js_distance"),
+            (Family("driftline_feature_ks_statistic_threshold", "gauge",
+                    "KS statistic above which a numeric signal has drifted (config).", m), "ks_statistic"),
+            (Family("driftline_feature_invalid_ratio_threshold", "gauge",
+                    "Share of a model's events with an invalid value of one feature that is too many (config).", m),
+             "invalid_ratio"),
+        ]
+        missing = Family("driftline_feature_missing_ratio_threshold", "gauge",
+                         "Missing ratio above which a feature is missing too often: the baseline's plus the "
+                         "config's missing_increase.", ("model", "feature"))
+        accuracy = Family("driftline_baseline_accuracy", "gauge", "Accuracy on the baseline's labelled rows.", m)
+        mae = Family("driftline_baseline_mae", "gauge", "Mean absolute error on the baseline's labelled rows.", m)
+        done: set[str] = set()
+        for book in books:
+            for model in book.models():
+                compiled = book.get(model)
+                if compiled is None or model in done:
+                    continue
+                done.add(model)
+                p = compiled.profile
+                info.add((model, p.model_version, p.environment, p.digest), 1)
+                for family, attr in thresholds:
+                    family.add((model,), getattr(compiled.checks, attr))
+                for feature in p.overall.features:
+                    t = compiled.missing_threshold(feature)
+                    if t is not None:
+                        missing.add((model, feature), t)
+                if p.overall.accuracy is not None:
+                    accuracy.add((model,), p.overall.accuracy)
+                if p.overall.mae is not None:
+                    mae.add((model,), p.overall.mae)
+        return [info] + [f for f, _ in thresholds] + [missing, accuracy, mae]
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -285,7 +390,14 @@ class WorkerMetrics:
             lag = Family("driftline_consumer_lag", "gauge", "Messages behind the end of each owned partition.",
                          ("topic", "partition"))
             lag.rows = [((topic, str(p)), n) for (topic, p), n in sorted(st.lag.items())]
-            out = [parts, lag]
+            behind = Family("driftline_consumer_lag_seconds", "gauge",
+                            "Age of the last message read from each owned partition while more wait (0 when caught up).",
+                            ("topic", "partition"))
+            behind.rows = [((topic, str(p)), n) for (topic, p), n in sorted(st.lag_seconds.items())]
+            read = Family("driftline_worker_messages", "counter", "Kafka messages this process read, by stage.",
+                          ("stage",))
+            read.rows = [((stage,), n) for stage, n in sorted(st.messages.items())]
+            out = [parts, lag, behind, read]
             for name, kind, doc, value in (
                 ("driftline_checkpoint_age_seconds", "gauge",
                  "Age of the oldest owned state not yet checkpointed (0 when all are).", st.checkpoint_age),

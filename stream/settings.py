@@ -23,7 +23,8 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from detectors.spec import ADWINParams, ModelSpec, PageHinkleyParams, default_spec
+from detectors.baseline import BaselineProfile, ProfileError
+from detectors.spec import ADWINParams, BaselineChecks, ModelSpec, PageHinkleyParams, default_spec
 from detectors.drift import DETECTOR_NAMES
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -97,6 +98,9 @@ class Settings:
     worker: WorkerSettings = WorkerSettings()
     listen: str | None = None
     source: str = "<defaults>"
+    # Reference profiles named by models' `baseline:` files (model -> profile), read by
+    # load_settings(); profiles published to the baselines topic are the worker's business.
+    baselines: Mapping[str, BaselineProfile] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     # Models seen in events but not configured get `defaults`; cached so that the hot path does
     # not build a spec per event (bounded by limits.max_models through the ModelGuard).
     _unconfigured: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -230,6 +234,30 @@ def _page_hinkley(r: _Reader, base: PageHinkleyParams) -> PageHinkleyParams:
     return p
 
 
+def _baseline_checks(r: _Reader, base: BaselineChecks) -> BaselineChecks:
+    env = r.string("environment", base.environment)
+    if not MODEL_NAME.fullmatch(env):
+        raise ConfigError(f"config {r.key('environment')}: must be 1-64 of A-Z a-z 0-9 _ . -, e.g. training (got {env!r})")
+    version = r.string("model_version", base.model_version)
+    if version is not None and not MODEL_NAME.fullmatch(version):
+        raise ConfigError(f"config {r.key('model_version')}: must be 1-64 of A-Z a-z 0-9 _ . - (got {version!r})")
+    window = r.integer("window", base.window, 10, 1_000_000)
+    checks = BaselineChecks(
+        environment=env,
+        model_version=version,
+        window=window,
+        min_values=r.integer("min_values", min(base.min_values, window), 1, window),
+        psi=r.number("psi", base.psi, 0.0, low_open=True),
+        js_distance=r.number("js_distance", base.js_distance, 0.0, 1.0, low_open=True),
+        ks_statistic=r.number("ks_statistic", base.ks_statistic, 0.0, 1.0, low_open=True),
+        range_tolerance=r.number("range_tolerance", base.range_tolerance, 0.0),
+        missing_increase=r.number("missing_increase", base.missing_increase, 0.0, 1.0),
+        invalid_ratio=r.number("invalid_ratio", base.invalid_ratio, 0.0, 1.0, low_open=True),
+    )
+    r.done()
+    return checks
+
+
 def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
     task = r.choice("task", base.task, ("classification", "regression"))
     segs = r.raw("segments", list(base.segments))
@@ -268,14 +296,17 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
         page_hinkley=_page_hinkley(r.section("page_hinkley"), base.page_hinkley) if r.has("page_hinkley") else base.page_hinkley,
         categorical_reference=r.integer("categorical_reference", base.categorical_reference),
         accuracy_objective=None if objective is None else float(objective),
+        baseline_checks=_baseline_checks(r.section("baseline_checks"), base.baseline_checks)
+        if r.has("baseline_checks") else base.baseline_checks,
     )
-    r.used.update(("adwin", "page_hinkley"))
+    r.used.update(("adwin", "page_hinkley", "baseline_checks"))
     r.done(MODEL_KEYS)
     return spec
 
 
 MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
-              "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective")
+              "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective",
+              "baseline_checks")
 
 
 def _kafka(r: _Reader, env: Mapping[str, str]) -> KafkaSettings:
@@ -337,6 +368,9 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
     kafka = _kafka(top.section("kafka"), env)
     defaults = _model(top.section("defaults"), "__default__", ModelSpec(name="__default__")) \
         if top.has("defaults") else ModelSpec(name="__default__")
+    if defaults.baseline is not None:
+        raise ConfigError("config defaults.baseline: a profile belongs to one model: set it under models.<name>.baseline "
+                          "(unconfigured models can use profiles published with `driftline baseline publish`)")
     top.used.add("defaults")
     models_raw = top.raw("models", {}) or {}
     if not isinstance(models_raw, Mapping):
@@ -365,10 +399,46 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: not valid YAML: {exc}") from exc
     settings = parse_settings(data, env, source=str(path))
+    models, profiles = dict(settings.models), {}
     for name, spec in settings.models.items():
-        if spec.baseline is not None:
-            base = os.path.join(os.path.dirname(os.path.abspath(path)), spec.baseline)
-            if not os.path.exists(base) and not os.path.exists(spec.baseline):
-                raise ConfigError(f"config models.{name}.baseline: file {spec.baseline!r} not found "
-                                  f"(build it with `driftline baseline build`)")
-    return settings
+        if spec.baseline is None:
+            continue
+        # Relative to the config file, or else to the working directory.
+        found = os.path.join(os.path.dirname(os.path.abspath(path)), spec.baseline)
+        if not os.path.exists(found):
+            found = os.path.abspath(spec.baseline)
+        if not os.path.exists(found):
+            raise ConfigError(f"config models.{name}.baseline: file {spec.baseline!r} not found "
+                              f"(build it with `driftline baseline build`)")
+        profiles[name] = load_profile(found, spec, f"models.{name}.baseline")
+        models[name] = dataclasses.replace(spec, baseline=found)
+    if not profiles:
+        return settings
+    return dataclasses.replace(settings, models=MappingProxyType(models), baselines=MappingProxyType(profiles),
+                               _unconfigured={})
+
+
+def load_profile(path: str | os.PathLike, spec: ModelSpec, key: str) -> BaselineProfile:
+    """A model's reference profile file, checked against the model's config; errors name `key`."""
+    try:
+        with open(path, "rb") as f:
+            profile = BaselineProfile.from_json(f.read())
+    except OSError as exc:
+        raise ConfigError(f"config {key}: cannot read {str(path)!r}: {exc.strerror}") from exc
+    except ProfileError as exc:
+        raise ConfigError(f"config {key}: {str(path)!r} is not a driftline baseline profile: {exc}") from exc
+    if profile.model != spec.name:
+        raise ConfigError(f"config {key}: {str(path)!r} profiles model {profile.model!r}, not {spec.name!r}")
+    if profile.task != spec.task:
+        raise ConfigError(f"config {key}: {str(path)!r} was built for a {profile.task} model, the config says "
+                          f"{spec.task}: rebuild it with `driftline baseline build`")
+    overall = profile.overall.features
+    for fname, kind in spec.features.items():
+        dist = overall.get(fname)
+        if dist is None:
+            raise ConfigError(f"config {key}: {str(path)!r} has no feature {fname!r}: rebuild it with "
+                              f"`driftline baseline build` (it profiles the config's features)")
+        if dist.kind != kind:
+            raise ConfigError(f"config {key}: feature {fname!r} is {dist.kind} in {str(path)!r} but {kind} in "
+                              f"models.{spec.name}.features: rebuild the profile or fix the config")
+    return profile

@@ -55,7 +55,7 @@ LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
 class IntakePartition:
     """Stage-1 state of input partition p: the intake, and what it has read of each topic."""
 
-    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at")
+    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at", "last_ts")
 
     def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float):
         self.intake = intake
@@ -65,6 +65,7 @@ class IntakePartition:
         self.positions = positions  # topic -> next offset to read
         self.dirty = False
         self.checkpointed_at = now
+        self.last_ts: dict[str, float] = {}  # topic -> Kafka timestamp (ms) of the last message read
 
     def snapshot(self) -> bytes:
         return snapshot_state({"intake": self.intake.snapshot(), "epoch": self.epoch, "positions": self.positions})
@@ -73,7 +74,7 @@ class IntakePartition:
 class BankPartition:
     """Stage-2 state of observations partition q: the bank, de-duplication marks, position."""
 
-    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at")
+    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at", "last_ts")
 
     def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float):
         self.bank = bank
@@ -83,6 +84,7 @@ class BankPartition:
         self.positions = positions
         self.dirty = False
         self.checkpointed_at = now
+        self.last_ts: dict[str, float] = {}
 
     def snapshot(self) -> bytes:
         return snapshot_state({"bank": self.bank.snapshot(), "seen": self.seen, "positions": self.positions})
@@ -99,7 +101,9 @@ class WorkerStats:
         self.checkpoint_seconds = 0.0  # duration of the last checkpoint
         self.checkpoint_bytes = 0  # size of the last checkpoint
         self.restore_seconds = 0.0  # duration of the last restore
-        self.produce_errors: dict[str, int] = {}
+        self.produce_errors: dict[str, int] = {}  # by topic, every written topic from 0
+        self.messages = {"intake": 0, "bank": 0}  # messages this process read, by stage
+        self.lag_seconds: dict[tuple[str, int], float] = {}
         self.lag: dict[tuple[str, int], int] = {}
         self.partitions = {"intake": 0, "bank": 0}
         self.checkpoint_age = 0.0
@@ -120,6 +124,8 @@ class Worker:
         # States checkpointed at a revoke, kept in case the same partitions come back.
         self._parked: dict[str, Any] = {}
         self.stats = WorkerStats()
+        for topic in (self.topics.observations, self.topics.dead_letters, self.topics.drift_events):
+            self.stats.produce_errors[topic] = 0
         self.assigned_once = False
         self.rebalancing = False
         self.stopping = threading.Event()
@@ -212,15 +218,17 @@ class Worker:
         with self.lock:
             if self.fatal is None:
                 try:
-                    self._checkpoint(force=True)
-                except Exception as exc:  # the successor replays from the previous checkpoint
+                    # Bounded: with the broker away, a stop must not hang (the successor replays
+                    # from the previous checkpoint instead).
+                    self._checkpoint(force=True, timeout=10.0)
+                except Exception as exc:
                     log.warning("final checkpoint failed: %s", exc)
             self._commit(asynchronous=False)
         try:
             self.consumer.close()  # leaves the group: the others rebalance at once
         except KafkaException as exc:
             log.warning("consumer close: %s", exc)
-        left = self.producer.flush(30)
+        left = self.producer.flush(10)
         if left:
             log.warning("%d records not delivered at shutdown", left)
         self.store.close()
@@ -232,6 +240,7 @@ class Worker:
         batches: dict[tuple, list] = {}
         route = self._routes
         wall = None
+        n_source = 0
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -283,7 +292,11 @@ class Worker:
                 else:
                     bucket.append(rec)
             ip.positions[topic] = offset + 1
+            ip.last_ts[topic] = ts_ms
             ip.dirty = True
+            n_source += 1
+        self.stats.messages["intake"] += n_source
+        self.stats.messages["bank"] += len(msgs) - n_source
         # One message per (source, destination partition), in source order: a bank sees each
         # source's observations in offset order, which its de-duplication relies on.
         for (src, dest), recs in batches.items():
@@ -321,7 +334,9 @@ class Worker:
                 del seen[next(iter(seen))]  # the oldest source: an epoch long gone
             seen[src] = last
         self.stats.deduplicated += skipped
-        bp.positions[msg.topic()] = msg.offset() + 1
+        topic = msg.topic()
+        bp.positions[topic] = msg.offset() + 1
+        bp.last_ts[topic] = msg.timestamp()[1]
         bp.dirty = True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
@@ -354,7 +369,7 @@ class Worker:
     def _key(self, stage: str, partition: int) -> str:
         return f"{self._key_prefix}{stage}/{partition}"
 
-    def _checkpoint(self, force: bool = False, only: set[str] | None = None) -> None:
+    def _checkpoint(self, force: bool = False, only: set[str] | None = None, timeout: float = 30.0) -> None:
         started = time.monotonic()
         now = self.clock()
         items, owners = [], []
@@ -370,12 +385,12 @@ class Worker:
         if items:
             try:
                 # Outputs of everything a checkpoint covers must be durable before it is.
-                left = self.producer.flush(30)
+                left = self.producer.flush(timeout)
                 if left:
-                    raise CheckpointError(f"{left} records not delivered within 30 s")
+                    raise CheckpointError(f"{left} records not delivered within {timeout:.0f} s")
                 if self.fatal is not None:
                     raise CheckpointError(self.fatal)
-                self.store.write(items)
+                self.store.write(items, timeout=timeout)
             except (CheckpointError, KafkaException) as exc:
                 self.stats.checkpoints["failed"] += 1
                 log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
@@ -415,15 +430,23 @@ class Worker:
                 log.warning("offset commit failed: %s", exc)
 
     def _refresh_lag(self) -> None:
-        lag = {}
-        for tp in self._positions():
-            try:
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                lag[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        lag, behind = {}, {}
+        now_ms = self.clock() * 1000.0
+        for table in (self.intakes, self.banks):
+            for p, part in table.items():
+                for topic, off in part.positions.items():
+                    try:
+                        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                    except KafkaException:
+                        continue
+                    if high < 0:
+                        continue
+                    lag[(topic, p)] = n = max(high - off, 0)
+                    # Seconds behind: how old the last message read is, while more are waiting.
+                    ts = part.last_ts.get(topic)
+                    behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
         self.stats.lag = lag
+        self.stats.lag_seconds = behind
 
     # -- rebalances -------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

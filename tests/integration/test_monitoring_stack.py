@@ -218,8 +218,8 @@ def test_grafana_dashboard_queries_are_valid_promql(prometheus_url, dashboards):
 
 
 def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmanager_url, metrics_stub, webhook_sink):
-    """A worker reporting driftline_drift_active{signal="error"} == 1 for a segment with enough
-    traffic is paged within seconds, on the pager route; a segment with too little traffic to
+    """A worker reporting driftline_drift_active{signal="error"} == 1 (error rate up) for a segment
+    with enough traffic is paged within seconds, on the pager route; a segment with too little traffic to
     judge, and feature drift, page nobody."""
     scrapes = itertools.count()
 
@@ -231,6 +231,11 @@ def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmana
             'driftline_drift_active{model="shuttle",segment="region=eu",signal="error",detector="adwin"} 1\n'
             'driftline_drift_active{model="shuttle",segment="region=tiny",signal="error",detector="adwin"} 1\n'
             'driftline_drift_active{model="shuttle",segment="__all__",signal="f1",detector="adwin"} 1\n'
+            "# HELP driftline_drift_direction Which way the signal moved at the last detection.\n"
+            "# TYPE driftline_drift_direction gauge\n"
+            'driftline_drift_direction{model="shuttle",segment="region=eu",signal="error",detector="adwin"} 1\n'
+            'driftline_drift_direction{model="shuttle",segment="region=tiny",signal="error",detector="adwin"} 1\n'
+            'driftline_drift_direction{model="shuttle",segment="__all__",signal="f1",detector="adwin"} 1\n'
             "# HELP driftline_segment_inferences_total Inference events per segment.\n"
             "# TYPE driftline_segment_inferences_total counter\n"
             f'driftline_segment_inferences_total{{model="shuttle",segment="region=eu"}} {n}\n'

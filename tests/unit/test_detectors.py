@@ -128,3 +128,13 @@ def test_category_shift_is_detected_through_surprisal():
             hits.append(i)
     assert [h for h in hits if h < 3000] == []
     assert min(h for h in hits if h >= 3000) < 3300
+
+
+@pytest.mark.parametrize("make", [ADWINDetector, PageHinkleyDetector])
+def test_detectors_say_which_way_the_mean_moved(make):
+    rng = random.Random(11)
+    for before, after, way in ((0.1, 0.6, 1), (0.6, 0.1, -1)):
+        det = make()
+        hits = [det.direction for i in range(4000)
+                if det.update(1.0 if rng.random() < (before if i < 2000 else after) else 0.0) and i >= 2000]
+        assert hits and hits[0] == way

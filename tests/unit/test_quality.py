@@ -7,6 +7,7 @@ import json
 import math
 import pickle
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load_harness():
     spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -167,13 +169,16 @@ def test_annotated_series_follow_tcpd_indexing():
 def test_harness_end_to_end_tiny(tmp_path):
     plan = dataclasses.replace(
         q.QUICK, seeds=1, n0=700, n1=600, warmup=200, delay_arls=(1e4,), fa_arls=(1e4,),
-        stat_seeds=1, stat_len=4000, stat_streams=(("normal", 1.0),), synth_stat_seeds=1, synth_stat_len=500,
-        robust_seeds=1, robust_len=2000, robust_shapes=("lognormal",), annotated=False, default_arl=1e4)
+        stat_seeds=1, stat_len=4000, stat_streams=(("normal", 1.0),), synth_stat_seeds=0,
+        robust_seeds=1, robust_len=2000, robust_shapes=("lognormal",), annotated=False, default_arl=1e4,
+        cases=("error 0.05->0.30", "normal +2 sd", "STAGGER 0->1"))
     result = q.run(plan, tmp_path, jobs=1, quick=True)
     for name in ("quality.json", "quality.md", "quality.png"):
         assert (tmp_path / name).stat().st_size > 0
     data = json.loads((tmp_path / "quality.json").read_text())
-    assert {r["case"] for r in data["changes"]} == {c.name for c in q.CASES}
+    assert {r["case"] for r in data["changes"]} == set(plan.cases)
+    stagger = [r for r in data["changes"] if r["case"] == "STAGGER 0->1"]
+    assert 0.0 < stagger[0]["base_rate"] < 0.5  # the frozen tree's error rate before the drift
     big = next(r for r in result["changes"] if r["case"] == "normal +2 sd" and r["config"] == "ph(k=0.5)@1e4")
     assert big["detection_rate"] == 1.0 and big["delay_median"] < 30
     assert "| error 0.05->0.30 | river-adwin |" in (tmp_path / "quality.md").read_text()
