@@ -115,12 +115,6 @@ class Config:
             return build_detector(self.detector, ADWINParams(), PageHinkleyParams())
         return cal.CalibratedDetector(self.detector, self.arl, kind, warmup=warmup, ph_delta=self.ph_delta)
 
-    def watched_from(self, kind: str, warmup: int) -> int:
-        """Index of the first value that can raise a detection."""
-        if self.arl is None or (self.detector == "adwin" and kind == "binary"):
-            return 0
-        return warmup
-
     def params(self, kind: str, p: float | None = None) -> dict:
         if self.arl is None:
             return dataclasses.asdict(ADWINParams() if self.detector == "adwin" else PageHinkleyParams())
@@ -138,6 +132,11 @@ def calibrated(arls: Iterable[float], ph_deltas: Sequence[float] = cal.PH_DELTAS
         out.append(Config("adwin", arl))
         out.extend(Config("page_hinkley", arl, k) for k in ph_deltas)
     return out
+
+
+def watched_from(det) -> int:
+    """Index of the first value that could raise a detection: after the warm-up, if any."""
+    return getattr(det, "warmup_count", 0)
 
 
 def detections(det, values: Iterable[float]) -> list[int]:
@@ -332,8 +331,9 @@ def run_case(case: Case, configs: Sequence[Config], seeds: int, n0: int, n1: int
         values = case.make(n0, n1, s)
         rate.append(sum(values[:n0]) / n0)
         for c in configs:
-            hits = detections(c.make(case.kind, warmup), values)
-            r = score_change(hits, n0, len(values), c.watched_from(case.kind, warmup))
+            det = c.make(case.kind, warmup)
+            hits = detections(det, values)
+            r = score_change(hits, n0, len(values), watched_from(det))
             a = acc[c.label]
             a["fa"] += r["false_alarms"]
             a["events"] += r["stationary_events"]
@@ -365,9 +365,10 @@ def run_stationary(name: str, kind: str, configs: Sequence[Config], seeds: int, 
     for s in range(seeds):
         values = values_for(s) if values_for else stationary(name, n, rng_for("stationary", name, s))
         for c in configs:
-            hits = detections(c.make(kind, warmup), values)
+            det = c.make(kind, warmup)
+            hits = detections(det, values)
             counts[c.label][0] += len(hits)
-            counts[c.label][1] += len(values) - c.watched_from(kind, warmup)
+            counts[c.label][1] += len(values) - watched_from(det)
     rows = []
     for c in configs:
         k, ev = counts[c.label]
@@ -635,7 +636,7 @@ def local_slopes(points: list[dict]) -> list[float]:
             for a, b in zip(pts, pts[1:]) if a["alarms"] and b["alarms"]]
 
 
-BINARY_PS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+BINARY_PS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 ADWIN_BINARY_PS = (0.01, 0.05, 0.2, 0.5)
 
 
@@ -703,14 +704,22 @@ def verify_ph(kind: str, k: float, arls: Sequence[float], p: float | None, strea
             return np.clip((r.standard_normal(shape) - m) / sd, -c, c)
         h = [[cal.page_hinkley_params(a, "numeric", k).threshold] * streams for a in arls]
     else:
-        ones = (rng.random((warmup, streams)) < p).sum(axis=0)
-        m = ones / warmup
-        pt = (ones + 1.0) / (warmup + 2.0)
+        # Standardizer(binary=True): at least `warmup` values and BINARY_MIN_COUNT of each value
+        cap = cal.BINARY_MAX_WARMUP
+        cs = (rng.random((cap, streams)) < p).cumsum(axis=0)
+        idx = np.arange(1, cap + 1)[:, None]
+        ok = (idx >= warmup) & (np.minimum(cs, idx - cs) >= cal.BINARY_MIN_COUNT)
+        n = np.where(ok.any(axis=0), ok.argmax(axis=0) + 1, cap)
+        ones = cs[n - 1, np.arange(streams)]
+        m = ones / n
+        pt = (ones + 1.0) / (n + 2.0)
         sd = np.sqrt(pt * (1 - pt))
+        q = np.minimum(pt, 1 - pt)
+        q_low = np.maximum(q - np.sqrt(q * (1 - q) / n), 1.0 / (n + 2.0))  # Standardizer.rate_low
 
         def draw(r, shape):
             return ((r.random(shape) < p) - m) / sd
-        h = [[cal.page_hinkley_params(a, "binary", k, float(q)).threshold for q in pt] for a in arls]
+        h = [[cal.page_hinkley_params(a, "binary", k, float(x)).threshold for x in q_low] for a in arls]
     counts = ph_replica_alarms(draw, streams, length, k, np.array(h), seed + 1)
     events = streams * length
     rows = []
@@ -731,7 +740,7 @@ def verify_adwin(kind: str, arl: float, p: float | None, streams: int, length: i
         rng = np.random.default_rng([seed, j])
         xs = (rng.standard_normal(length) if kind == "numeric" else (rng.random(length) < p).astype(float)).tolist()
         k += len(detections(cal.CalibratedDetector("adwin", arl, kind, warmup=warmup), xs))
-        watched += length - (warmup if kind == "numeric" else 0)
+        watched += length - (warmup if kind == "numeric" else 0)  # ADWIN on 0/1: no warm-up
     lo, hi = poisson_ci(k)
     return {"rows": [{"detector": "adwin", "kind": kind, "p": p, "arl": arl, "events": watched, "false_alarms": k,
                       "fa_per_100k": 1e5 * k / watched, "fa_per_100k_ci95": [1e5 * lo / watched, 1e5 * hi / watched],
@@ -863,7 +872,8 @@ def build_tasks(plan: Plan) -> list[tuple]:
     for name in plan.robust_shapes:
         tasks.append(("robust", name, robust_configs, plan.robust_seeds, plan.robust_len, plan.warmup))
     if plan.annotated:
-        tasks.append(("annotated", [*RIVER, *calibrated([plan.default_arl], (None,))]))
+        # the shipped default, and a budget sized for series of a few hundred points
+        tasks.append(("annotated", [*RIVER, *calibrated([1e3, plan.default_arl], (None,))]))
     return tasks
 
 
@@ -936,12 +946,15 @@ def _stat_stream(row: dict) -> str:
 
 def fa_value(row: dict, fa: dict) -> tuple[float | None, bool]:
     """False alarms per 100k for a change-case row: measured on the matching stationary stream
-    when that config was measured, else the budget's prediction (flag False)."""
+    when that config was measured (flag True), else the budget's prediction (flag False). River's
+    ADWIN with no alarm measured reads the ADWIN table instead (its delta is calibrated there)."""
     m = fa.get((_stat_stream(row), row["config"]))
-    if m is not None:
+    if m is not None and (m["false_alarms"] > 0 or row["config"] != "river-adwin"):
         return m["fa_per_100k"], True
     if row["arl"] is not None:
         return 1e5 / row["arl"], False
+    if row["config"] == "river-adwin":
+        return 1e5 / cal.adwin_arl(ADWINParams().delta, row["kind"]), False
     return None, False
 
 
@@ -958,7 +971,9 @@ def markdown(result: dict) -> str:
         f"Delays are post-change events read up to the detection (median over {plan['seeds']} seeded streams; "
         "seconds = events at 1 event/s). False alarms per 100k events are measured on stationary "
         "streams, or, marked *, predicted by the budget (1e5 / ARL) where too rare to measure in a "
-        "run of this size. `@ARL` is the per-stream budget: expected events between false alarms.",
+        "run of this size (for River's ADWIN, which raised none, its delta read in the ADWIN "
+        "table). `@ARL` is the per-stream budget: expected events between false alarms; 1e8 is "
+        "the shipped default for a model with one segment attribute and a few signals.",
         "",
     ]
     head_cases = ["error 0.05->0.10", "error 0.05->0.30", "error 0.20->0.30", "SEA 0->1",
@@ -1015,8 +1030,9 @@ def markdown(result: dict) -> str:
                 "Real series with annotators' change points (pooled, merged within the tolerance). A "
                 "change point is found by a detection on any of the series' signals within `tolerance` "
                 "points after it; other detections are false alarms. Calibrated detectors warm up on the "
-                "first `warmup` points (a change point inside the warm-up cannot be found). Delay in "
-                "points and in the series' own time.", "",
+                "first `warmup` points (a change point inside the warm-up cannot be found). `@1e3`: a "
+                "budget of one false alarm per 1,000 points, sized for series this short; `@1e8`: the "
+                "shipped default. Delay in points and in the series' own time.", "",
                 "| series | points | change points | tolerance | detector | found | detections | false alarms | precision | median delay | median delay (days) |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["annotated"]:
@@ -1041,23 +1057,28 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fa = _fa_lookup(result)
-    fig, axes = plt.subplots(1, len(PLOT_CASES), figsize=(5 * len(PLOT_CASES), 4.4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    axes = axes.ravel()
     colors = {"adwin": "tab:blue", "ph(k=0.1)": "tab:green", "ph(k=0.25)": "tab:orange", "ph(k=0.5)": "tab:red",
               "river-adwin": "tab:blue", "river-ph": "tab:red"}
+    # the shipped default budget, 1e7 model events, over 4 (bare model) to 30 (two attributes,
+    # five signals) detector updates per event
+    lo, hi = 1e5 / (1e7 * 30), 1e5 / (1e7 * 4)
     for ax, (case, title) in zip(axes, PLOT_CASES):
+        ax.axvspan(lo, hi, color="grey", alpha=0.15, label="shipped default budget")
         rows = [r for r in result["changes"] if r["case"] == case]
         curves: dict[str, list] = {}
         for r in rows:
             v, measured = fa_value(r, fa)
-            if v is None or r["delay_median"] is None:
+            if v is None or r["delay_median"] is None or r["detection_rate"] < 0.5:
                 continue
-            v = max(v, 1e-5)
             if r["arl"] is None:
-                ax.scatter([v], [r["delay_median"]], marker="*", s=180, color=colors[r["curve"]], zorder=5,
-                           edgecolor="black", label=f"{r['config']} (River defaults)")
+                ax.scatter([v], [r["delay_median"]], marker="*", s=220, zorder=5, edgecolor="black",
+                           color=colors[r["curve"]] if measured else "white",
+                           label=f"{r['config']} (River defaults{'' if measured else ', FA from table'})")
                 continue
             curves.setdefault(r["curve"], []).append((v, r["delay_median"], measured, r["detection_rate"]))
-        for name, pts in curves.items():
+        for name, pts in sorted(curves.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[name], label=f"{name}, calibrated")
             for v, d, measured, rate in pts:
@@ -1067,16 +1088,19 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("false alarms per 100k events (stationary)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("median detection delay (events)")
+    for ax in axes[2:]:
+        ax.set_xlabel("false alarms per 100k events per signal (stationary)")
+    for ax in axes[::2]:
+        ax.set_ylabel("median detection delay (events)")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper right")
             break
-    fig.suptitle("Delay vs false alarms (filled: measured; hollow: predicted by the budget; % = detection rate when < 95%)", fontsize=10)
+    fig.suptitle("Delay vs false alarms, per detector and budget (filled: measured; hollow: predicted by the "
+                 "budget;\n% = detection rate when below 95%, points under 50% left out)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

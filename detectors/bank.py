@@ -28,7 +28,7 @@ from bisect import bisect_left
 from typing import Any, Callable, Iterator, Mapping
 
 from detectors.accuracy import RollingAccuracy, RollingError
-from detectors.baseline import FEATURE_SOURCE, PREDICTION_SOURCE, ProfileBook, Window, category_key
+from detectors.baseline import ProfileBook, Window, category_key
 from detectors.categorical import CategorySurprisal
 from detectors.drift import Detector, build_detector
 from detectors.spec import ALL_SEGMENT, ModelSpec
@@ -266,7 +266,7 @@ class DetectorBank:
             if state.profile_gen != book.generation:
                 self._bind_profile(state, model, segment)
             if state.dist is not None:
-                self._distribution(state.dist, model, at_all, features, prediction, score)
+                self._distribution(state.dist, model, features, prediction, score)
         return found
 
     def observe_outcome(
@@ -341,43 +341,40 @@ class DetectorBank:
         dist = []
         for binner in compiled.binners(segment):
             w = windows.get(binner.name)
-            if w is None or len(w.ring) != compiled.window or len(w.counts) != binner.slots:
+            if w is None or w.size != compiled.window or len(w.counts) != binner.slots:
                 w = windows[binner.name] = Window(compiled.window, binner.slots)
             dist.append((binner, w))
         state.dist = dist
 
-    def _distribution(self, dist: list, model: str, at_all: bool, features: Mapping[str, object],
-                      prediction: object, score: object) -> None:
-        """Each profiled signal's value into its window: O(1) (a bisect on <= 103 edges) per value."""
+    def _distribution(self, dist: list, model: str, features: Mapping[str, object], prediction: object,
+                      score: object) -> None:
+        """Each profiled signal's value into its window: O(1) (a bisect on <= 102 edges) per value."""
         for b, w in dist:
             src = b.source
-            v = features.get(b.name) if src == FEATURE_SOURCE else (prediction if src == PREDICTION_SOURCE else score)
+            v = features.get(b.name) if src == 0 else (prediction if src == 1 else score)  # FEATURE, PREDICTION
             if v is None:
                 i = b.missing
             elif b.numeric:
                 t = type(v)
                 if (t is float or t is int) and v - v == 0:
                     i = bisect_left(b.edges, v)
-                    if (v < b.lo or v > b.hi) and at_all and src == FEATURE_SOURCE:
+                    if v < b.lo or v > b.hi:  # +-inf but at __all__'s features
                         self.tally.invalid_features[(model, b.name, "range")] += 1
                 else:
                     i = b.invalid  # counted as reason "type" by the feature's detectors above
             else:
-                i = b.index.get(v if type(v) is str else category_key(v))
+                t = type(v)
+                i = b.index.get(v if t is str or t is int else category_key(v))  # ints: see Binner
                 if i is None:
                     i = b.other
-                    if b.check_unseen and at_all and src == FEATURE_SOURCE:
+                    if b.checks:
                         self.tally.invalid_features[(model, b.name, "unseen_category")] += 1
-            ring, pos = w.ring, w.pos
-            counts = w.counts
-            if w.filled == len(ring):
-                counts[ring[pos]] -= 1
-            else:
-                w.filled += 1
+            ring, pos, counts = w.ring, w.pos, w.counts
+            counts[ring[pos]] -= 1
             ring[pos] = i
             counts[i] += 1
             pos += 1
-            w.pos = 0 if pos == len(ring) else pos
+            w.pos = 0 if pos == w.size else pos
 
     # -- internals -----------------------------------------------------------------------------
     def _tick(self, timestamp: float) -> None:

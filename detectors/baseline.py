@@ -41,6 +41,7 @@ scrape time `compare()` gives, in O(bins):
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as _dt
 import functools
@@ -508,7 +509,7 @@ def ks_statistic(ref: Iterable[int], live: Iterable[int]) -> float:
     rn, ln = sum(ref), sum(live)
     if not rn or not ln:
         return math.nan
-    gap = rc = lc = 0
+    rc = lc = 0
     best = 0.0
     for r, l in zip(ref[:-1], live[:-1]):
         rc += r
@@ -523,30 +524,35 @@ def ks_statistic(ref: Iterable[int], live: Iterable[int]) -> float:
 class Binner:
     """Bins one signal's live values against one slice's reference; configuration, not state.
 
-    Slots of a window's counts: 0..k-1 the bins, k missing, k+1 invalid (wrong type).
+    Slots of a window's counts: 0..k-1 the bins, k missing, k+1 invalid (wrong type), k+2 empty
+    (not filled yet). Only the binners of `__all__`'s features check values (`checks`): values
+    outside [lo, hi] and unseen categories are counted there, once per event.
     """
 
     __slots__ = ("name", "source", "numeric", "edges", "lo", "hi", "index", "other", "missing", "invalid",
-                 "slots", "check_unseen", "reference")
+                 "empty", "slots", "checks", "reference")
 
-    def __init__(self, name: str, source: int, dist: Distribution, range_tolerance: float = 0.1):
+    def __init__(self, name: str, source: int, dist: Distribution, range_tolerance: float = 0.1,
+                 checks: bool = False):
         self.name = name
         self.source = source
         self.numeric = dist.kind == "numeric"
         self.reference = dist.counts
         k = len(dist.counts)
-        self.missing, self.invalid, self.slots = k, k + 1, k + 2
+        self.missing, self.invalid, self.empty, self.slots = k, k + 1, k + 2, k + 3
         self.edges = list(dist.edges)
-        if dist.minimum is not None:
+        self.lo, self.hi = -math.inf, math.inf  # never out of range where nothing is checked
+        if checks and self.numeric and dist.minimum is not None:
             span = (dist.maximum - dist.minimum) * range_tolerance
             self.lo, self.hi = dist.minimum - span, dist.maximum + span
-        else:  # no valid reference value: no range to check
-            self.lo, self.hi = -math.inf, math.inf
         self.other = len(dist.categories)
         index = {c: self.other for c in dist.known}
         index.update((c, i) for i, c in enumerate(dist.categories))
+        # Integer values (class labels, codes) are found without formatting them: 3 -> "3".
+        index.update([(int(c), i) for c, i in index.items() if c.lstrip("-").isdigit() and str(int(c)) == c])
         self.index = index
-        self.check_unseen = not dist.truncated and not self.numeric
+        # Unseen categories are counted only where the reference knows every category.
+        self.checks = checks and (self.numeric or not dist.truncated)
 
     def bin(self, value: object) -> int:
         """The window slot of one value (the bank inlines this)."""
@@ -556,46 +562,48 @@ class Binner:
             t = type(value)
             if (t is not float and t is not int) or not math.isfinite(value):
                 return self.invalid
-            import bisect
-
             return bisect.bisect_left(self.edges, value)
         i = self.index.get(category_key(value))
         return self.other if i is None else i
 
 
 class Window:
-    """The last `size` slots of one (segment, signal): a ring of bin indices and their counts.
+    """The last `size` values of one (segment, signal): a ring of slot indices and their counts.
 
-    State (pickled with the bank); the bins' meaning comes from the profile it was made for.
+    State (pickled with the bank); what the slots mean comes from the profile it was made for.
+    The ring starts full of the `empty` slot, so adding a value never asks whether it is full.
     """
 
-    __slots__ = ("ring", "pos", "filled", "counts")
+    __slots__ = ("ring", "pos", "size", "counts")
 
     def __init__(self, size: int, slots: int):
         if slots > 256:
             raise ValueError("at most 256 slots: a slot index is one byte")
-        self.ring = bytearray(size)
+        empty = slots - 1
+        self.ring = bytearray([empty]) * size
         self.pos = 0
-        self.filled = 0
+        self.size = size
         self.counts = [0] * slots
+        self.counts[empty] = size
+
+    @property
+    def filled(self) -> int:
+        return self.size - self.counts[-1]
 
     def add(self, i: int) -> None:
         """One value's slot (the bank inlines this)."""
-        ring, pos = self.ring, self.pos
-        if self.filled == len(ring):
-            self.counts[ring[pos]] -= 1
-        else:
-            self.filled += 1
+        ring, pos, counts = self.ring, self.pos, self.counts
+        counts[ring[pos]] -= 1
         ring[pos] = i
-        self.counts[i] += 1
+        counts[i] += 1
         pos += 1
-        self.pos = 0 if pos == len(ring) else pos
+        self.pos = 0 if pos == self.size else pos
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Comparison:
     values: int  # valid values in the window
-    filled: int  # slots of the window in use (valid, missing and invalid values)
+    filled: int  # values in the window (valid, missing and invalid)
     missing_ratio: float
     psi: float
     js_distance: float
@@ -633,15 +641,18 @@ class CompiledProfile:
             elif dist.kind != kind:
                 self.problems.append(f"feature {name!r} is {dist.kind} in the profile but {kind} in the config")
         self._spec = spec
-        self._binners = {label: self._compile(s) for label, s in profile.slices.items()}
+        self._binners = {label: self._compile(s, label == ALL_SEGMENT) for label, s in profile.slices.items()}
+        # Segments without a reference of their own: __all__'s bins, without its checks (those
+        # count once per event, at __all__).
+        self._fallback = self._compile(overall, False)
 
-    def _compile(self, s: SliceProfile) -> list[Binner]:
+    def _compile(self, s: SliceProfile, checks: bool) -> list[Binner]:
         tol = self.checks.range_tolerance
         out = []
         for name, kind in self._spec.features.items():
             dist = s.features.get(name)
             if dist is not None and dist.kind == kind:
-                out.append(Binner(name, FEATURE_SOURCE, dist, tol))
+                out.append(Binner(name, FEATURE_SOURCE, dist, tol, checks))
         if s.prediction is not None:
             out.append(Binner(PREDICTION, PREDICTION_SOURCE, s.prediction, tol))
         if s.score is not None:
@@ -649,9 +660,9 @@ class CompiledProfile:
         return out
 
     def binners(self, segment: str) -> list[Binner]:
-        """The binners of a live segment: its own slice's, or `__all__`'s."""
+        """The binners of a live segment: its own slice's, or `__all__`'s (without checks)."""
         found = self._binners.get(segment)
-        return found if found is not None else self._binners[ALL_SEGMENT]
+        return found if found is not None else self._fallback
 
     def missing_threshold(self, feature: str) -> float | None:
         dist = self.profile.overall.features.get(feature)

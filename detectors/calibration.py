@@ -46,9 +46,14 @@ from detectors.spec import ADWINParams, PageHinkleyParams
 SignalKind = Literal["numeric", "binary"]
 
 # Values a Standardizer learns mean and scale from before the detectors see anything. 500 gives
-# the scale to ~3% (normal data); a 3% error in the scale moves the false-alarm rate at the
-# default budget by a factor of ~1.5 (measured, docs/quality.md).
+# the scale to ~3% (normal data); measured with it, false alarms run at 1.2-1.3x the budget at
+# 1e6-1e7 events (docs/quality.md).
 DEFAULT_WARMUP = 500
+# A 0/1 stream's rate is known to ~1/sqrt(ones): its warm-up also waits for BINARY_MIN_COUNT ones
+# (and zeros), up to BINARY_MAX_WARMUP values. Measured: with 500 values alone, a 1% error rate
+# raised 9x the budgeted false alarms at 1e7 events; with 30 ones, 0.9x.
+BINARY_MIN_COUNT = 30
+BINARY_MAX_WARMUP = 10_000
 # z-scores are clipped to +-CLIP before the detectors. Measured (bench/quality.py, robustness
 # table): without it, heavy tails (lognormal, Student t3) raise 10-30x the budgeted false alarms
 # of normal data at the same threshold; clipped at 3 every tested distribution is at or below
@@ -79,9 +84,12 @@ PH_NUMERIC: dict[float, tuple[float, float]] = {
     0.5: (1.154, 1.0130),
 }
 # k -> ((p, a, theta), ...) for a 0/1 stream with rate p, standardised by sqrt(p (1 - p)).
-# The table covers p in [0.002, 0.5]; a rate above 0.5 reads the row of 1 - p (mirror image).
+# The table covers p in [0.0005, 0.5] (a rate below reads the first row: more false alarms than
+# budgeted); a rate above 0.5 reads the row of 1 - p (mirror image).
 PH_BINARY: dict[float, tuple[tuple[float, float, float], ...]] = {
     0.1: (
+        (0.0005, 6.190, 0.0625),
+        (0.001, 5.537, 0.0759),
         (0.002, 5.260, 0.0906),
         (0.005, 5.007, 0.1112),
         (0.01, 4.788, 0.1267),
@@ -93,6 +101,8 @@ PH_BINARY: dict[float, tuple[tuple[float, float, float], ...]] = {
         (0.5, 3.388, 0.2013),
     ),
     0.25: (
+        (0.0005, 4.205, 0.0870),
+        (0.001, 5.020, 0.1100),
         (0.002, 4.328, 0.1374),
         (0.005, 4.026, 0.1805),
         (0.01, 3.612, 0.2179),
@@ -104,6 +114,8 @@ PH_BINARY: dict[float, tuple[tuple[float, float, float], ...]] = {
         (0.5, 1.797, 0.5221),
     ),
     0.5: (
+        (0.0005, 4.908, 0.1061),
+        (0.001, 4.060, 0.1371),
         (0.002, 3.958, 0.1759),
         (0.005, 3.009, 0.2411),
         (0.01, 3.043, 0.3026),
@@ -236,9 +248,11 @@ def adwin_arl(delta: float, kind: SignalKind = "numeric") -> float:
 class Standardizer:
     """z = (x - mean) / scale, clipped, with mean and scale frozen after `warmup` values.
 
-    `binary=True` is for 0/1 streams: the scale is sqrt(p (1 - p)) of the Laplace-smoothed rate
-    p = (ones + 1) / (n + 2), never 0. For other streams a constant warm-up gets a tiny scale,
-    so that any later change of value stands out.
+    `binary=True` is for 0/1 streams: the warm-up lasts until `warmup` values and
+    BINARY_MIN_COUNT ones and zeros have been seen (at most BINARY_MAX_WARMUP values); the scale
+    is sqrt(p (1 - p)) of the Laplace-smoothed rate p = (ones + 1) / (n + 2), never 0; nothing is
+    clipped. For other streams a constant warm-up gets a tiny scale, so that any later change of
+    value stands out.
 
     >>> s = Standardizer(warmup=3)
     >>> [s.transform(x) for x in (9.0, 11.0, 13.0)]
@@ -270,11 +284,26 @@ class Standardizer:
         return 0 if self.scale is not None else self.warmup - self._n
 
     @property
+    def count(self) -> int:
+        """Values learnt from."""
+        return self._n
+
+    @property
     def rate(self) -> float | None:
         """The smoothed rate of ones (binary streams), once learnt."""
         if not self.binary or self.scale is None:
             return None
         return (self._mean * self._n + 1.0) / (self._n + 2.0)
+
+    @property
+    def rate_low(self) -> float | None:
+        """A cautious rate for thresholds: the rate of the rarer value, one standard error down.
+        A rarer value needs a higher threshold, so an error in the estimate errs to fewer alarms."""
+        p = self.rate
+        if p is None:
+            return None
+        q = min(p, 1.0 - p)
+        return max(q - math.sqrt(q * (1.0 - q) / self._n), 1.0 / (self._n + 2.0))
 
     def transform(self, x: float) -> float | None:
         scale = self.scale
@@ -291,7 +320,12 @@ class Standardizer:
         d = x - self._mean
         self._mean += d / self._n
         self._m2 += d * (x - self._mean)
-        if self._n >= self.warmup:
+        n = self._n
+        if n >= self.warmup:
+            if self.binary and n < BINARY_MAX_WARMUP:
+                ones = round(self._mean * n)
+                if min(ones, n - ones) < BINARY_MIN_COUNT:
+                    return None
             self._freeze()
         return None
 
@@ -311,7 +345,8 @@ class CalibratedDetector:
 
     numeric signals: standardised, then ADWIN or Page-Hinkley with the numeric tables.
     binary signals (0/1 errors): ADWIN raw with the binary table (no warm-up); Page-Hinkley
-    standardised by the warm-up error rate, threshold from the binary table at that rate.
+    standardised by the warm-up error rate, threshold from the binary table at a cautious
+    (one standard error lower) rate.
     Nothing is detected during the warm-up.
     """
 
@@ -359,11 +394,16 @@ class CalibratedDetector:
     def _build(self, std: Standardizer) -> ADWINDetector | PageHinkleyDetector:
         if self.name == "adwin":
             return ADWINDetector(adwin_params(self.arl, "numeric"))
-        return PageHinkleyDetector(page_hinkley_params(self.arl, self.kind, self.ph_delta, std.rate))
+        return PageHinkleyDetector(page_hinkley_params(self.arl, self.kind, self.ph_delta, std.rate_low))
 
     @property
     def inner(self) -> ADWINDetector | PageHinkleyDetector | None:
         return self._inner
+
+    @property
+    def warmup_count(self) -> int:
+        """Values consumed by the warm-up so far (0 for raw ADWIN on a 0/1 stream)."""
+        return 0 if self._std is None else self._std.count
 
     def statistics(self) -> dict[str, float]:
         std = self._std

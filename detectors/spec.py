@@ -48,7 +48,9 @@ class BaselineChecks:
     environment: str = "training"  # which published profile (training, validation, ...)
     model_version: str | None = None  # pin a published profile's model version; None: the newest
     window: int = 1000  # values per (segment, feature) in the live window
-    min_values: int = 200  # values in the window before its statistics are exported
+    # Values in the window before its statistics are exported: with 20 bins and no drift, 99% of
+    # 500-value windows stay below PSI 0.08, JS 0.12, KS 0.07 (at 200 values: 0.21, 0.19, 0.10).
+    min_values: int = 500
     psi: float = 0.25  # the usual "major shift" mark for the population stability index
     js_distance: float = 0.2
     ks_statistic: float = 0.2

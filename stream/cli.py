@@ -56,6 +56,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 3
 
 
+def _cmd_baseline_build(args: argparse.Namespace) -> int:
+    from detectors.baseline import DEFAULT_BINS, MAX_BINS
+    from stream.baselines import build_profile, write_profile
+    from stream.settings import MODEL_NAME, load_settings
+
+    settings = load_settings(args.config)
+    spec = settings.spec_for(args.model)
+    for flag, value in (("--model", args.model), ("--model-version", args.model_version),
+                        ("--environment", args.environment)):
+        if value is not None and not MODEL_NAME.fullmatch(value):
+            print(f"driftline: {flag} must be 1-64 of A-Z a-z 0-9 _ . - (got {value!r})", file=sys.stderr)
+            return 2
+    if not 2 <= args.bins <= MAX_BINS:
+        print(f"driftline: --bins must be from 2 to {MAX_BINS} (default {DEFAULT_BINS})", file=sys.stderr)
+        return 2
+    if args.model not in settings.models:
+        print(f"driftline: note: model {args.model!r} is not in {args.config}: profiling with the defaults block "
+              f"(features: {', '.join(spec.features) or 'none'})", file=sys.stderr)
+    try:
+        profile, report = build_profile(spec, args.data, args.model_version, args.environment, args.bins,
+                                        args.min_segment_rows, args.format)
+    except ValueError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 2
+    write_profile(profile, args.out)
+    overall = profile.overall
+    skipped = [f"{n:,} {what}" for n, what in ((report.other_models, "rows of other models"),
+                                                (report.malformed, "malformed lines")) if n]
+    acc = (f", accuracy {overall.accuracy:.4f} on {overall.labeled:,} labelled rows" if overall.accuracy is not None
+           else f", MAE {overall.mae:.4g} on {overall.labeled:,} labelled rows" if overall.mae is not None else "")
+    print(f"baseline {profile.key} (digest {profile.digest}): {report.rows:,} rows, {len(overall.features)} features, "
+          f"{len(profile.slices) - 1} segments with their own reference{acc}"
+          + (f"; skipped {', '.join(skipped)}" if skipped else "") + f" -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_baseline_publish(args: argparse.Namespace) -> int:
+    from detectors.baseline import ProfileError
+    from stream.admin import ProvisioningError
+    from stream.baselines import publish_profile, read_profile
+    from stream.settings import load_settings
+
+    settings = load_settings(args.config)
+    try:
+        profile = read_profile(args.profile)
+    except ProfileError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 2
+    try:
+        topic, partition, offset = publish_profile(settings, profile)
+    except (ProvisioningError, RuntimeError) as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 3
+    print(f"published baseline {profile.key} (digest {profile.digest}) to {topic} [{partition}] at offset {offset}",
+          file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.kafka:
         from stream.live_demo import run_live_demo
@@ -90,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-out", help="write the Prometheus exposition here (default: stdout)")
     rp.add_argument("--drift-out", help="write one JSON line per drift detection here")
     rp.set_defaults(func=_cmd_replay)
+
+    bp = sub.add_parser("baseline", help="reference profiles of training or validation data (docs/baselines.md)")
+    bsub = bp.add_subparsers(dest="baseline_command", required=True)
+    bb = bsub.add_parser("build", help="profile a data set (CSV, JSONL of inference events with an optional "
+                                       "label, Parquet) into a reference profile for one model")
+    bb.add_argument("--config", required=True)
+    bb.add_argument("--model", required=True, help="the model, as named in the config")
+    bb.add_argument("--out", required=True, help="the profile file to write (JSON)")
+    bb.add_argument("--model-version", help="the model version the data belongs to (default: the rows' "
+                                            "model_version, or unknown)")
+    bb.add_argument("--environment", default="training", help="training (default), validation, ...")
+    bb.add_argument("--bins", type=int, default=20, help="quantile bins per numeric signal, categories kept per "
+                                                       "categorical one (default 20)")
+    bb.add_argument("--min-segment-rows", type=int, default=100,
+                    help="rows a segment value needs for a reference of its own (default 100)")
+    bb.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the file name")
+    bb.add_argument("data", metavar="DATA", help="the training or validation data")
+    bb.set_defaults(func=_cmd_baseline_build)
+    bpub = bsub.add_parser("publish", help="publish a profile to the baselines topic, where workers pick it up")
+    bpub.add_argument("--config", required=True)
+    bpub.add_argument("profile", metavar="PROFILE")
+    bpub.set_defaults(func=_cmd_baseline_publish)
 
     dp = sub.add_parser("demo", help="the built-in Shuttle demo (real data, one injected drift): replayed from "
                                       "files, or live through Kafka and a worker with --kafka")

@@ -7,6 +7,10 @@
 - Drift: from stream row 25,000 on, sensor f7 in the `band=high` segment reads 20 units high
   (a miscalibrated sensor). The model's accuracy there falls from ~99.5% to ~74%; the other
   segments are untouched.
+- Feature drift that does not hurt: from stream row 10,000 on, sensor f5 in `band=mid` reads 2
+  units high (half a standard deviation). The tree splits on f7 only, so its accuracy holds there; the baseline comparison
+  (PSI, JS, KS against a profile of the 5,000 training rows, `shuttle-baseline.json`) shows
+  the move all the same.
 - Labels arrive 60 s after their prediction; 3 malformed inference lines show the dead-letter
   path.
 
@@ -15,6 +19,7 @@ Nothing is downloaded: River ships the CSV inside its wheel.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 from pathlib import Path
@@ -33,6 +38,12 @@ DRIFT_OFFSET = 20
 START_TIME = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 LABEL_DELAY = 60.0
 SEED = 42
+FEATURE_DRIFT_ROW = 10_000  # stream row where f5 starts reading high in band=mid
+FEATURE_DRIFT_SEGMENT = "band=mid"
+FEATURE_DRIFT_FEATURE = "f5"
+FEATURE_DRIFT_OFFSET = 2  # about half of f5's standard deviation in band=mid
+BASELINE_FILE = "shuttle-baseline.json"
+TRAINING_FILE = "training.jsonl"
 
 DEMO_CONFIG = f"""\
 # driftline demo config: the Shuttle sensor model, segmented by sensor band.
@@ -54,6 +65,11 @@ models:
 """
 
 
+def demo_config(baseline: str | None = None) -> str:
+    """The demo config, naming a baseline profile file (relative to the config) if given."""
+    return DEMO_CONFIG + (f"    baseline: {baseline}\n" if baseline else "")
+
+
 def band(x: dict[str, Any]) -> str:
     f1 = x["f1"]
     return "low" if f1 < 40 else ("mid" if f1 < 50 else "high")
@@ -66,19 +82,48 @@ class DemoFiles:
     config: Path
     drift_time: float  # event time of the first drifted event
     events: int  # valid inference events
+    feature_drift_time: float = 0.0  # event time of the first event with f5 shifted in band=mid
+    baseline: Path | None = None  # the profile of the training rows
 
 
-def demo_events(rows_limit: int | None = None, drift_row: int = DRIFT_ROW) -> tuple[list[dict], list[dict], float]:
-    """The demo's inference and label events, deterministic (fixed data, model and seed).
-
-    `rows_limit` and `drift_row` shorten the stream for tests; the defaults are the demo's.
-    """
+@functools.lru_cache(maxsize=1)
+def _trained():
+    """The Shuttle rows and the tree trained on the first TRAIN_ROWS of them (then frozen)."""
     from river import datasets, tree
 
     rows = list(datasets.Shuttle())
     model = tree.HoeffdingTreeClassifier(grace_period=50, delta=1e-3)
     for x, y in rows[:TRAIN_ROWS]:
         model.learn_one(x, y)
+    return rows, model
+
+
+def _predict(model, x: dict) -> tuple[Any, float]:
+    proba = model.predict_proba_one(x)
+    pred = max(proba, key=proba.get) if proba else 0
+    return pred, round(float(proba.get(pred, 0.0)), 6)
+
+
+def training_events() -> list[dict]:
+    """The training rows as inference events with their label: what `driftline baseline build`
+    profiles for the demo (the frozen model's predictions on its own training data)."""
+    rows, model = _trained()
+    out = []
+    for i, (x, y) in enumerate(rows[:TRAIN_ROWS]):
+        pred, score = _predict(model, x)
+        out.append({"prediction_id": f"train-{i:05d}", "model": MODEL, "model_version": "ht-1", "features": dict(x),
+                    "prediction": pred, "score": score, "label": y, "segment": {"band": band(x)}})
+    return out
+
+
+def demo_events(rows_limit: int | None = None, drift_row: int = DRIFT_ROW,
+                feature_drift_row: int | None = None) -> tuple[list[dict], list[dict], float]:
+    """The demo's inference and label events, deterministic (fixed data, model and seed).
+
+    `rows_limit` and `drift_row` shorten the stream for tests; `feature_drift_row` (None: none)
+    is where f5 starts reading high in band=mid. The demo uses DRIFT_ROW and FEATURE_DRIFT_ROW.
+    """
+    rows, model = _trained()
     rng = random.Random(SEED)
     inferences, labels = [], []
     drift_time = START_TIME + drift_row
@@ -89,12 +134,13 @@ def demo_events(rows_limit: int | None = None, drift_row: int = DRIFT_ROW) -> tu
         x = dict(x)
         if i >= drift_row and seg == "high":
             x[DRIFT_FEATURE] += DRIFT_OFFSET
-        proba = model.predict_proba_one(x)
-        pred = max(proba, key=proba.get) if proba else 0
+        if feature_drift_row is not None and i >= feature_drift_row and seg == "mid":
+            x[FEATURE_DRIFT_FEATURE] += FEATURE_DRIFT_OFFSET
+        pred, score = _predict(model, x)
         pid = f"shuttle-{i:06d}"
         inferences.append({
             "prediction_id": pid, "model": MODEL, "model_version": "ht-1", "timestamp": ts,
-            "features": x, "prediction": pred, "score": round(float(proba.get(pred, 0.0)), 6),
+            "features": x, "prediction": pred, "score": score,
             "segment": {"band": seg},
         })
         labels.append({"prediction_id": pid, "label": y, "timestamp": ts + LABEL_DELAY + rng.random()})
@@ -108,10 +154,32 @@ MALFORMED_LINES = (
 )
 
 
+def write_baseline(out: Path) -> Path:
+    """Write the training rows and their profile, as `driftline baseline build` would:
+
+        driftline baseline build --config demo.yml --model shuttle --out shuttle-baseline.json training.jsonl
+    """
+    from detectors.spec import ModelSpec
+    from stream.baselines import build_profile, write_profile
+    from stream.settings import parse_settings
+
+    import yaml
+
+    training = out / TRAINING_FILE
+    with open(training, "wb") as f:
+        for ev in training_events():
+            f.write(orjson.dumps(ev) + b"\n")
+    spec: ModelSpec = parse_settings(yaml.safe_load(DEMO_CONFIG), env={}).models[MODEL]
+    profile, _ = build_profile(spec, training, environment="training", created=START_TIME - 86400)
+    write_profile(profile, out / BASELINE_FILE)
+    return out / BASELINE_FILE
+
+
 def write_demo(out_dir: str | os.PathLike) -> DemoFiles:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inferences, labels, drift_time = demo_events()
+    inferences, labels, drift_time = demo_events(feature_drift_row=FEATURE_DRIFT_ROW)
+    baseline = write_baseline(out)
     inf_path, lab_path, cfg_path = out / "inferences.jsonl", out / "labels.jsonl", out / "demo.yml"
     with open(inf_path, "wb") as f:
         for n, ev in enumerate(inferences):
@@ -121,8 +189,9 @@ def write_demo(out_dir: str | os.PathLike) -> DemoFiles:
     with open(lab_path, "wb") as f:
         for ev in labels:
             f.write(orjson.dumps(ev) + b"\n")
-    cfg_path.write_text(DEMO_CONFIG)
-    return DemoFiles(inf_path, lab_path, cfg_path, drift_time, len(inferences))
+    cfg_path.write_text(demo_config(BASELINE_FILE))
+    return DemoFiles(inf_path, lab_path, cfg_path, drift_time, len(inferences),
+                     START_TIME + FEATURE_DRIFT_ROW, baseline)
 
 
 @dataclasses.dataclass
@@ -131,6 +200,29 @@ class DemoReport:
     first_detection_delay: int | None  # labelled events in the drifted segment after the drift
     false_error_detections: int  # error-signal detections outside the drifted segment or before the drift
     plot: Path | None
+    # Events of band=mid after f5 began to read high until its PSI crossed the threshold.
+    feature_drift_delay: int | None = None
+    psi_before_drift: float | None = None  # the largest PSI of any (segment, signal) before either drift
+
+
+def baseline_psi(bank) -> dict[tuple[str, str], float]:
+    """PSI of every (segment, signal) whose window holds enough values (as /metrics has it)."""
+    from detectors.baseline import compare
+
+    out = {}
+    compiled = bank.profiles.get(MODEL) if bank.profiles is not None else None
+    if compiled is None:
+        return out
+    for (model, seg), st in bank.items():
+        if model != MODEL or st.profile_id != compiled.id:
+            continue
+        for b in compiled.binners(seg):
+            w = st.windows.get(b.name)
+            if w is not None:
+                c = compare(b, w)
+                if c.values >= compiled.checks.min_values:
+                    out[(seg, b.name)] = c.psi
+    return out
 
 
 def run_demo(out_dir: str | os.PathLike, plot: bool = True) -> tuple["object", DemoReport]:
@@ -141,10 +233,12 @@ def run_demo(out_dir: str | os.PathLike, plot: bool = True) -> tuple["object", D
     files = write_demo(out_dir)
     settings = load_settings(files.config)
     samples: list[tuple[float, dict[str, float]]] = []
+    psi_track: list[tuple[float, int, dict]] = []
 
     def sample(intake, bank) -> None:
         acc = {seg: st.accuracy.get() for (m, seg), st in bank.items() if st.accuracy is not None and st.accuracy.count}
         samples.append((intake.watermark, acc))
+        psi_track.append((intake.watermark, bank.tally.inferences[(MODEL, FEATURE_DRIFT_SEGMENT)], baseline_psi(bank)))
 
     result = replay(settings, files.inferences, files.labels, progress=TerminalProgress(), on_tick=sample)
     out = Path(out_dir)
@@ -153,6 +247,7 @@ def run_demo(out_dir: str | os.PathLike, plot: bool = True) -> tuple["object", D
         for rec in result.detections:
             f.write(orjson.dumps(rec.to_dict()) + b"\n")
     report = _report(result, files)
+    _baseline_report(report, result, files, psi_track)
     if plot:
         report.plot = _plot(samples, result, files, out / "demo.png")
     return result, report
@@ -221,6 +316,47 @@ def _report(result, files: DemoFiles) -> DemoReport:
                  + (f"{first_delay} labelled events after the drift" if first_delay is not None else "NOT DETECTED"))
     lines.append(f"false error-drift detections elsewhere: {false_hits}")
     return DemoReport(lines, first_delay, false_hits, None)
+
+
+def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> None:
+    """The baseline comparison: how far each segment moved from the training rows, and when the
+    harmless f5 drift showed."""
+    from stream.replay import TICK_EVERY
+
+    compiled = result.bank.profiles.get(MODEL) if result.bank.profiles is not None else None
+    if compiled is None:
+        return
+    profile, checks = compiled.profile, compiled.checks
+    final = baseline_psi(result.bank)
+    signals = (FEATURE_DRIFT_FEATURE, DRIFT_FEATURE, "prediction", "score")
+    lines = ["", f"baseline {files.baseline.name if files.baseline else ''}: {profile.overall.rows:,} training rows "
+             f"(model {profile.model_version}, accuracy {profile.overall.accuracy:.3f} on them); PSI of the last "
+             f"{checks.window:,} values per segment, threshold {checks.psi:g}",
+             f"{'segment':<16}" + "".join(f"{s + ' PSI':>16}" for s in signals) + f"{'accuracy':>10}"]
+    for (model, seg), st in sorted(result.bank.items()):
+        acc = f"{st.accuracy.get():.3f}" if st.accuracy is not None and st.accuracy.count else "-"
+        cells = "".join(f"{final[(seg, s)]:>16.3f}" if (seg, s) in final else f"{'-':>16}" for s in signals)
+        lines.append(f"{seg:<16}{cells}{acc:>10}")
+    first_drift = min(files.drift_time, files.feature_drift_time)
+    before = [v for t, _, psis in track if t < first_drift for v in psis.values()]
+    report.psi_before_drift = max(before) if before else None
+    at_shift = next((n for t, n, _ in reversed(track) if t < files.feature_drift_time), None)
+    crossed = next(((t, n) for t, n, psis in track if t >= files.feature_drift_time
+                    and psis.get((FEATURE_DRIFT_SEGMENT, FEATURE_DRIFT_FEATURE), 0.0) > checks.psi), None)
+    mid = result.bank.get(MODEL, FEATURE_DRIFT_SEGMENT)
+    acc = mid.accuracy.get() if mid is not None and mid.accuracy is not None and mid.accuracy.count else float("nan")
+    lines.append(f"feature drift injected: {FEATURE_DRIFT_FEATURE} +{FEATURE_DRIFT_OFFSET} in {FEATURE_DRIFT_SEGMENT} "
+                 f"from stream row {FEATURE_DRIFT_ROW:,}; the model splits on {DRIFT_FEATURE} only")
+    if crossed is not None and at_shift is not None:
+        report.feature_drift_delay = crossed[1] - at_shift
+        lines.append(f"  {FEATURE_DRIFT_FEATURE} PSI in {FEATURE_DRIFT_SEGMENT} above {checks.psi:g} within ~"
+                     f"{report.feature_drift_delay:,} of its events (t+{crossed[0] - files.feature_drift_time:.0f}s, "
+                     f"sampled every {TICK_EVERY:,} replayed events); its accuracy holds at {acc:.3f}")
+    else:
+        lines.append(f"  {FEATURE_DRIFT_FEATURE} PSI in {FEATURE_DRIFT_SEGMENT}: NOT ABOVE {checks.psi:g}")
+    if report.psi_before_drift is not None:
+        lines.append(f"  largest PSI of any segment and signal before the first drift: {report.psi_before_drift:.3f}")
+    report.lines += lines
 
 
 def _plot(samples, result, files: DemoFiles, path: Path) -> Path | None:

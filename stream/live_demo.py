@@ -25,7 +25,20 @@ from pathlib import Path
 
 import orjson
 
-from stream.demo import DEMO_CONFIG, DRIFT_ROW, DRIFT_SEGMENT, MALFORMED_LINES, MODEL, demo_events
+from stream.demo import (
+    BASELINE_FILE,
+    DRIFT_FEATURE,
+    DRIFT_ROW,
+    DRIFT_SEGMENT,
+    FEATURE_DRIFT_FEATURE,
+    FEATURE_DRIFT_ROW,
+    FEATURE_DRIFT_SEGMENT,
+    MALFORMED_LINES,
+    MODEL,
+    demo_config,
+    demo_events,
+    write_baseline,
+)
 
 
 @dataclasses.dataclass
@@ -53,8 +66,8 @@ def live_config(bootstrap: str, prefix: str) -> str:
     topics = ", ".join(f"{k}: {prefix}.{v}" for k, v in (
         ("inferences", "inferences"), ("labels", "labels"), ("observations", "observations"),
         ("dead_letters", "dead-letters"), ("drift_events", "drift-events"), ("checkpoints", "checkpoints"),
-        ("checkpoint_data", "checkpoint-data")))
-    body = DEMO_CONFIG.split("models:", 1)[1]
+        ("checkpoint_data", "checkpoint-data"), ("baselines", "baselines")))
+    body = demo_config(BASELINE_FILE).split("models:", 1)[1]
     return (f"# driftline live demo config (written by `driftline demo --kafka`)\n"
             f"kafka:\n  bootstrap: {bootstrap}\n  group_id: {prefix}\n  partitions: 4\n  topics: {{{topics}}}\n"
             f"models:{body}")
@@ -69,7 +82,8 @@ def run_live_demo(bootstrap: str, listen: str, out_dir: str | os.PathLike, rate:
     prefix = time.strftime("driftline-demo-%Y%m%d-%H%M%S")
     config = out / "demo-kafka.yml"
     config.write_text(live_config(bootstrap, prefix))
-    inferences, labels, _ = demo_events()
+    write_baseline(out)  # the profile of the training rows, beside the config that names it
+    inferences, labels, _ = demo_events(feature_drift_row=FEATURE_DRIFT_ROW)
     n = len(inferences)
     base = f"http://{listen}"
     log_path = out / "worker.log"
@@ -167,6 +181,20 @@ def _report(samples, drift_published, detected_at, rate, prefix) -> LiveReport:
     seconds = None if detected_at is None or drift_published is None else detected_at - drift_published
     lines.append(f"first drifted event -> error drift in {DRIFT_SEGMENT} on /metrics: "
                  + (f"{seconds:.1f} s" if seconds is not None else "NOT DETECTED"))
+    signals = (FEATURE_DRIFT_FEATURE, DRIFT_FEATURE, "prediction", "score")
+    threshold = total(samples, "driftline_feature_psi_threshold", model=MODEL)
+    lines += ["", f"PSI against the training baseline ({BASELINE_FILE}, threshold {threshold:g}); "
+                  f"{FEATURE_DRIFT_FEATURE} drifts in {FEATURE_DRIFT_SEGMENT} from event {FEATURE_DRIFT_ROW:,} "
+                  f"(the model ignores it)",
+              f"{'segment':<12}" + "".join(f"{s + ' PSI':>16}" for s in signals) + f"{'accuracy':>10}"]
+    for seg in segments:
+        cells = []
+        for sig in signals:
+            found = [v for (name, lv), v in samples.items() if name == "driftline_feature_psi"
+                     and dict(lv).get("segment") == seg and dict(lv).get("feature") == sig]
+            cells.append(f"{found[0]:>16.3f}" if found else f"{'-':>16}")
+        acc = total(samples, "driftline_accuracy", model=MODEL, segment=seg)
+        lines.append(f"{seg:<12}{''.join(cells)}{acc:>10.3f}")
     return LiveReport(lines, seconds, rate)
 
 

@@ -4,7 +4,8 @@ Both files are decoded (bad lines are counted as invalid, with their reason, and
 merged by event time (an inference before a label at the same instant, then file order), and
 fed through the same `Intake` and `DetectorBank` as the Kafka worker. An event without a
 timestamp takes the previous event's time in its file, as the Kafka timestamp would be.
-Decoded events are held in memory for the sort: ~1 KB each.
+Decoded events are held in memory for the sort: ~1 KB each. Models compare their traffic
+with the profiles of their config's `baseline:` files (never with the baselines topic).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections import Counter
 from typing import Callable, Iterator
 
 from detectors.bank import DetectorBank, DriftRecord
+from stream.baselines import profile_book
 from stream.codec import DecodeLimits, decode_inference, decode_label
 from stream.events import Inference, Invalid
 from stream.exporter import DriftlineMetrics
@@ -67,7 +69,8 @@ def replay(
     """Replay two JSONL files; `on_tick` sees the state every TICK_EVERY events (for plots)."""
     started = time.perf_counter()
     intake = Intake(settings)
-    bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle)
+    bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle,
+                        profiles=profile_book(settings) if settings.baselines else None)
     limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
     invalid: Counter = Counter()
     merged = []

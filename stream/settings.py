@@ -117,8 +117,9 @@ class Settings:
     def describe(self) -> str:
         """One line for the start-up log, with secrets masked."""
         cfg = {k: ("***" if k in SECRET_KEYS else v) for k, v in self.kafka.client_config.items()}
+        files = "".join(f" {m}={p.key}@{p.digest}" for m, p in sorted(self.baselines.items()))
         return (f"config {self.source}: bootstrap={self.kafka.bootstrap} group={self.kafka.group_id} "
-                f"models={sorted(self.models)} kafka.config={cfg}")
+                f"models={sorted(self.models)} kafka.config={cfg}" + (f" baselines:{files}" if files else ""))
 
 
 # ------------------------------------------------------------------------------------- parsing

@@ -38,6 +38,7 @@ from confluent_kafka import (
 from detectors.bank import DetectorBank
 from detectors.state import restore as restore_state
 from detectors.state import snapshot as snapshot_state
+from stream.baselines import BaselineTopic, profile_book
 from stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
 from stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from stream.events import Invalid
@@ -50,6 +51,7 @@ OBS_PER_MESSAGE = 500
 # Sources remembered per bank for de-duplication (an entry per intake epoch and topic).
 MAX_SOURCES = 256
 LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
+BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles change rarely)
 
 
 class IntakePartition:
@@ -133,6 +135,11 @@ class Worker:
         self._next_checkpoint = 0.0
         self._next_commit = 0.0
         self._next_lag = 0.0
+        # Reference profiles: the config's files, then what the baselines topic publishes
+        # (stream/baselines.py); one book for every bank of this process.
+        self.profiles = profile_book(settings)
+        self.baseline_topic = BaselineTopic(settings, self.profiles)
+        self._next_baselines = 0.0
         group = settings.kafka.group_id
         self._key_prefix = f"{group}/"
         kafka = settings.kafka
@@ -182,6 +189,8 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
         t = self.topics
+        self.baseline_topic.start()  # before any bank exists: the first events meet their profiles
+        self._next_baselines = time.monotonic() + BASELINES_EVERY
         self.consumer.subscribe([t.inferences, t.labels, t.observations], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         batch = self.settings.worker.batch
@@ -201,6 +210,9 @@ class Worker:
                 if now >= self._next_lag:
                     self._refresh_lag()
                     self._next_lag = now + LAG_EVERY
+                if now >= self._next_baselines:
+                    self.baseline_topic.poll(self.lock)
+                    self._next_baselines = now + BASELINES_EVERY
                 if now >= self._next_checkpoint:
                     self._checkpoint()
         finally:
@@ -232,6 +244,7 @@ class Worker:
         if left:
             log.warning("%d records not delivered at shutdown", left)
         self.store.close()
+        self.baseline_topic.close()
 
     # -- stage 1 and stage 2 ---------------------------------------------------------------------
     def _process(self, msgs: list) -> None:
@@ -491,7 +504,8 @@ class Worker:
                     table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now)
                     fresh.add(key)
                 else:
-                    table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle),
+                    table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle,
+                                                          self.profiles),
                                              {}, {}, now)
                     fresh.add(key)
             for tp in partitions:
@@ -578,7 +592,7 @@ class Worker:
         if stage == "intake":
             part = IntakePartition(Intake.restore(state["intake"], self.settings), state["epoch"], state["positions"], now)
         else:
-            bank = DetectorBank.restore(state["bank"], self.settings.spec_for)
+            bank = DetectorBank.restore(state["bank"], self.settings.spec_for, self.profiles)
             bank.idle_after = self.settings.limits.segment_idle
             part = BankPartition(bank, state["seen"], state["positions"], now)
         return part

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[2]
 TOPIC_KEYS = {"inferences": "inferences", "labels": "labels", "observations": "observations",
               "dead_letters": "dead-letters", "drift_events": "drift-events", "checkpoints": "checkpoints",
-              "checkpoint_data": "checkpoint-data"}
+              "checkpoint_data": "checkpoint-data", "baselines": "baselines"}
 
 
 def free_port() -> int:

@@ -98,8 +98,9 @@ def test_amtool_check_config():
 def test_the_shipped_alerts_and_recording_rules():
     assert ALERTS == {
         "DriftlineErrorDrift", "DriftlineAccuracyBelowObjective", "DriftlineFeatureDrift", "DriftlinePredictionDrift",
-        "DriftlineFeaturePSIHigh", "DriftlineDeadLettersHigh", "DriftlineModelSilent", "DriftlineLabelsStopped",
+        "DriftlineDeadLettersHigh", "DriftlineModelSilent", "DriftlineLabelsStopped",
         "DriftlineWorkerDown", "DriftlineNoWorkers", "DriftlineWorkerLagging", "DriftlineCheckpointStale",
+        "DriftlineBaselineDrift", "DriftlineFeatureInvalid", "DriftlineFeatureMissing",
     }
     assert {"driftline:accuracy:ratio_rate5m", "driftline:accuracy:ratio_rate30m", "driftline:events:rate5m",
             "driftline:dead_letters:ratio_rate5m", "driftline:label_coverage:ratio_rate30m"} <= RECORDS

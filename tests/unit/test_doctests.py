@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "detectors.accuracy", "detectors.categorical", "detectors.drift", "detectors.segments",
+    "detectors.accuracy", "detectors.baseline", "detectors.categorical", "detectors.drift", "detectors.segments",
     "stream.codec", "stream.settings",
 ]
 

@@ -116,11 +116,18 @@ def test_standardizer():
     s = Standardizer(warmup=3)
     assert [s.transform(x) for x in (1.0, 1.0, 1.0)] == [None] * 3
     assert s.scale > 0 and s.transform(2.0) == cal.CLIP  # a constant warm-up: any change stands out
+    # a 0/1 stream waits for BINARY_MIN_COUNT of each value: its rate's precision is in counts
     b = Standardizer(warmup=10, binary=True)
-    for _ in range(10):
-        b.transform(0.0)
-    assert b.rate == pytest.approx(1 / 12) and b.scale == pytest.approx(math.sqrt(1 / 12 * 11 / 12))
-    assert b.transform(1.0) > 3  # binary: no clip, the jump carries the signal
+    assert [b.transform(float(i % 4 == 0)) for i in range(116)] == [None] * 116 and b.learning
+    assert b.transform(1.0) is None and not b.learning and b.count == 117  # 30 ones, 87 zeros
+    assert b.rate == pytest.approx(31 / 119) and b.scale == pytest.approx(math.sqrt(31 / 119 * 88 / 119))
+    assert b.rate_low == pytest.approx(31 / 119 - math.sqrt(31 / 119 * 88 / 119 / 117))
+    assert b.transform(1.0) > 1.5 and b.clip is None
+    perfect = Standardizer(warmup=10, binary=True)
+    for _ in range(cal.BINARY_MAX_WARMUP):
+        perfect.transform(0.0)
+    assert not perfect.learning and perfect.rate == pytest.approx(1 / (cal.BINARY_MAX_WARMUP + 2))
+    assert perfect.transform(1.0) > 50  # binary: never clipped, the rare jump is the signal
     with pytest.raises(ValueError):
         Standardizer(warmup=1)
 

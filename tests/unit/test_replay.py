@@ -155,3 +155,35 @@ def test_detector_internals_are_exported_with_bounded_cardinality(demo):
     assert "error@band=high" in widths and "f7@__all__" in widths
     assert "f7@band=high" not in widths  # feature internals only at __all__
     assert value(smp, "driftline_page_hinkley_threshold", model="shuttle", segment="__all__", signal="f7") == 500
+
+
+def test_demo_baseline_shows_a_feature_drift_while_accuracy_holds(demo):
+    """The demo shifts f5 in band=mid (the model ignores f5): PSI, JS and KS against the training
+    rows' profile show it there, and only there; accuracy in band=mid holds."""
+    from stream.demo import FEATURE_DRIFT_FEATURE, FEATURE_DRIFT_SEGMENT
+
+    _, result = demo
+    smp = samples(result.exposition())
+    f5 = {seg: value(smp, "driftline_feature_psi", model="shuttle", segment=seg, feature=FEATURE_DRIFT_FEATURE)
+          for seg in ("band=low", "band=mid", "band=high")}
+    assert f5[FEATURE_DRIFT_SEGMENT] > 0.25 and f5["band=low"] < 0.25 and f5["band=high"] < 0.25, f5
+    assert value(smp, "driftline_feature_ks_statistic", model="shuttle", segment=FEATURE_DRIFT_SEGMENT,
+                 feature=FEATURE_DRIFT_FEATURE) > 0.2
+    assert value(smp, "driftline_feature_js_distance", model="shuttle", segment=FEATURE_DRIFT_SEGMENT,
+                 feature=FEATURE_DRIFT_FEATURE) > 0.2
+    assert value(smp, "driftline_accuracy", model="shuttle", segment=FEATURE_DRIFT_SEGMENT) > 0.99
+    # The error drift in band=high shows in its f7 and, without labels, in its predictions.
+    assert value(smp, "driftline_feature_psi", model="shuttle", segment=DRIFT_SEGMENT, feature="f7") > 1
+    assert value(smp, "driftline_feature_psi", model="shuttle", segment=DRIFT_SEGMENT, feature="prediction") > 0.25
+    assert value(smp, "driftline_feature_psi", model="shuttle", segment="band=low", feature="prediction") < 0.25
+    assert value(smp, "driftline_feature_psi_threshold", model="shuttle") == 0.25
+    assert value(smp, "driftline_baseline_accuracy", model="shuttle") > 0.99
+
+
+def test_demo_report_tells_when_the_feature_drift_showed(tmp_path):
+    from stream.demo import run_demo
+
+    _, report = run_demo(tmp_path, plot=False)
+    assert report.feature_drift_delay is not None and report.feature_drift_delay < 2000
+    assert report.psi_before_drift is not None and report.psi_before_drift < 0.25  # no false alarm before
+    assert any("accuracy holds" in line for line in report.lines)

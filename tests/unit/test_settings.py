@@ -67,6 +67,21 @@ def test_environment_overrides_bootstrap_and_passes_kafka_settings():
     ({"limits": {"max_models": -1}}, "limits.max_models", "integer"),
     ({"worker": {"checkpoint_interval": "soon"}}, "worker.checkpoint_interval", "duration"),
     ({"modles": {}}, "modles", "did you mean 'models'"),
+    ({"models": {"churn": {"baseline_checks": {"psi": 0}}}}, "models.churn.baseline_checks.psi", "> 0.0"),
+    ({"models": {"churn": {"baseline_checks": {"js_distance": 1.5}}}}, "models.churn.baseline_checks.js_distance", "<= 1"),
+    ({"models": {"churn": {"baseline_checks": {"ks_statistic": "big"}}}}, "models.churn.baseline_checks.ks_statistic",
+     "number"),
+    ({"models": {"churn": {"baseline_checks": {"window": 5}}}}, "models.churn.baseline_checks.window", "between 10"),
+    ({"models": {"churn": {"baseline_checks": {"window": 100, "min_values": 101}}}},
+     "models.churn.baseline_checks.min_values", "between 1 and 100"),
+    ({"models": {"churn": {"baseline_checks": {"environment": "prod env"}}}},
+     "models.churn.baseline_checks.environment", "A-Z"),
+    ({"models": {"churn": {"baseline_checks": {"range_tolerance": -1}}}},
+     "models.churn.baseline_checks.range_tolerance", ">= 0"),
+    ({"models": {"churn": {"baseline_checks": {"psy": 0.2}}}}, "models.churn.baseline_checks.psy", "did you mean 'psi'"),
+    ({"models": {"churn": {"baseline_check": {}}}}, "models.churn.baseline_check", "did you mean 'baseline_checks'"),
+    ({"defaults": {"baseline": "x.json"}}, "defaults.baseline", "models.<name>.baseline"),
+    ({"kafka": {"topics": {"baselines": ""}}}, "kafka.topics.baselines", "non-empty"),
     (["not", "a", "mapping"], "<top level>", "mapping"),
 ])
 def test_bad_config_is_refused_naming_the_key(data, key, hint):
@@ -89,3 +104,31 @@ def test_yaml_syntax_error_is_a_config_error(tmp_path):
     path.write_text("models: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(path, env={})
+
+
+def test_baseline_checks_default_and_override():
+    s = parse_settings({"defaults": {"baseline_checks": {"environment": "validation", "psi": 0.2}},
+                        "models": {"churn": {"baseline_checks": {"window": 500, "ks_statistic": 0.15}}}}, env={})
+    checks = s.models["churn"].baseline_checks
+    assert (checks.environment, checks.psi, checks.window, checks.ks_statistic) == ("validation", 0.2, 500, 0.15)
+    assert checks.min_values == 500 and checks.js_distance == 0.2 and checks.model_version is None
+    assert s.spec_for("other").baseline_checks.environment == "validation"
+    assert s.kafka.topics.baselines == "driftline.baselines"
+    small = parse_settings({"models": {"m": {"baseline_checks": {"window": 50}}}}, env={}).models["m"].baseline_checks
+    assert small.min_values == 50  # never more than the window
+
+
+def test_baseline_file_is_found_relative_to_the_config(tmp_path):
+    from detectors.baseline import ProfileBuilder
+    from detectors.spec import ModelSpec
+
+    b = ProfileBuilder(ModelSpec(name="churn", features={"tenure": "numeric"}))
+    for i in range(10):
+        b.add({"tenure": float(i)}, 1)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "churn.json").write_bytes(b.build("v1", "training", 0.0).to_json())
+    path = tmp_path / "c.yml"
+    path.write_text("models:\n  churn:\n    features: {tenure: numeric}\n    baseline: profiles/churn.json\n")
+    s = load_settings(path, env={})
+    assert s.models["churn"].baseline == str(tmp_path / "profiles" / "churn.json")
+    assert s.baselines["churn"].model_version == "v1"
