@@ -33,7 +33,7 @@ class ADWINDetector:
 
     After a detection, `direction` says which way the mean moved (+1 up, -1 down): ADWIN cuts
     its window into an old and a recent part; the wrapper keeps the count and sum of the values
-    since the last cut, so the old part's mean is what the recent part leaves of them.
+    since ADWIN last started empty, so the old part's mean is what the recent part leaves.
     """
 
     name = "adwin"
@@ -63,7 +63,8 @@ class ADWINDetector:
         old_n = self._n - width
         old_mean = (self._sum - recent) / old_n if old_n > 0 else adwin.estimation
         self.direction = 1 if adwin.estimation > old_mean else -1
-        self._n, self._sum = width, recent
+        # River (0.26) empties the whole window at the next update after a detection: so do we.
+        self._n, self._sum = 0, 0.0
         return True
 
     @property
