@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from detectors.accuracy import RollingAccuracy, RollingError
 from detectors.baseline import ProfileBook, Window, category_key
+from detectors.calibration import CalibratedDetector, stream_arl, streams_per_event
 from detectors.categorical import CategorySurprisal
 from detectors.drift import Detector, build_detector
 from detectors.spec import ALL_SEGMENT, ModelSpec
@@ -394,7 +395,15 @@ class DetectorBank:
         sig = state.signals.get(signal)
         if sig is None:
             spec = self._spec_for(model)
-            detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in spec.detectors]
+            if spec.false_alarm_budget is None:
+                detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in spec.detectors]
+            else:
+                # Every event feeds (1 + attributes) segments x signals x detectors: each detector
+                # gets its share of the model's budget (detectors/calibration.py).
+                streams = streams_per_event(len(spec.segments), 3 + len(spec.features), len(spec.detectors))
+                arl = stream_arl(spec.false_alarm_budget, streams)
+                kind = "binary" if signal == ERROR and spec.task == "classification" else "numeric"
+                detectors = [CalibratedDetector(name, arl, kind, warmup=spec.warmup) for name in spec.detectors]
             transform = CategorySurprisal(spec.categorical_reference) if categorical else None
             sig = state.signals[signal] = SignalState(detectors, transform)
         return sig

@@ -401,6 +401,10 @@ class CalibratedDetector:
         return self._inner
 
     @property
+    def direction(self) -> int:
+        return 0 if self._inner is None else self._inner.direction
+
+    @property
     def warmup_count(self) -> int:
         """Values consumed by the warm-up so far (0 for raw ADWIN on a 0/1 stream)."""
         return 0 if self._std is None else self._std.count

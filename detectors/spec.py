@@ -80,6 +80,11 @@ class ModelSpec:
     categorical_reference: int = 500
     accuracy_objective: float | None = None
     baseline_checks: BaselineChecks = BaselineChecks()
+    # Expected events of this model between two false detections on stationary data; the
+    # detectors' thresholds are set from it (detectors/calibration.py), and `adwin` and
+    # `page_hinkley` above are then unused. None: River's parameters as given.
+    false_alarm_budget: float | None = None
+    warmup: int = 500  # values a numeric signal is standardised from before it is watched
 
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(n for n, k in self.features.items() if k == "numeric")

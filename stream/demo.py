@@ -59,9 +59,8 @@ models:
     label_ttl: 1h
     drift_hold: 10m
     accuracy_objective: 0.95
-    # Shuttle's sensors are integers with long tails: River's Page-Hinkley default threshold
-    # (50, in the signal's units) alarms on noise; ADWIN keeps River's defaults.
-    page_hinkley: {{threshold: 500, min_instances: 200}}
+    # Detector thresholds come from the default false-alarm budget (one false detection per
+    # 1e7 events of the model, docs/quality.md): no per-signal tuning.
 """
 
 

@@ -185,11 +185,11 @@ class DriftlineMetrics:
                         active.add(lv, 1.0 if last is not None and now - last < hold else 0.0)
                         direction.add(lv, way)
                         if internals:
-                            stats = det.statistics()
-                            if det.name == "adwin":
+                            stats = det.statistics()  # only {"warmup_remaining": n} while warming up
+                            if det.name == "adwin" and "width" in stats:
                                 width.add((model, segment, signal), stats["width"])
                                 mean.add((model, segment, signal), stats["mean"])
-                            elif det.name == "page_hinkley":
+                            elif det.name == "page_hinkley" and "statistic" in stats:
                                 ph_stat.add((model, segment, signal), stats["statistic"])
                                 ph_thr.add((model, segment, signal), stats["threshold"])
         for lv, n in detections.items():

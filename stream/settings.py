@@ -93,7 +93,7 @@ class WorkerSettings:
 class Settings:
     kafka: KafkaSettings = KafkaSettings()
     models: Mapping[str, ModelSpec] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    defaults: ModelSpec = ModelSpec(name="__default__")
+    defaults: ModelSpec = ModelSpec(name="__default__", false_alarm_budget=1e7)
     limits: Limits = Limits()
     worker: WorkerSettings = WorkerSettings()
     listen: str | None = None
@@ -206,8 +206,9 @@ class _Reader:
         for k in self.data:
             if k in self.used:
                 continue
-            hint = difflib.get_close_matches(str(k), list(known) or list(self.used), n=1)
-            fix = f"; did you mean {hint[0]!r}?" if hint else ""
+            choices = list(known) or sorted(self.used)
+            hint = difflib.get_close_matches(str(k), choices, n=1)
+            fix = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(choices)}"
             raise ConfigError(f"config {self.key(str(k))}: unknown key{fix}")
 
 
@@ -282,6 +283,7 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
                                   or not 0 < objective <= 1):
         raise ConfigError(f"config {r.key('accuracy_objective')}: must be a number in (0, 1], e.g. 0.9 (got {objective!r})")
     baseline = r.string("baseline", base.baseline)
+    budget, warmup = _false_alarm_budget(r, base)
     spec = ModelSpec(
         name=name,
         task=task,
@@ -299,6 +301,8 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
         accuracy_objective=None if objective is None else float(objective),
         baseline_checks=_baseline_checks(r.section("baseline_checks"), base.baseline_checks)
         if r.has("baseline_checks") else base.baseline_checks,
+        false_alarm_budget=budget,
+        warmup=warmup,
     )
     r.used.update(("adwin", "page_hinkley", "baseline_checks"))
     r.done(MODEL_KEYS)
@@ -307,7 +311,31 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
 
 MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
               "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective",
-              "baseline_checks")
+              "baseline_checks", "false_alarm_budget")
+DEFAULT_FALSE_ALARM_BUDGET = 1e7  # events of a model between false detections (docs/quality.md)
+
+
+def _false_alarm_budget(r: _Reader, base: ModelSpec) -> tuple[float | None, int]:
+    """`false_alarm_budget: {events_between_false_alarms: 1e7, warmup: 500}`, or `off`."""
+    key = r.key("false_alarm_budget")
+    if not r.has("false_alarm_budget"):
+        budget, warmup = base.false_alarm_budget, base.warmup
+    else:
+        raw = r.raw("false_alarm_budget")
+        if raw in (False, None, "off"):  # YAML reads a bare `off` as false
+            budget, warmup = None, base.warmup
+        else:
+            sec = _Reader(raw, key)
+            budget = sec.number("events_between_false_alarms", base.false_alarm_budget or DEFAULT_FALSE_ALARM_BUDGET,
+                                100.0)
+            warmup = sec.integer("warmup", base.warmup, 10, 100_000)
+            sec.done()
+    hand_set = [k for k in ("adwin", "page_hinkley") if r.has(k)]
+    if budget is not None and hand_set:
+        raise ConfigError(f"config {r.key(hand_set[0])}: hand-set detector parameters and the false-alarm budget "
+                          f"exclude each other (the budget sets the thresholds); remove them, or set "
+                          f"{key}: off to use them as given")
+    return budget, warmup
 
 
 def _kafka(r: _Reader, env: Mapping[str, str]) -> KafkaSettings:
@@ -367,8 +395,8 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
     env = os.environ if env is None else env
     top = _Reader(data, "")
     kafka = _kafka(top.section("kafka"), env)
-    defaults = _model(top.section("defaults"), "__default__", ModelSpec(name="__default__")) \
-        if top.has("defaults") else ModelSpec(name="__default__")
+    default_spec = ModelSpec(name="__default__", false_alarm_budget=DEFAULT_FALSE_ALARM_BUDGET)
+    defaults = _model(top.section("defaults"), "__default__", default_spec) if top.has("defaults") else default_spec
     if defaults.baseline is not None:
         raise ConfigError("config defaults.baseline: a profile belongs to one model: set it under models.<name>.baseline "
                           "(unconfigured models can use profiles published with `driftline baseline publish`)")

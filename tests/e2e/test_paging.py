@@ -64,7 +64,6 @@ models:
     label_ttl: 1h
     drift_hold: 10m
     accuracy_objective: 0.95
-    page_hinkley: {{threshold: 500, min_instances: 200}}
 """
 
 # Events that break the contract: dead letters (one names the model, one names none).

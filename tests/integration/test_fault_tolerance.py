@@ -46,7 +46,6 @@ SHUTTLE_MODEL = """\
     accuracy_window: 500
     label_ttl: 1d
     drift_hold: 1h
-    page_hinkley: {threshold: 500, min_instances: 200}
 """
 
 

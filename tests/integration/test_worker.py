@@ -62,7 +62,6 @@ models:
     # shorter than that would expire predictions before their labels arrive.
     label_ttl: 1d
     drift_hold: 10m
-    page_hinkley: {{threshold: 500, min_instances: 200}}
 """
 
 

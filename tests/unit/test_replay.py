@@ -154,7 +154,12 @@ def test_detector_internals_are_exported_with_bounded_cardinality(demo):
     widths = {dict(lv)["signal"] + "@" + dict(lv)["segment"] for (n, lv) in smp if n == "driftline_adwin_width"}
     assert "error@band=high" in widths and "f7@__all__" in widths
     assert "f7@band=high" not in widths  # feature internals only at __all__
-    assert value(smp, "driftline_page_hinkley_threshold", model="shuttle", segment="__all__", signal="f7") == 500
+    # Thresholds come from the false-alarm budget, in standard deviations of the warm-up.
+    from detectors.calibration import page_hinkley_params, stream_arl, streams_per_event
+
+    expected = page_hinkley_params(stream_arl(1e7, streams_per_event(1, 3 + 4, 2))).threshold
+    assert value(smp, "driftline_page_hinkley_threshold", model="shuttle", segment="__all__", signal="f7") == \
+        pytest.approx(expected)
 
 
 def test_demo_baseline_shows_a_feature_drift_while_accuracy_holds(demo):

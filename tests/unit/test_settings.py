@@ -57,8 +57,14 @@ def test_environment_overrides_bootstrap_and_passes_kafka_settings():
     ({"models": {"churn": {"max_segments": 0}}}, "models.churn.max_segments", "integer"),
     ({"models": {"churn": {"features": {"tenure": "number"}}}}, "models.churn.features.tenure", "numeric or categorical"),
     ({"models": {"churn": {"detectors": ["cusum"]}}}, "models.churn.detectors", "adwin"),
-    ({"models": {"churn": {"adwin": {"delta": 2}}}}, "models.churn.adwin.delta", "<= 1"),
-    ({"models": {"churn": {"page_hinkley": {"mode": "sideways"}}}}, "models.churn.page_hinkley.mode", "up, down, both"),
+    ({"models": {"churn": {"false_alarm_budget": False, "adwin": {"delta": 2}}}}, "models.churn.adwin.delta", "<= 1"),
+    ({"models": {"churn": {"false_alarm_budget": False, "page_hinkley": {"mode": "sideways"}}}},
+     "models.churn.page_hinkley.mode", "up, down, both"),
+    ({"models": {"churn": {"page_hinkley": {"threshold": 9}}}}, "models.churn.page_hinkley", "false_alarm_budget: off"),
+    ({"models": {"churn": {"false_alarm_budget": {"events": 5}}}}, "models.churn.false_alarm_budget.events",
+     "known keys: events_between_false_alarms, warmup"),
+    ({"models": {"churn": {"false_alarm_budget": {"events_between_false_alarms": 0}}}},
+     "models.churn.false_alarm_budget.events_between_false_alarms", ">= 100"),
     ({"models": {"churn": {"accuracy_objective": 1.5}}}, "models.churn.accuracy_objective", "(0, 1]"),
     ({"models": {"bad name": {}}}, "models.bad name", "A-Z"),
     ({"kafka": {"partitions": "six"}}, "kafka.partitions", "integer"),
@@ -132,3 +138,13 @@ def test_baseline_file_is_found_relative_to_the_config(tmp_path):
     s = load_settings(path, env={})
     assert s.models["churn"].baseline == str(tmp_path / "profiles" / "churn.json")
     assert s.baselines["churn"].model_version == "v1"
+
+
+def test_false_alarm_budget_is_the_default_and_can_be_turned_off():
+    s = parse_settings({"models": {"a": {}, "b": {"false_alarm_budget": {"events_between_false_alarms": 1e9,
+                                                                         "warmup": 200}},
+                                   "c": {"false_alarm_budget": False, "page_hinkley": {"threshold": 9}}}}, env={})
+    assert s.models["a"].false_alarm_budget == 1e7 and s.models["a"].warmup == 500
+    assert s.models["b"].false_alarm_budget == 1e9 and s.models["b"].warmup == 200
+    assert s.models["c"].false_alarm_budget is None and s.models["c"].page_hinkley.threshold == 9
+    assert s.spec_for("unconfigured").false_alarm_budget == 1e7
