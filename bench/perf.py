@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -75,12 +76,18 @@ class Broker:
 
 
 def demo_raw(rows: int) -> tuple[list[bytes], list[bytes]]:
-    inf, lab, _ = demo_events(rows_limit=rows, drift_row=rows // 2)
+    """The demo's events on a live clock; past the data's 44,097 rows it repeats them with new ids."""
+    base_inf, base_lab, _ = demo_events(rows_limit=min(rows, 44_000), drift_row=min(rows, 44_000) // 2)
     now = time.time()
-    for i, (a, b) in enumerate(zip(inf, lab)):
+    inf, lab = [], []
+    for i in range(rows):
+        a, b = dict(base_inf[i % len(base_inf)]), dict(base_lab[i % len(base_lab)])
+        a["prediction_id"] = b["prediction_id"] = f"e{i:08d}"
         a["timestamp"] = now + i * 0.001
         b["timestamp"] = now + i * 0.001 + 0.5
-    return [orjson.dumps(e) for e in inf], [orjson.dumps(e) for e in lab]
+        inf.append(orjson.dumps(a))
+        lab.append(orjson.dumps(b))
+    return inf, lab
 
 
 def fill(bootstrap: str, prefix: str, partitions: int, inf: list[bytes], lab: list[bytes]) -> None:
@@ -156,9 +163,10 @@ def faust_ceiling(bootstrap: str, prefix: str, n: int, partitions: int) -> float
     with tempfile.TemporaryDirectory() as d:
         out = subprocess.run([sys.executable, "-c", FAUST, bootstrap, prefix, str(n), str(partitions)],
                              capture_output=True, text=True, timeout=900, env={**os.environ, "FAUST_DATADIR": d})
-    for line in out.stdout.splitlines() + out.stderr.splitlines():
-        if "RESULT" in line:
-            return float(line.split("RESULT", 1)[1])
+    # faust redirects stdout into its logger, which may split the print: search the whole output.
+    m = re.search(r"RESULT\D*?([0-9]+(?:\.[0-9]+)?)", out.stdout + out.stderr)
+    if m:
+        return float(m.group(1))
     log(f"faust run failed: {out.stderr[-500:]}")
     return None
 
@@ -224,14 +232,15 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
     cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions)
     ws = Workers(cfg, k, logdir)
     try:
-        # Start: every partition assigned (the backlog is already there, so reading begins at once).
+        # Start: the group settled, every worker owning its share (the backlog is already there,
+        # so reading begins before that: what was done by then is not counted).
         deadline = time.time() + 120
-        while ws.sum("driftline_worker_partitions", stage="intake") < partitions or \
-                ws.sum("driftline_worker_partitions", stage="bank") < partitions:
+        while not all_assigned(ws, partitions, k):
             if time.time() > deadline:
-                raise RuntimeError("workers did not take every partition")
+                raise RuntimeError("workers did not share every partition")
             time.sleep(0.05)
         t0 = time.perf_counter()
+        done0 = ws.sum("driftline_labeled_total", segment="__all__")
         while ws.sum("driftline_labeled_total", segment="__all__") < n_pairs:
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError("workers did not finish within 900 s")
@@ -239,9 +248,23 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         took = time.perf_counter() - t0
     finally:
         ws.stop()
-    rate = 2 * n_pairs / took
-    return {"workers": k, "events": 2 * n_pairs, "seconds": took, "events_per_s": rate,
+    counted = 2 * (n_pairs - done0)
+    rate = counted / took
+    return {"workers": k, "events": counted, "seconds": took, "events_per_s": rate,
             "events_per_s_per_worker": rate / k}
+
+
+def all_assigned(ws: "Workers", partitions: int, k: int) -> bool:
+    owned = []
+    for url in ws.urls:
+        try:
+            m = scrape(url + "/metrics")
+        except OSError:
+            return False
+        owned.append((total(m, "driftline_worker_partitions", stage="intake"),
+                      total(m, "driftline_worker_partitions", stage="bank")))
+    return (len(owned) == k and all(i > 0 and b > 0 for i, b in owned)
+            and sum(i for i, _ in owned) == partitions and sum(b for _, b in owned) == partitions)
 
 
 def latency(bootstrap: str, rows: int, rate: float, logdir: Path) -> dict:
@@ -387,7 +410,7 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = 20_000 if args.quick else 44_000
+    rows = 20_000 if args.quick else 100_000
     partitions = 6
     results: dict = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}, "

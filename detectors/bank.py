@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from detectors.accuracy import RollingAccuracy, RollingError
 from detectors.baseline import ProfileBook, Window, category_key
-from detectors.calibration import CalibratedDetector, stream_arl, streams_per_event
+from detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
 from detectors.categorical import CategorySurprisal
 from detectors.drift import Detector, build_detector
 from detectors.spec import ALL_SEGMENT, ModelSpec
@@ -77,13 +77,27 @@ class DriftRecord:
 class SignalState:
     """The detectors on one signal of one segment, with their detection history."""
 
-    __slots__ = ("detectors", "last_detection", "last_direction", "transform")
+    __slots__ = ("detectors", "last_detection", "last_direction", "transform", "std", "feeds", "warm")
 
-    def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None):
+    def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None,
+                 std: Standardizer | None = None):
         self.detectors = detectors
         self.last_detection: list[float | None] = [None] * len(detectors)
         self.last_direction: list[int] = [0] * len(detectors)  # of the last detection: +1 up, -1 down
         self.transform = transform
+        # Under a false-alarm budget, one Standardizer per signal (not per detector) turns values
+        # into z-scores; `feeds` says, per detector, which update to call and whether with z.
+        self.std = std
+        self.warm = std is None  # once warm, z-detectors are called directly (one call less a value)
+        self.feeds: list[tuple[int, object, bool]] = []
+        for i, det in enumerate(detectors):
+            if isinstance(det, CalibratedDetector):
+                if det.takes_z:
+                    self.feeds.append((i, det.update_z, True))
+                else:
+                    self.feeds.append((i, det.inner.update, False))  # raw ADWIN on a 0/1 stream
+            else:
+                self.feeds.append((i, det.update, False))
 
 
 class SegmentState:
@@ -259,9 +273,7 @@ class DetectorBank:
                 x = sig.transform.transform(value)
                 if x is None:
                     continue
-            for det in sig.detectors:
-                if det.update(x):
-                    self._detected(sig, det, name, x, ctx, found)
+            self._update(sig, name, x, ctx, found)
         book = self.profiles
         if book is not None:
             if state.profile_gen != book.generation:
@@ -403,20 +415,36 @@ class DetectorBank:
                 streams = streams_per_event(len(spec.segments), 3 + len(spec.features), len(spec.detectors))
                 arl = stream_arl(spec.false_alarm_budget, streams)
                 kind = "binary" if signal == ERROR and spec.task == "classification" else "numeric"
-                detectors = [CalibratedDetector(name, arl, kind, warmup=spec.warmup) for name in spec.detectors]
+                std = Standardizer(spec.warmup, binary=kind == "binary")
+                detectors = [CalibratedDetector(name, arl, kind, warmup=spec.warmup, std=std) for name in spec.detectors]
+                sig = state.signals[signal] = SignalState(
+                    detectors, CategorySurprisal(spec.categorical_reference) if categorical else None,
+                    std if any(d.takes_z for d in detectors) else None)
+                return sig
             transform = CategorySurprisal(spec.categorical_reference) if categorical else None
             sig = state.signals[signal] = SignalState(detectors, transform)
         return sig
 
     def _update(self, sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
-        for det in sig.detectors:
-            if det.update(x):
-                self._detected(sig, det, signal, x, ctx, found)
+        std = sig.std
+        z = std.transform(x) if std is not None else None  # None while the signal warms up
+        for i, update, takes_z in sig.feeds:
+            if takes_z:
+                if z is None:
+                    continue
+                if update(z):
+                    self._detected(sig, i, signal, x, ctx, found)
+            elif update(x):
+                self._detected(sig, i, signal, x, ctx, found)
+        if not sig.warm and z is not None:
+            sig.warm = True
+            sig.feeds = [(i, sig.detectors[i].inner.update, True) if takes_z else (i, update, False)
+                         for i, update, takes_z in sig.feeds]
 
-    def _detected(self, sig: SignalState, det: Detector, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
+    def _detected(self, sig: SignalState, i: int, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
         model, segment, timestamp, pid = ctx
+        det = sig.detectors[i]
         self.tally.detections[(model, segment, signal, det.name)] += 1
-        i = sig.detectors.index(det)
         sig.last_detection[i] = timestamp
         sig.last_direction[i] = det.direction
         found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics(),

@@ -360,6 +360,7 @@ class CalibratedDetector:
         warmup: int = DEFAULT_WARMUP,
         ph_delta: float | None = None,
         clip: float | None = CLIP,
+        std: "Standardizer | None" = None,
     ):
         if name not in ("adwin", "page_hinkley"):
             raise ValueError(f"unknown detector {name!r}; known: adwin, page_hinkley")
@@ -377,7 +378,20 @@ class CalibratedDetector:
         if name == "adwin" and kind == "binary":
             self._inner = ADWINDetector(adwin_params(self.arl, "binary"))
         else:
-            self._std = Standardizer(warmup, binary=kind == "binary", clip=clip)
+            # `std` given: the caller standardises once per signal and feeds `update_z()`.
+            self._std = std if std is not None else Standardizer(warmup, binary=kind == "binary", clip=clip)
+
+    @property
+    def takes_z(self) -> bool:
+        """True if this detector reads standardised values (False: raw ADWIN on a 0/1 stream)."""
+        return self._std is not None
+
+    def update_z(self, z: float) -> bool:
+        """A value already standardised by this detector's (shared) Standardizer."""
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = self._build(self._std)
+        return inner.update(z)
 
     def update(self, x: float) -> bool:
         std = self._std
