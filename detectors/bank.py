@@ -425,6 +425,22 @@ class DetectorBank:
             sig = state.signals[signal] = SignalState(detectors, transform)
         return sig
 
+    @staticmethod
+    def _rewarm(sig: SignalState) -> None:
+        # After a detection the standardised detectors learn the signal's new mean and scale: the
+        # old ones would make them alarm again and again on a level that has simply moved.
+        old = sig.std
+        sig.std = std = Standardizer(old.warmup, binary=old.binary, clip=old.clip)
+        sig.warm = False
+        feeds = []
+        for i, det in enumerate(sig.detectors):
+            if isinstance(det, CalibratedDetector) and det.takes_z:
+                det.rebind(std)
+                feeds.append((i, det.update_z, True))
+            else:
+                feeds.append(sig.feeds[i])
+        sig.feeds = feeds
+
     def _update(self, sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
         std = sig.std
         z = std.transform(x) if std is not None else None  # None while the signal warms up
@@ -434,8 +450,11 @@ class DetectorBank:
                     continue
                 if update(z):
                     self._detected(sig, i, signal, x, ctx, found)
+                    z = None  # re-warming from the next value on (see _rewarm)
             elif update(x):
                 self._detected(sig, i, signal, x, ctx, found)
+                if sig.std is not std:
+                    z = None
         if not sig.warm and z is not None:
             sig.warm = True
             sig.feeds = [(i, sig.detectors[i].inner.update, True) if takes_z else (i, update, False)
@@ -449,3 +468,5 @@ class DetectorBank:
         sig.last_direction[i] = det.direction
         found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics(),
                                  "up" if det.direction > 0 else "down"))
+        if sig.std is not None:
+            self._rewarm(sig)  # after reading the detector's direction and statistics

@@ -386,6 +386,12 @@ class CalibratedDetector:
         """True if this detector reads standardised values (False: raw ADWIN on a 0/1 stream)."""
         return self._std is not None
 
+    def rebind(self, std: "Standardizer") -> None:
+        """Start over on a fresh (shared) Standardizer: after a change, learn the new normal."""
+        if self._std is not None:
+            self._std = std
+            self._inner = None
+
     def update_z(self, z: float) -> bool:
         """A value already standardised by this detector's (shared) Standardizer."""
         inner = self._inner

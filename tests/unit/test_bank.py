@@ -150,3 +150,20 @@ def test_snapshot_rejects_foreign_bytes():
         restore(b"{}")
     with pytest.raises(SnapshotError, match="corrupt"):
         restore(b"DLS1garbage")
+
+
+def test_budgeted_signal_detects_a_level_shift_once_then_learns_the_new_level():
+    """Under the false-alarm budget a standardised signal re-learns its normal after a detection:
+    a shift that persists is one detection, not one every few hundred values."""
+    spec = ModelSpec(name="m", features={"x": "numeric"}, false_alarm_budget=1e7, warmup=200)
+    bank = DetectorBank(lambda m: spec)
+    rng = random.Random(3)
+    hits = []
+    for i in range(20_000):
+        x = rng.gauss(0 if i < 5_000 else 3, 1)
+        hits += [(i, r.detector, r.direction) for r in
+                 bank.observe_inference("m", "__all__", {"x": x}, None, None, float(i), str(i)) if r.signal == "x"]
+    assert hits and all(i >= 5_000 for i, _, _ in hits)
+    assert all(way == "up" for _, _, way in hits)
+    assert len(hits) <= 2  # one per detector at most
+    assert hits[0][0] < 5_100
