@@ -275,19 +275,14 @@ class Worker:
             raw = msg.value()
             intake = ip.intake
             if topic == inf_topic:
-                code = "i"
-                ev = decode_inference(raw, default_ts, self.limits)
-                if type(ev) is not Invalid:
-                    obs, refused = intake.take_inference(ev, raw)
-                else:
-                    obs, refused = intake.take_invalid(ev), ev
+                code, decode, take = "i", decode_inference, intake.take_inference
             else:
-                code = "l"
-                ev = decode_label(raw, default_ts, self.limits)
-                if type(ev) is not Invalid:
-                    obs, refused = intake.take_label(ev, raw)
-                else:
-                    obs, refused = intake.take_invalid(ev), ev
+                code, decode, take = "l", decode_label, intake.take_label
+            ev = decode(raw, default_ts, self.limits)
+            if type(ev) is not Invalid:
+                obs, refused = take(ev, raw)
+            else:
+                obs, refused = intake.take_invalid(ev), ev
             offset = msg.offset()
             if refused is not None:
                 self._produce(t.dead_letters, msg.key(),
