@@ -142,7 +142,7 @@ async def count(stream):
             st["t0"] = time.perf_counter()
         orjson.loads(v); st["n"] += 1
         if st["n"] >= n:
-            print("RESULT", st["n"] / (time.perf_counter() - st["t0"]), flush=True); os._exit(0)
+            print(f"RESULT={st['n'] / (time.perf_counter() - st['t0']):.1f}", flush=True); os._exit(0)
 sys.argv = [sys.argv[0], "worker", "-l", "warn"]
 app.main()
 """
@@ -164,7 +164,7 @@ def faust_ceiling(bootstrap: str, prefix: str, n: int, partitions: int) -> float
         out = subprocess.run([sys.executable, "-c", FAUST, bootstrap, prefix, str(n), str(partitions)],
                              capture_output=True, text=True, timeout=900, env={**os.environ, "FAUST_DATADIR": d})
     # faust redirects stdout into its logger, which may split the print: search the whole output.
-    m = re.search(r"RESULT\D*?([0-9]+(?:\.[0-9]+)?)", out.stdout + out.stderr)
+    m = re.search(r"RESULT=([0-9]+(?:\.[0-9]+)?)", out.stdout + out.stderr)
     if m:
         return float(m.group(1))
     log(f"faust run failed: {out.stderr[-500:]}")
