@@ -979,7 +979,7 @@ def markdown(result: dict) -> str:
     head_cases = ["error 0.05->0.10", "error 0.05->0.30", "error 0.20->0.30", "SEA 0->1",
                   "normal +0.25 sd", "normal +0.5 sd", "normal +1 sd"]
     arl = plan["default_arl"]
-    out.append(f"| stream | detector | false alarms / 100k | detection rate | median delay (events = s) | mean delay |")
+    out.append("| stream | detector | false alarms / 100k | detection rate | median delay (events = s) | mean delay |")
     out.append("|---|---|---|---|---|---|")
     for case in head_cases:
         rows = [x for x in result["changes"] if x["case"] == case]

@@ -39,6 +39,7 @@ from stream.demo import (
     demo_events,
     write_baseline,
 )
+from stream.settings import prefixed_topics
 
 
 @dataclasses.dataclass
@@ -63,10 +64,7 @@ def total(samples: dict, name: str, **labels) -> float:
 
 
 def live_config(bootstrap: str, prefix: str) -> str:
-    topics = ", ".join(f"{k}: {prefix}.{v}" for k, v in (
-        ("inferences", "inferences"), ("labels", "labels"), ("observations", "observations"),
-        ("dead_letters", "dead-letters"), ("drift_events", "drift-events"), ("checkpoints", "checkpoints"),
-        ("checkpoint_data", "checkpoint-data"), ("baselines", "baselines")))
+    topics = ", ".join(f"{k}: {v}" for k, v in prefixed_topics(prefix).items())
     body = demo_config(BASELINE_FILE).split("models:", 1)[1]
     return (f"# driftline live demo config (written by `driftline demo --kafka`)\n"
             f"kafka:\n  bootstrap: {bootstrap}\n  group_id: {prefix}\n  partitions: 4\n  topics: {{{topics}}}\n"

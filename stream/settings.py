@@ -52,6 +52,16 @@ class Topics:
     baselines: str = "driftline.baselines"
 
 
+def prefixed_topics(prefix: str) -> dict[str, str]:
+    """`kafka.topics` with every topic under one prefix (`P.inferences`, `P.dead-letters`, ...),
+    for runs that must share no state with others (demos, tests, benchmarks).
+
+    >>> prefixed_topics("run1")["checkpoint_data"]
+    'run1.checkpoint-data'
+    """
+    return {f.name: f"{prefix}.{f.name.replace('_', '-')}" for f in dataclasses.fields(Topics)}
+
+
 @dataclasses.dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = "localhost:9092"

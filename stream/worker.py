@@ -112,11 +112,10 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings, obs_partitions: int, listen: str | None = None, clock=time.time):
+    def __init__(self, settings, obs_partitions: int, clock=time.time):
         self.settings = settings
         self.obs_partitions = obs_partitions
         self._routes: dict[tuple[str, str], int] = {}
-        self.listen = listen
         self.clock = clock
         self.topics = settings.kafka.topics
         self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
@@ -377,6 +376,12 @@ class Worker:
     def _key(self, stage: str, partition: int) -> str:
         return f"{self._key_prefix}{stage}/{partition}"
 
+    def _stage_of(self, tp: TopicPartition) -> tuple[str, dict]:
+        """Which stage reads `tp` ("intake" or "bank"), and the table of that stage's states."""
+        if tp.topic == self.topics.observations:
+            return "bank", self.banks
+        return "intake", self.intakes
+
     def _checkpoint(self, force: bool = False, only: set[str] | None = None, timeout: float = 30.0) -> None:
         started = time.monotonic()
         now = self.clock()
@@ -466,13 +471,11 @@ class Worker:
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
-        t = self.topics
         with self.lock:
             self.stats.rebalances += 1
             committed = {(tp.topic, tp.partition): tp.offset
                          for tp in consumer.committed(partitions, timeout=30)}
-            stage_of = lambda topic: "bank" if topic == t.observations else "intake"  # noqa: E731
-            wanted = {self._key(stage_of(tp.topic), tp.partition) for tp in partitions}
+            wanted = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
             # Parked states come back only if nobody committed past them since they were parked.
             reuse = {}
             for key, part in self._parked.items():
@@ -504,7 +507,7 @@ class Worker:
                                              {}, {}, now)
                     fresh.add(key)
             for tp in partitions:
-                table = self.banks if tp.topic == t.observations else self.intakes
+                table = self._stage_of(tp)[1]
                 start = table[tp.partition].positions.get(tp.topic)
                 done = committed.get((tp.topic, tp.partition), -1)
                 if start is not None:
@@ -560,14 +563,12 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self.lock:
             self.rebalancing = True
-            t = self.topics
-            keys = {self._key("bank" if tp.topic == t.observations else "intake", tp.partition) for tp in partitions}
+            keys = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
             if self.fatal is None:
                 self._checkpoint(force=True, only=keys)
                 self._commit(asynchronous=False)
             for tp in partitions:
-                table = self.banks if tp.topic == t.observations else self.intakes
-                stage = "bank" if tp.topic == t.observations else "intake"
+                stage, table = self._stage_of(tp)
                 part = table.pop(tp.partition, None)
                 if part is not None and not part.dirty:
                     self._parked[self._key(stage, tp.partition)] = part
@@ -578,7 +579,7 @@ class Worker:
         with self.lock:
             self.rebalancing = True
             for tp in partitions:
-                (self.banks if tp.topic == self.topics.observations else self.intakes).pop(tp.partition, None)
+                self._stage_of(tp)[1].pop(tp.partition, None)
             self._parked.clear()
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
@@ -605,7 +606,7 @@ def run_worker(settings, listen: str) -> int:
     log.info("%s", settings.describe())
     created, partitions = ensure_topics(settings)
     log.info("topics: %s", ", ".join(f"{k} ({v})" for k, v in created.items()))
-    worker = Worker(settings, partitions[settings.kafka.topics.observations], listen)
+    worker = Worker(settings, partitions[settings.kafka.topics.observations])
     contract = DriftlineMetrics(settings, intakes=worker.intake_objects, banks=worker.bank_objects,
                                 clock=time.time, lock=worker.lock)
     figures = WorkerMetrics(worker.stats, lock=worker.lock)

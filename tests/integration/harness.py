@@ -16,10 +16,9 @@ import orjson
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.settings import prefixed_topics
+
 REPO = Path(__file__).resolve().parents[2]
-TOPIC_KEYS = {"inferences": "inferences", "labels": "labels", "observations": "observations",
-              "dead_letters": "dead-letters", "drift_events": "drift-events", "checkpoints": "checkpoints",
-              "checkpoint_data": "checkpoint-data", "baselines": "baselines"}
 
 
 def free_port() -> int:
@@ -30,7 +29,7 @@ def free_port() -> int:
 
 def write_config(path: Path, bootstrap: str, prefix: str, models_yaml: str, partitions: int = 3,
                  extra: str = "") -> Path:
-    topics = ", ".join(f"{k}: {prefix}.{v}" for k, v in TOPIC_KEYS.items())
+    topics = ", ".join(f"{k}: {v}" for k, v in prefixed_topics(prefix).items())
     path.write_text(f"kafka:\n  bootstrap: {bootstrap}\n  group_id: {prefix}\n  partitions: {partitions}\n"
                     f"  topics: {{{topics}}}\n{extra}models:\n{models_yaml}")
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 
 from stream.demo import demo_events
+from tests.integration.harness import consume_all, free_port, parse, total
 
 pytestmark = pytest.mark.integration
 
@@ -65,43 +64,9 @@ models:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples, name, **labels) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lv), v in samples.items() if n == name and want <= set(lv))
-
-
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
-    c.subscribe([topic])
-    got, deadline = [], time.time() + timeout
-    while len(got) < expected and time.time() < deadline:
-        msg = c.poll(0.5)
-        if msg is not None and not msg.error():
-            got.append(msg)
-    # Linger a little: more than expected would be a defect too.
-    end = time.time() + 2
-    while time.time() < end:
-        msg = c.poll(0.2)
-        if msg is not None and not msg.error():
-            got.append(msg)
-    c.close()
-    return got
+        return parse(resp.read().decode())
 
 
 @pytest.fixture(scope="module")
@@ -254,13 +219,6 @@ def test_one_drift_event_per_detection_and_replay_agrees(worker_run):
     key = lambda d: (d["segment"], d["signal"], d["detector"], d["timestamp"], d["prediction_id"])
     assert sorted(map(key, events)) == sorted(key(r.to_dict()) for r in result.detections)
     for name in ("driftline_labeled_total", "driftline_correct_total", "driftline_drift_detected_total"):
-        replayed = scrape_text(result.exposition())
+        replayed = parse(result.exposition().decode())
         assert {k: v for k, v in replayed.items() if k[0] == name and v} == {k: v for k, v in s.items() if k[0] == name and v}
 
-
-def scrape_text(text: bytes) -> dict:
-    out = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for smp in family.samples:
-            out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
-    return out
