@@ -40,9 +40,9 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stream.demo import DEMO_CONFIG, demo_events  # noqa: E402
-from stream.live_demo import scrape, total  # noqa: E402  (the live demo's /metrics reader)
-from stream.settings import prefixed_topics  # noqa: E402
+from driftline.stream.demo import DEMO_CONFIG, demo_events  # noqa: E402
+from driftline.stream.live_demo import scrape, total  # noqa: E402  (the live demo's /metrics reader)
+from driftline.stream.settings import prefixed_topics  # noqa: E402
 
 
 def free_port() -> int:
@@ -179,7 +179,7 @@ def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partition
     topics = "{" + ", ".join(f"{k}: {v}" for k, v in names.items()) + "}"
     config = DEMO_CONFIG
     if baseline:  # the demo's training profile: PSI/JS/KS and data quality on every event too
-        from stream.demo import BASELINE_FILE, demo_config, write_baseline
+        from driftline.stream.demo import BASELINE_FILE, demo_config, write_baseline
 
         write_baseline(path.parent)
         config = demo_config(BASELINE_FILE)
@@ -196,7 +196,7 @@ class Workers:
             port = free_port()
             logf = open(logdir / f"worker{i}.log", "wb")
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+                [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
                 cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
             self.urls.append(f"http://127.0.0.1:{port}")
 
@@ -327,9 +327,9 @@ def memory_per_segment(counts: tuple[int, ...]) -> list[dict]:
     """RSS growth of an intake + bank as segments are added (demo model, one event each)."""
     import yaml
 
-    from detectors.bank import DetectorBank
-    from stream.pipeline import Intake, feed
-    from stream.settings import parse_settings
+    from driftline.detectors.bank import DetectorBank
+    from driftline.stream.pipeline import Intake, feed
+    from driftline.stream.settings import parse_settings
 
     cfg = yaml.safe_load(DEMO_CONFIG)
     out = []
@@ -340,7 +340,7 @@ def memory_per_segment(counts: tuple[int, ...]) -> list[dict]:
         gc.collect()
         intake, bank = Intake(settings), DetectorBank(settings.spec_for)
         before = rss()
-        from stream.codec import decode_inference, decode_label
+        from driftline.stream.codec import decode_inference, decode_label
 
         for s in range(n):
             # enough events per segment to build every signal's detectors (categorical references too)
@@ -363,10 +363,10 @@ def memory_per_segment(counts: tuple[int, ...]) -> list[dict]:
 
 def scrape_cost(series_targets: tuple[int, ...]) -> list[dict]:
     """/metrics render time and size with banks holding about N series (a scrape after the first)."""
-    from detectors.bank import DetectorBank
-    from detectors.spec import ModelSpec
-    from stream.exporter import DriftlineMetrics
-    from stream.settings import parse_settings
+    from driftline.detectors.bank import DetectorBank
+    from driftline.detectors.spec import ModelSpec
+    from driftline.stream.exporter import DriftlineMetrics
+    from driftline.stream.settings import parse_settings
 
     spec = ModelSpec(name="m", segments=("seg",), max_segments=10**6, features={"f1": "numeric", "f2": "numeric"})
     settings = parse_settings({}, env={})

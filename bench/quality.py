@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from detectors import calibration as cal  # noqa: E402
-from detectors.drift import build_detector  # noqa: E402
-from detectors.spec import ADWINParams, PageHinkleyParams  # noqa: E402
+from driftline.detectors import calibration as cal  # noqa: E402
+from driftline.detectors.drift import build_detector  # noqa: E402
+from driftline.detectors.spec import ADWINParams, PageHinkleyParams  # noqa: E402
 
 BASE_SEED = 20_240_707
 

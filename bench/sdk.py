@@ -35,7 +35,7 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from stream.publish import PRODUCER_DEFAULTS, Publisher, encode_inference  # noqa: E402
+from driftline.stream.publish import PRODUCER_DEFAULTS, Publisher, encode_inference  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sdk.json"
 

@@ -27,16 +27,16 @@ import math
 from bisect import bisect_left
 from typing import Any, Callable, Iterator, Mapping
 
-from detectors.accuracy import RollingAccuracy, RollingError
-from detectors.baseline import ProfileBook, Window, category_key
-from detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
-from detectors.categorical import CategorySurprisal
-from detectors.drift import Detector, build_detector
-from detectors.spec import ALL_SEGMENT, ModelSpec
-from detectors.state import SnapshotError
-from detectors.state import restore as restore_state
-from detectors.state import snapshot as snapshot_state
-from detectors.tally import Tally
+from driftline.detectors.accuracy import RollingAccuracy, RollingError
+from driftline.detectors.baseline import ProfileBook, Window, category_key
+from driftline.detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
+from driftline.detectors.categorical import CategorySurprisal
+from driftline.detectors.drift import Detector, build_detector
+from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
+from driftline.detectors.state import SnapshotError
+from driftline.detectors.state import restore as restore_state
+from driftline.detectors.state import snapshot as snapshot_state
+from driftline.detectors.tally import Tally
 
 # Observations between sweeps for idle segments (a sweep is O(segments)).
 EVICT_EVERY = 50_000

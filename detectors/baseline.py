@@ -55,8 +55,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
-from detectors.segments import format_value
-from detectors.spec import ALL_SEGMENT, ModelSpec
+from driftline.detectors.segments import format_value
+from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 
 FORMAT = "driftline.baseline/1"
 DEFAULT_BINS = 20

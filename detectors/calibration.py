@@ -40,8 +40,8 @@ import bisect
 import math
 from typing import Literal
 
-from detectors.drift import ADWINDetector, PageHinkleyDetector
-from detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.drift import ADWINDetector, PageHinkleyDetector
+from driftline.detectors.spec import ADWINParams, PageHinkleyParams
 
 SignalKind = Literal["numeric", "binary"]
 

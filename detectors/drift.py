@@ -16,7 +16,7 @@ from typing import Protocol
 
 from river import drift as river_drift
 
-from detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.spec import ADWINParams, PageHinkleyParams
 
 
 class Detector(Protocol):

@@ -22,9 +22,9 @@ import dataclasses
 import heapq
 from typing import Callable, Literal
 
-from detectors.state import SnapshotError
-from detectors.state import restore as restore_state
-from detectors.state import snapshot as snapshot_state
+from driftline.detectors.state import SnapshotError
+from driftline.detectors.state import restore as restore_state
+from driftline.detectors.state import snapshot as snapshot_state
 
 Fate = tuple  # (model | None, kind, outcome)
 

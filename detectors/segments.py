@@ -6,7 +6,7 @@ one attribute, new values fold into `attr=__other__` and are counted, so a segme
 carries an unbounded id. Values idle for longer than the caller's horizon can be forgotten,
 freeing their slot.
 
->>> from detectors.spec import ModelSpec
+>>> from driftline.detectors.spec import ModelSpec
 >>> spec = ModelSpec(name="churn", segments=("region",), max_segments=1)
 >>> router = SegmentRouter()
 >>> router.route(spec, {"region": "eu"}, None, 0.0)
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from detectors.spec import ALL_SEGMENT, OTHER_VALUE, ModelSpec
+from driftline.detectors.spec import ALL_SEGMENT, OTHER_VALUE, ModelSpec
 
 
 def format_value(value: object) -> str:

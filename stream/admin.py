@@ -9,7 +9,7 @@ from typing import Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.checkpoint import DATA_RETENTION_MS
+from driftline.stream.checkpoint import DATA_RETENTION_MS
 
 DAY_MS = 86_400_000
 

@@ -29,8 +29,8 @@ from typing import Any, ContextManager, Iterator
 
 import orjson
 
-from detectors.baseline import BaselineProfile, ProfileBook, ProfileBuilder, ProfileError
-from detectors.spec import ModelSpec
+from driftline.detectors.baseline import BaselineProfile, ProfileBook, ProfileBuilder, ProfileError
+from driftline.detectors.spec import ModelSpec
 
 log = logging.getLogger("driftline.baselines")
 
@@ -212,7 +212,7 @@ def publish_profile(settings, profile: BaselineProfile, timeout: float = 30.0) -
     """Write a profile to the baselines topic (created if missing); returns (topic, partition, offset)."""
     from confluent_kafka import Producer
 
-    from stream.admin import ensure_topics
+    from driftline.stream.admin import ensure_topics
 
     ensure_topics(settings, timeout)
     topic = settings.kafka.topics.baselines

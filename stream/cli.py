@@ -9,8 +9,8 @@ import orjson
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from stream.replay import TerminalProgress, replay
-    from stream.settings import load_settings
+    from driftline.stream.replay import TerminalProgress, replay
+    from driftline.stream.settings import load_settings
 
     settings = load_settings(args.config)
     result = replay(settings, args.inferences, args.labels, progress=TerminalProgress())
@@ -36,10 +36,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from stream.admin import ProvisioningError
-    from stream.http import parse_listen
-    from stream.settings import load_settings
-    from stream.worker import run_worker
+    from driftline.stream.admin import ProvisioningError
+    from driftline.stream.http import parse_listen
+    from driftline.stream.settings import load_settings
+    from driftline.stream.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
@@ -57,9 +57,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline_build(args: argparse.Namespace) -> int:
-    from detectors.baseline import DEFAULT_BINS, MAX_BINS
-    from stream.baselines import build_profile, write_profile
-    from stream.settings import MODEL_NAME, load_settings
+    from driftline.detectors.baseline import DEFAULT_BINS, MAX_BINS
+    from driftline.stream.baselines import build_profile, write_profile
+    from driftline.stream.settings import MODEL_NAME, load_settings
 
     settings = load_settings(args.config)
     spec = settings.spec_for(args.model)
@@ -93,10 +93,10 @@ def _cmd_baseline_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline_publish(args: argparse.Namespace) -> int:
-    from detectors.baseline import ProfileError
-    from stream.admin import ProvisioningError
-    from stream.baselines import publish_profile, read_profile
-    from stream.settings import load_settings
+    from driftline.detectors.baseline import ProfileError
+    from driftline.stream.admin import ProvisioningError
+    from driftline.stream.baselines import publish_profile, read_profile
+    from driftline.stream.settings import load_settings
 
     settings = load_settings(args.config)
     try:
@@ -116,13 +116,13 @@ def _cmd_baseline_publish(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.kafka:
-        from stream.live_demo import run_live_demo
+        from driftline.stream.live_demo import run_live_demo
 
         live = run_live_demo(args.kafka, args.listen, args.out, rate=args.rate, keep_worker=args.keep_worker)
         print("\n".join(live.lines))
         return 0 if live.detection_seconds is not None else 1
 
-    from stream.demo import run_demo
+    from driftline.stream.demo import run_demo
 
     _, report = run_demo(args.out, plot=not args.no_plot)
     print("\n".join(report.lines))
@@ -132,7 +132,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from driftline import __version__
+
     parser = argparse.ArgumentParser(prog="driftline", description="Per-segment drift and accuracy monitoring for ML models.")
+    parser.add_argument("--version", action="version", version=f"driftline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a Kafka worker (one member of the consumer group)")
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stream.settings import ConfigError
+    from driftline.stream.settings import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from stream.events import Inference, Invalid, Label
+from driftline.stream.events import Inference, Invalid, Label
 
 # Reason codes of Invalid events: the `reason` field of a dead letter. Stable: alert rules and
 # users' tooling filter on them (docs/events.md).

@@ -4,10 +4,10 @@
   shipped order. The first 5,000 rows train a Hoeffding tree once; it is then frozen, as a
   deployed model is. The other 44,097 rows are the production stream, one event per second.
 - Segments: `band` from sensor f1 (low < 40 <= mid < 50 <= high), a real attribute.
-- Drift: from stream row 25,000 on, sensor f7 in the `band=high` segment reads 20 units high
+- Drift: from driftline.stream row 25,000 on, sensor f7 in the `band=high` segment reads 20 units high
   (a miscalibrated sensor). The model's accuracy there falls from ~99.5% to ~74%; the other
   segments are untouched.
-- Feature drift that does not hurt: from stream row 10,000 on, sensor f5 in `band=mid` reads 2
+- Feature drift that does not hurt: from driftline.stream row 10,000 on, sensor f5 in `band=mid` reads 2
   units high (half a standard deviation). The tree splits on f7 only, so its accuracy holds there; the baseline comparison
   (PSI, JS, KS against a profile of the 5,000 training rows, `shuttle-baseline.json`) shows
   the move all the same.
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from detectors.spec import ALL_SEGMENT
+from driftline.detectors.spec import ALL_SEGMENT
 
 MODEL = "shuttle"
 TRAIN_ROWS = 5_000
@@ -158,9 +158,9 @@ def write_baseline(out: Path) -> Path:
 
         driftline baseline build --config demo.yml --model shuttle --out shuttle-baseline.json training.jsonl
     """
-    from detectors.spec import ModelSpec
-    from stream.baselines import build_profile, write_profile
-    from stream.settings import parse_settings
+    from driftline.detectors.spec import ModelSpec
+    from driftline.stream.baselines import build_profile, write_profile
+    from driftline.stream.settings import parse_settings
 
     import yaml
 
@@ -206,7 +206,7 @@ class DemoReport:
 
 def baseline_psi(bank) -> dict[tuple[str, str], float]:
     """PSI of every (segment, signal) whose window holds enough values (as /metrics has it)."""
-    from detectors.baseline import compare
+    from driftline.detectors.baseline import compare
 
     out = {}
     compiled = bank.profiles.get(MODEL) if bank.profiles is not None else None
@@ -226,8 +226,8 @@ def baseline_psi(bank) -> dict[tuple[str, str], float]:
 
 def run_demo(out_dir: str | os.PathLike, plot: bool = True) -> tuple["object", DemoReport]:
     """Write the demo files, replay them, and report what was found, where and when."""
-    from stream.replay import TerminalProgress, replay
-    from stream.settings import load_settings
+    from driftline.stream.replay import TerminalProgress, replay
+    from driftline.stream.settings import load_settings
 
     files = write_demo(out_dir)
     settings = load_settings(files.config)
@@ -320,7 +320,7 @@ def _report(result, files: DemoFiles) -> DemoReport:
 def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> None:
     """The baseline comparison: how far each segment moved from the training rows, and when the
     harmless f5 drift showed."""
-    from stream.replay import TICK_EVERY
+    from driftline.stream.replay import TICK_EVERY
 
     compiled = result.bank.profiles.get(MODEL) if result.bank.profiles is not None else None
     if compiled is None:
@@ -345,7 +345,7 @@ def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> Non
     mid = result.bank.get(MODEL, FEATURE_DRIFT_SEGMENT)
     acc = mid.accuracy.get() if mid is not None and mid.accuracy is not None and mid.accuracy.count else float("nan")
     lines.append(f"feature drift injected: {FEATURE_DRIFT_FEATURE} +{FEATURE_DRIFT_OFFSET} in {FEATURE_DRIFT_SEGMENT} "
-                 f"from stream row {FEATURE_DRIFT_ROW:,}; the model splits on {DRIFT_FEATURE} only")
+                 f"from driftline.stream row {FEATURE_DRIFT_ROW:,}; the model splits on {DRIFT_FEATURE} only")
     if crossed is not None and at_shift is not None:
         report.feature_drift_delay = crossed[1] - at_shift
         lines.append(f"  {FEATURE_DRIFT_FEATURE} PSI in {FEATURE_DRIFT_SEGMENT} above {checks.psi:g} within ~"
@@ -378,7 +378,7 @@ def _plot(samples, result, files: DemoFiles, path: Path) -> Path | None:
         ax.set_ylabel(seg, rotation=0, ha="right")
         ax.set_ylim(0.5, 1.02)
     axes[0].set_title("driftline demo: rolling accuracy per segment; red = ADWIN, orange = Page-Hinkley (error signal)")
-    axes[-1].set_xlabel("event time (hours from stream start)")
+    axes[-1].set_xlabel("event time (hours from driftline.stream start)")
     axes[0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -26,11 +26,11 @@ from typing import Callable, ContextManager, Iterable, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from detectors.bank import ERROR, PREDICTION, SCORE, DetectorBank
-from detectors.baseline import FEATURE_SOURCE, compare
-from detectors.spec import ALL_SEGMENT
-from detectors.tally import DelayHistogram, Tally
-from stream.pipeline import UNKNOWN_MODEL, Intake
+from driftline.detectors.bank import ERROR, PREDICTION, SCORE, DetectorBank
+from driftline.detectors.baseline import FEATURE_SOURCE, compare
+from driftline.detectors.spec import ALL_SEGMENT
+from driftline.detectors.tally import DelayHistogram, Tally
+from driftline.stream.pipeline import UNKNOWN_MODEL, Intake
 
 # Detector internals are exported for these signals on every segment, and for feature signals
 # on `__all__` only: they are for judging how close a signal is to alarm, and a series per

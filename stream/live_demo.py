@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from stream.demo import (
+from driftline.stream.demo import (
     BASELINE_FILE,
     DRIFT_FEATURE,
     DRIFT_ROW,
@@ -39,7 +39,7 @@ from stream.demo import (
     demo_events,
     write_baseline,
 )
-from stream.settings import prefixed_topics
+from driftline.stream.settings import prefixed_topics
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ def run_live_demo(bootstrap: str, listen: str, out_dir: str | os.PathLike, rate:
     base = f"http://{listen}"
     log_path = out / "worker.log"
     log = open(log_path, "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", "--config", str(config), "--listen", listen],
+    worker = subprocess.Popen([sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(config), "--listen", listen],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     say = lambda msg: print(f"demo: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from detectors.bank import DetectorBank, DriftRecord
-from detectors.join import Joined, LabelJoin, PendingPrediction
-from detectors.segments import SegmentRouter
-from detectors.spec import ALL_SEGMENT, ModelSpec
-from detectors.state import SnapshotError
-from detectors.state import restore as restore_state
-from detectors.state import snapshot as snapshot_state
-from stream.events import Inference, Invalid, Label
+from driftline.detectors.bank import DetectorBank, DriftRecord
+from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.segments import SegmentRouter
+from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
+from driftline.detectors.state import SnapshotError
+from driftline.detectors.state import restore as restore_state
+from driftline.detectors.state import snapshot as snapshot_state
+from driftline.stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
 INFERENCE, OUTCOME, FATE, FOLD = 0, 1, 2, 3

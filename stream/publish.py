@@ -37,8 +37,8 @@ from typing import Any, Callable, Mapping
 import orjson
 from confluent_kafka import KafkaError, Producer
 
-from stream.codec import MAX_ID_CHARS, MODEL_NAME
-from stream.events import Invalid
+from driftline.stream.codec import MAX_ID_CHARS, MODEL_NAME
+from driftline.stream.events import Invalid
 
 __all__ = ["Publisher", "PublishStats", "encode_inference", "encode_label"]
 

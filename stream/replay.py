@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from typing import Callable, Iterator
 
-from detectors.bank import DetectorBank, DriftRecord
-from stream.baselines import profile_book
-from stream.codec import DecodeLimits, decode_inference, decode_label
-from stream.events import Inference, Invalid
-from stream.exporter import DriftlineMetrics
-from stream.pipeline import Intake, feed
+from driftline.detectors.bank import DetectorBank, DriftRecord
+from driftline.stream.baselines import profile_book
+from driftline.stream.codec import DecodeLimits, decode_inference, decode_label
+from driftline.stream.events import Inference, Invalid
+from driftline.stream.exporter import DriftlineMetrics
+from driftline.stream.pipeline import Intake, feed
 
 TICK_EVERY = 1024  # events between progress reports and on_tick calls
 

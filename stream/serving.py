@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from fastapi import Request, Response
 
-from stream.publish import Publisher
+from driftline.stream.publish import Publisher
 
 __all__ = ["HEADER", "PredictionLog", "PredictionLogger"]
 

@@ -7,7 +7,7 @@ wrong and how to fix it:
 >>> parse_settings({"models": {"churn": {"task": "clasification"}}}, env={})
 Traceback (most recent call last):
 ...
-stream.settings.ConfigError: config models.churn.task: must be one of classification, regression (got 'clasification')
+driftline.stream.settings.ConfigError: config models.churn.task: must be one of classification, regression (got 'clasification')
 
 Environment:
 - `DRIFTLINE_BOOTSTRAP` overrides `kafka.bootstrap`;
@@ -23,9 +23,9 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from detectors.baseline import BaselineProfile, ProfileError
-from detectors.spec import ADWINParams, BaselineChecks, ModelSpec, PageHinkleyParams, default_spec
-from detectors.drift import DETECTOR_NAMES
+from driftline.detectors.baseline import BaselineProfile, ProfileError
+from driftline.detectors.spec import ADWINParams, BaselineChecks, ModelSpec, PageHinkleyParams, default_spec
+from driftline.detectors.drift import DETECTOR_NAMES
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")

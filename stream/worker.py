@@ -35,14 +35,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from detectors.bank import DetectorBank
-from detectors.state import restore as restore_state
-from detectors.state import snapshot as snapshot_state
-from stream.baselines import BaselineTopic, profile_book
-from stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
-from stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
-from stream.events import Invalid
-from stream.pipeline import Intake, observe
+from driftline.detectors.bank import DetectorBank
+from driftline.detectors.state import restore as restore_state
+from driftline.detectors.state import snapshot as snapshot_state
+from driftline.stream.baselines import BaselineTopic, profile_book
+from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
+from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
+from driftline.stream.events import Invalid
+from driftline.stream.pipeline import Intake, observe
 
 log = logging.getLogger("driftline.worker")
 
@@ -599,9 +599,9 @@ def run_worker(settings, listen: str) -> int:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.process_collector import ProcessCollector
 
-    from stream.admin import ensure_topics
-    from stream.exporter import DriftlineMetrics, WorkerMetrics, render
-    from stream.http import StatusServer
+    from driftline.stream.admin import ensure_topics
+    from driftline.stream.exporter import DriftlineMetrics, WorkerMetrics, render
+    from driftline.stream.http import StatusServer
 
     log.info("%s", settings.describe())
     created, partitions = ensure_topics(settings)

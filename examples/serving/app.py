@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from examples.serving import churn
-from stream.publish import Publisher
-from stream.serving import PredictionLog, PredictionLogger
+from driftline.stream.publish import Publisher
+from driftline.stream.serving import PredictionLog, PredictionLogger
 
 
 class Customer(BaseModel):

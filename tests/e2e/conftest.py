@@ -56,7 +56,7 @@ class WorkerProcess:
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "run", "--config", str(config), "--listen", self.address],
+            [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(config), "--listen", self.address],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

@@ -26,7 +26,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from stream.demo import demo_events
+from driftline.stream.demo import demo_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -86,8 +86,8 @@ def query(prom: str, expr: str, **params) -> list[dict]:
 def provision_topics(config) -> None:
     from confluent_kafka.admin import AdminClient
 
-    from stream.admin import ensure_topics
-    from stream.settings import load_settings
+    from driftline.stream.admin import ensure_topics
+    from driftline.stream.settings import load_settings
 
     settings = load_settings(config)
     ensure_topics(settings)

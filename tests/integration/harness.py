@@ -16,7 +16,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.settings import prefixed_topics
+from driftline.stream.settings import prefixed_topics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "run", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO, start_new_session=True)
         return self
 

@@ -11,11 +11,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from detectors.baseline import ProfileBook
-from stream.baselines import BaselineTopic, build_profile, write_profile
-from stream.demo import DEMO_CONFIG, FEATURE_DRIFT_FEATURE, MODEL, demo_config, demo_events, training_events
-from stream.replay import replay
-from stream.settings import load_settings
+from driftline.detectors.baseline import ProfileBook
+from driftline.stream.baselines import BaselineTopic, build_profile, write_profile
+from driftline.stream.demo import DEMO_CONFIG, FEATURE_DRIFT_FEATURE, MODEL, demo_config, demo_events, training_events
+from driftline.stream.replay import replay
+from driftline.stream.settings import load_settings
 from tests.integration.harness import REPO, WorkerProcess, parse, producer, publish, total, unique_prefix, wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def training(tmp_path_factory):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "driftline.stream.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 

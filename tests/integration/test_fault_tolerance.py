@@ -15,7 +15,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from stream.demo import demo_events
+from driftline.stream.demo import demo_events
 from tests.integration.harness import (
     WorkerProcess,
     consume_all,

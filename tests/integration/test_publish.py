@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.codec import decode_inference
-from stream.events import Inference
-from stream.publish import Publisher
+from driftline.stream.codec import decode_inference
+from driftline.stream.events import Inference
+from driftline.stream.publish import Publisher
 from tests.integration.harness import REPO, WorkerProcess, consume_all, free_port, total, unique_prefix, wait_for, write_config
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.demo import demo_events
+from driftline.stream.demo import demo_events
 from tests.integration.harness import consume_all, free_port, parse, total
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def worker_run(kafka_bootstrap, tmp_path_factory):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(tmp / "worker.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2],
     )
     url = f"http://127.0.0.1:{port}/metrics"
@@ -211,8 +211,8 @@ def test_one_drift_event_per_detection_and_replay_agrees(worker_run):
     for e in events:
         assert {"model", "segment", "signal", "detector", "timestamp", "prediction_id", "statistics"} <= set(e)
 
-    from stream.replay import replay
-    from stream.settings import load_settings
+    from driftline.stream.replay import replay
+    from driftline.stream.settings import load_settings
 
     tmp = worker_run["tmp"]
     result = replay(load_settings(worker_run["config"]), tmp / "inferences.jsonl", tmp / "labels.jsonl")

@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from detectors.bank import DetectorBank
-from detectors.segments import SegmentRouter
-from detectors.spec import ModelSpec, PageHinkleyParams
-from detectors.state import SnapshotError, restore, snapshot
+from driftline.detectors.bank import DetectorBank
+from driftline.detectors.segments import SegmentRouter
+from driftline.detectors.spec import ModelSpec, PageHinkleyParams
+from driftline.detectors.state import SnapshotError, restore, snapshot
 
 SPEC = ModelSpec(
     name="churn", segments=("region", "plan"), max_segments=3,
@@ -133,7 +133,7 @@ def test_snapshot_restore_continues_identically():
 
 
 def test_snapshot_of_join_round_trips():
-    from detectors.join import Joined, LabelJoin, PendingPrediction
+    from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 
     join = LabelJoin(lambda m: 100.0)
     join.add_prediction(PendingPrediction("a", "churn", ("__all__",), 1, None, 0.0))

@@ -9,9 +9,9 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-import detectors.baseline as baseline
-from detectors.bank import DetectorBank
-from detectors.baseline import (
+import driftline.detectors.baseline as baseline
+from driftline.detectors.bank import DetectorBank
+from driftline.detectors.baseline import (
     SMOOTHING,
     BaselineProfile,
     Binner,
@@ -24,9 +24,9 @@ from detectors.baseline import (
     ks_statistic,
     psi,
 )
-from detectors.spec import BaselineChecks, ModelSpec
-from stream.exporter import DriftlineMetrics
-from stream.settings import parse_settings
+from driftline.detectors.spec import BaselineChecks, ModelSpec
+from driftline.stream.exporter import DriftlineMetrics
+from driftline.stream.settings import parse_settings
 
 SPEC = ModelSpec(name="churn", segments=("plan",), features={"tenure": "numeric", "plan": "categorical"},
                  baseline_checks=BaselineChecks(window=500, min_values=100))

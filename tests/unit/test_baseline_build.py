@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detectors.baseline import BaselineProfile
-from stream.baselines import build_profile, read_rows
-from stream.replay import replay
-from stream.settings import ConfigError, load_settings
+from driftline.detectors.baseline import BaselineProfile
+from driftline.stream.baselines import build_profile, read_rows
+from driftline.stream.replay import replay
+from driftline.stream.settings import ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """\
@@ -92,7 +92,7 @@ def test_csv_cells_that_are_not_numbers_count_as_invalid(tmp_path):
 def test_cli_build_then_replay_exports_the_gauges(data):
     tmp, _ = data
     out = tmp / "churn.json"
-    res = subprocess.run([sys.executable, "-m", "stream.cli", "baseline", "build", "--config", str(tmp / "c.yml"),
+    res = subprocess.run([sys.executable, "-m", "driftline.stream.cli", "baseline", "build", "--config", str(tmp / "c.yml"),
                           "--model", "churn", "--out", str(out), "--environment", "validation", str(tmp / "train.jsonl")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -120,7 +120,7 @@ def test_cli_build_then_replay_exports_the_gauges(data):
 
 def test_cli_build_refuses_bad_input(data, tmp_path):
     tmp, _ = data
-    res = subprocess.run([sys.executable, "-m", "stream.cli", "baseline", "build", "--config", str(tmp / "c.yml"),
+    res = subprocess.run([sys.executable, "-m", "driftline.stream.cli", "baseline", "build", "--config", str(tmp / "c.yml"),
                           "--model", "churn", "--out", str(tmp / "x.json"), str(tmp / "train.txt")],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--format" in res.stderr

@@ -4,8 +4,8 @@ import base64
 import orjson
 import pytest
 
-from stream.codec import REASONS, DecodeLimits, dead_letter_record, decode_inference, decode_label
-from stream.events import Inference, Invalid, Label
+from driftline.stream.codec import REASONS, DecodeLimits, dead_letter_record, decode_inference, decode_label
+from driftline.stream.events import Inference, Invalid, Label
 
 GOOD = {"prediction_id": "p-1", "model": "churn", "features": {"tenure": 3, "plan": "pro", "x": None, "ok": True},
         "prediction": 1}

@@ -5,10 +5,10 @@ import random
 import pytest
 from river import drift, metrics, utils
 
-from detectors.accuracy import RollingAccuracy, RollingError
-from detectors.categorical import CategorySurprisal
-from detectors.drift import ADWINDetector, PageHinkleyDetector, build_detector
-from detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.accuracy import RollingAccuracy, RollingError
+from driftline.detectors.categorical import CategorySurprisal
+from driftline.detectors.drift import ADWINDetector, PageHinkleyDetector, build_detector
+from driftline.detectors.spec import ADWINParams, PageHinkleyParams
 
 
 def bernoulli(p_before, p_after, change_at, n, seed):

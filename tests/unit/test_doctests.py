@@ -5,8 +5,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "detectors.accuracy", "detectors.baseline", "detectors.categorical", "detectors.drift", "detectors.segments",
-    "stream.codec", "stream.settings",
+    "driftline.detectors.accuracy", "driftline.detectors.baseline", "driftline.detectors.categorical", "driftline.detectors.drift", "driftline.detectors.segments",
+    "driftline.stream.codec", "driftline.stream.settings",
 ]
 
 

@@ -1,5 +1,5 @@
 """The label join as a pure object: exact fates on scripted sequences."""
-from detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 from collections import Counter
 
 TTL = 100.0

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.codec import REASONS, decode_inference, decode_label
-from stream.events import Inference, Invalid, Label
-from stream.publish import Publisher, PublishStats, encode_inference, encode_label
+from driftline.stream.codec import REASONS, decode_inference, decode_label
+from driftline.stream.events import Inference, Invalid, Label
+from driftline.stream.publish import Publisher, PublishStats, encode_inference, encode_label
 
 T0 = 1_767_225_600.0
 
@@ -244,7 +244,7 @@ def test_fastapi_dependency_logs_and_returns_the_id():
     from fastapi import Depends, FastAPI
     from fastapi.testclient import TestClient
 
-    from stream.serving import HEADER, PredictionLog, PredictionLogger
+    from driftline.stream.serving import HEADER, PredictionLog, PredictionLogger
 
     class Recorder:
         def __init__(self):
@@ -273,9 +273,9 @@ def test_fastapi_dependency_logs_and_returns_the_id():
 def test_docstring_examples():
     import doctest
 
-    import stream.publish
+    import driftline.stream.publish
 
-    failed, attempted = doctest.testmod(stream.publish)
+    failed, attempted = doctest.testmod(driftline.stream.publish)
     assert attempted > 0 and failed == 0
 
 
@@ -283,6 +283,6 @@ def test_the_sdk_needs_no_web_framework():
     import subprocess
     import sys
 
-    code = "import sys, stream.publish; print(sorted(m for m in ('fastapi', 'starlette', 'httpx') if m in sys.modules))"
+    code = "import sys, driftline.stream.publish; print(sorted(m for m in ('fastapi', 'starlette', 'httpx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

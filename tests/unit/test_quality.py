@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from detectors import calibration as cal
-from detectors.calibration import CalibratedDetector, Standardizer
-from detectors.drift import build_detector
-from detectors.spec import ADWINParams, PageHinkleyParams
-from detectors.state import restore, snapshot
+from driftline.detectors import calibration as cal
+from driftline.detectors.calibration import CalibratedDetector, Standardizer
+from driftline.detectors.drift import build_detector
+from driftline.detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.state import restore, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.demo import DRIFT_SEGMENT, write_demo
-from stream.replay import replay
-from stream.settings import load_settings
+from driftline.stream.demo import DRIFT_SEGMENT, write_demo
+from driftline.stream.replay import replay
+from driftline.stream.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_label_before_its_prediction_in_event_time_still_joins(tmp_path):
 def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
     files, result = demo
     metrics, drifts = tmp_path / "m.prom", tmp_path / "d.jsonl"
-    res = subprocess.run([sys.executable, "-m", "stream.cli", "replay", "--config", str(files.config),
+    res = subprocess.run([sys.executable, "-m", "driftline.stream.cli", "replay", "--config", str(files.config),
                           "--inferences", str(files.inferences), "--labels", str(files.labels),
                           "--metrics-out", str(metrics), "--drift-out", str(drifts)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -121,7 +121,7 @@ def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
 
 def test_bad_config_is_refused_at_start_naming_the_key(tmp_path):
     (tmp_path / "c.yml").write_text("models:\n  m:\n    task: clasification\n")
-    res = subprocess.run([sys.executable, "-m", "stream.cli", "replay", "--config", str(tmp_path / "c.yml"),
+    res = subprocess.run([sys.executable, "-m", "driftline.stream.cli", "replay", "--config", str(tmp_path / "c.yml"),
                           "--inferences", "x", "--labels", "y"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2
     assert "models.m.task" in res.stderr and "classification, regression" in res.stderr
@@ -138,7 +138,7 @@ def test_fast_renderer_and_prometheus_client_collector_agree(demo):
     """/metrics is rendered by our own writer; the Collector adapter must expose the same samples."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from stream.exporter import DriftlineCollector
+    from driftline.stream.exporter import DriftlineCollector
 
     _, result = demo
     registry = CollectorRegistry(auto_describe=True)
@@ -155,7 +155,7 @@ def test_detector_internals_are_exported_with_bounded_cardinality(demo):
     assert "error@band=high" in widths and "f7@__all__" in widths
     assert "f7@band=high" not in widths  # feature internals only at __all__
     # Thresholds come from the false-alarm budget, in standard deviations of the warm-up.
-    from detectors.calibration import page_hinkley_params, stream_arl, streams_per_event
+    from driftline.detectors.calibration import page_hinkley_params, stream_arl, streams_per_event
 
     expected = page_hinkley_params(stream_arl(1e7, streams_per_event(1, 3 + 4, 2))).threshold
     assert value(smp, "driftline_page_hinkley_threshold", model="shuttle", segment="__all__", signal="f7") == \
@@ -165,7 +165,7 @@ def test_detector_internals_are_exported_with_bounded_cardinality(demo):
 def test_demo_baseline_shows_a_feature_drift_while_accuracy_holds(demo):
     """The demo shifts f5 in band=mid (the model ignores f5): PSI, JS and KS against the training
     rows' profile show it there, and only there; accuracy in band=mid holds."""
-    from stream.demo import FEATURE_DRIFT_FEATURE, FEATURE_DRIFT_SEGMENT
+    from driftline.stream.demo import FEATURE_DRIFT_FEATURE, FEATURE_DRIFT_SEGMENT
 
     _, result = demo
     smp = samples(result.exposition())
@@ -186,7 +186,7 @@ def test_demo_baseline_shows_a_feature_drift_while_accuracy_holds(demo):
 
 
 def test_demo_report_tells_when_the_feature_drift_showed(tmp_path):
-    from stream.demo import run_demo
+    from driftline.stream.demo import run_demo
 
     _, report = run_demo(tmp_path, plot=False)
     assert report.feature_drift_delay is not None and report.feature_drift_delay < 2000

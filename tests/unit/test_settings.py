@@ -1,7 +1,7 @@
 """The config contract: good configs parse to frozen values, bad ones are refused naming the key."""
 import pytest
 
-from stream.settings import ConfigError, load_settings, parse_settings
+from driftline.stream.settings import ConfigError, load_settings, parse_settings
 
 CONTRACT_EXAMPLE = """
 kafka:
@@ -125,8 +125,8 @@ def test_baseline_checks_default_and_override():
 
 
 def test_baseline_file_is_found_relative_to_the_config(tmp_path):
-    from detectors.baseline import ProfileBuilder
-    from detectors.spec import ModelSpec
+    from driftline.detectors.baseline import ProfileBuilder
+    from driftline.detectors.spec import ModelSpec
 
     b = ProfileBuilder(ModelSpec(name="churn", features={"tenure": "numeric"}))
     for i in range(10):
