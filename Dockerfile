@@ -7,9 +7,11 @@ WORKDIR /app
 
 # Metadata first, then code: the dependency layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
+COPY src ./src
 COPY stream ./stream
 COPY detectors ./detectors
-RUN pip install . && useradd --system --uid 10001 driftline
+# The plain package is only the publishing SDK: the worker needs the `worker` extra.
+RUN pip install '.[worker]' && useradd --system --uid 10001 driftline
 
 USER driftline
 EXPOSE 8000

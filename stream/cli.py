@@ -7,6 +7,10 @@ from pathlib import Path
 
 import orjson
 
+# Modules the commands need beyond the plain (SDK-only) install, and the extra that brings each.
+EXTRA_OF_MODULE = {"river": "worker", "numpy": "worker", "yaml": "worker", "prometheus_client": "worker",
+                   "faust": "faust", "matplotlib": "plot", "pyarrow": "parquet"}
+
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from driftline.stream.replay import TerminalProgress, replay
@@ -186,12 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from driftline.stream.settings import ConfigError
+def _needs_extra(command: str, exc: ModuleNotFoundError) -> int:
+    """Exit 2 naming the extra that brings the missing module; other missing modules are bugs."""
+    extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+    if extra is None:
+        raise exc
+    print(f"driftline {command}: needs the {extra!r} extra, which is not installed (no module {exc.name!r}): "
+          f"pip install 'driftline[{extra}]'", file=sys.stderr)
+    return 2
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # The settings need the worker's dependencies (YAML, River): imported after the parser,
+        # so that `driftline --version` and `--help` work on the plain (SDK-only) install.
+        from driftline.stream.settings import ConfigError
+    except ModuleNotFoundError as exc:
+        return _needs_extra(args.command, exc)
+    try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        return _needs_extra(args.command, exc)
     except ConfigError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return 2

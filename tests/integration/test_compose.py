@@ -145,3 +145,16 @@ def test_docker_compose_config_validates():
     res = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr
+
+
+def test_dockerfile_installs_the_worker_extra_and_every_package_folder():
+    # The plain package is the SDK only: an image built with `pip install .` could not run the
+    # worker. And every folder pyproject.toml maps into the `driftline` namespace must be copied.
+    import tomllib
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "pip install '.[worker]'" in dockerfile
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    mapped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in mapped.values():
+        assert folder.split("/")[0] in copied, f"Dockerfile does not copy {folder}"
