@@ -31,6 +31,7 @@ from driftline.detectors.accuracy import RollingAccuracy, RollingError
 from driftline.detectors.baseline import ProfileBook, Window, category_key
 from driftline.detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
 from driftline.detectors.categorical import CategorySurprisal
+from driftline.detectors.classification import ClassQuality
 from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 from driftline.detectors.state import SnapshotError
@@ -108,7 +109,8 @@ class SegmentState:
     built when its first value comes.
     """
 
-    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist")
+    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
+                 "quality")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
@@ -123,6 +125,8 @@ class SegmentState:
         self.profile_id: str | None = None
         self.profile_gen = -1
         self.dist: list | None = None
+        # Confusion counts, costs, positive-class window (classification; made on the first label).
+        self.quality: ClassQuality | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
@@ -291,9 +295,10 @@ class DetectorBank:
         timestamp: float,
         prediction_id: str,
         delay: float | None = None,
+        score: float | None = None,
     ) -> list[DriftRecord]:
         """A prediction joined to its label, in one segment; `delay` is label time minus
-        prediction time, observed once per event at `__all__`."""
+        prediction time, observed once per event at `__all__`; `score` is the prediction's."""
         state = self._segments.get((model, segment))
         if state is None:
             state = self._new_state(model, segment)
@@ -320,6 +325,11 @@ class DetectorBank:
             if correct:
                 tally.correct[(model, segment)] += 1
             state.accuracy.update(correct)
+            spec = self._spec_for(model)
+            q = state.quality
+            if q is None:
+                q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
+            q.update(spec.quality, spec.accuracy_window, prediction, label, score)
             self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
         return found
 

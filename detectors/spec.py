@@ -60,6 +60,37 @@ class BaselineChecks:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutcomeCosts:
+    """Money per labelled outcome: `pairs[(predicted, actual)]`, else `default_error` for a wrong
+    prediction and `default_correct` for a right one. A negative entry is a value (a gain): it is
+    summed apart from costs, so both totals are counters that only grow."""
+
+    pairs: Mapping[tuple[str, str], float] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    default_error: float = 0.0
+    default_correct: float = 0.0
+    budget_per_second: float | None = None  # from `outcome_costs.budget` (amount per period)
+
+    def of(self, predicted: str, actual: str) -> float:
+        c = self.pairs.get((predicted, actual))
+        if c is not None:
+            return c
+        return self.default_correct if predicted == actual else self.default_error
+
+
+@dataclasses.dataclass(frozen=True)
+class QualitySpec:
+    """A classification model's quality settings (keys of `models.<name>` in the config)."""
+
+    classes: tuple[str, ...] = ()  # fixed class list (by label value); empty: first seen
+    max_classes: int = 20
+    positive_class: str | None = None  # None: no precision/recall/F1/ROC AUC gauges
+    # What an event's `score` is: the probability of the positive class, or the model's
+    # confidence in the class it predicted (then a binary model's P(positive) is derived).
+    score_of: Literal["positive_class", "predicted_class"] = "positive_class"
+    costs: OutcomeCosts | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """One model's monitoring settings (the `models.<name>` block of the config)."""
 
@@ -85,6 +116,8 @@ class ModelSpec:
     # `page_hinkley` above are then unused. None: River's parameters as given.
     false_alarm_budget: float | None = None
     warmup: int = 500  # values a numeric signal is standardised from before it is watched
+    # Classes, positive class, score meaning and outcome costs (detectors/classification.py).
+    quality: QualitySpec = QualitySpec()
 
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(n for n, k in self.features.items() if k == "numeric")

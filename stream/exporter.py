@@ -98,7 +98,7 @@ class DriftlineMetrics:
             banks = list(self.banks())
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
             return (self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
-                    + self._baselines(banks))
+                    + self._baselines(banks) + self._quality(banks))
 
     def render(self) -> bytes:
         return render(self.families())
@@ -199,6 +199,59 @@ class DriftlineMetrics:
         segments.add((), n_segments)
         return [accuracy, mae, rmse, detected, active, direction, width, mean, ph_stat, ph_thr, segments]
 
+
+    def _quality(self, banks: list[DetectorBank]) -> list[Family]:
+        """Classification quality per segment (detectors/classification.py): confusion counts,
+        outcome costs, and the positive class's rolling metrics where they are defined."""
+        seg = ("model", "segment")
+        confusion = Family("driftline_confusion", "counter", "Labelled outcomes by predicted and actual class "
+                           "(classes bounded per segment, the rest counted as __other__).",
+                           ("model", "segment", "predicted", "actual", "correct"))
+        folded = Family("driftline_classes_folded", "counter",
+                        "Class names of labelled outcomes counted as __other__ (beyond the model's classes).", seg)
+        cost = Family("driftline_outcome_cost", "counter", "Cost of labelled outcomes per the model's cost table.", seg)
+        value = Family("driftline_outcome_value", "counter",
+                       "Value (negative cost) of labelled outcomes per the model's cost table.", seg)
+        rolling = [(Family("driftline_precision", "gauge", "Rolling precision of the positive class.", seg), "precision"),
+                   (Family("driftline_recall", "gauge", "Rolling recall of the positive class.", seg), "recall"),
+                   (Family("driftline_f1", "gauge", "Rolling F1 score of the positive class.", seg), "f1")]
+        scored = [(Family("driftline_roc_auc", "gauge", "Rolling ROC AUC of the positive class's probability.", seg),
+                   "roc_auc"),
+                  (Family("driftline_log_loss", "gauge", "Rolling log loss of the positive class's probability.", seg),
+                   "log_loss"),
+                  (Family("driftline_calibration_error", "gauge", "Rolling expected calibration error of the "
+                          "positive class's probability (10 equal-width bins).", seg), "calibration_error")]
+        for bank in banks:
+            for key, st in bank.items():
+                q = st.quality
+                if q is None:
+                    continue
+                model, segment = key
+                for (p, a, ok), n in q.confusion.items():
+                    confusion.add((model, segment, p, a, "true" if ok else "false"), n)
+                folded.add(key, q.folded)
+                costs = bank.spec(model).quality.costs
+                if costs is not None:
+                    cost.add(key, q.cost)
+                    value.add(key, q.value)
+                if q.window_count:
+                    for family, name in rolling:
+                        v = getattr(q, name)()
+                        if v is not None:
+                            family.add(key, v)
+                if q.scored_count:
+                    for family, name in scored:
+                        v = getattr(q, name)()
+                        if v is not None:
+                            family.add(key, v)
+        confusion.rows.sort()
+        budget = Family("driftline_outcome_cost_budget", "gauge",
+                        "Outcome cost a model may burn per second (config outcome_costs.budget).", ("model",))
+        for name, spec in sorted(self.settings.models.items()):
+            costs = spec.quality.costs
+            if costs is not None and costs.budget_per_second is not None:
+                budget.add((name,), costs.budget_per_second)
+        return [confusion, folded, cost, value] + [f for f, _ in rolling + scored] + [budget]
 
     def _baselines(self, banks: list[DetectorBank]) -> list[Family]:
         """Distribution drift and data quality against each model's reference profile, computed

@@ -15,7 +15,7 @@ what lets a worker resume a crashed one's partitions from a checkpoint by replay
 Observation tuples (also what travels on the observations topic), `key = (model, segment)`:
 
     (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features)
-    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay)
+    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score)
     (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
     (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
 """
@@ -173,7 +173,8 @@ class Intake:
         delay = joined.label_timestamp - p.timestamp
         delay = delay if delay > 0.0 else 0.0
         for seg in p.segments:
-            out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay))
+            out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay,
+                        p.score))
 
 
 def observe(bank: DetectorBank, o) -> list[DriftRecord]:
@@ -182,7 +183,8 @@ def observe(bank: DetectorBank, o) -> list[DriftRecord]:
     if kind == INFERENCE:
         return bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
     if kind == OUTCOME:
-        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7])
+        # o[8], the prediction's score, is absent from observations of workers before it
+        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7], o[8] if len(o) > 8 else None)
     if kind == FATE:
         bank.observe_fate(o[1], o[3], o[4])
     elif kind == FOLD:

@@ -24,7 +24,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from driftline.detectors.baseline import BaselineProfile, ProfileError
-from driftline.detectors.spec import ADWINParams, BaselineChecks, ModelSpec, PageHinkleyParams, default_spec
+from driftline.detectors.segments import format_value
+from driftline.detectors.spec import (ADWINParams, BaselineChecks, ModelSpec, OutcomeCosts, PageHinkleyParams,
+                                     QualitySpec, default_spec)
 from driftline.detectors.drift import DETECTOR_NAMES
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -313,15 +315,78 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
         if r.has("baseline_checks") else base.baseline_checks,
         false_alarm_budget=budget,
         warmup=warmup,
+        quality=_quality(r, base.quality, task),
     )
     r.used.update(("adwin", "page_hinkley", "baseline_checks"))
     r.done(MODEL_KEYS)
     return spec
 
 
+QUALITY_KEYS = ("classes", "max_classes", "positive_class", "score_of", "outcome_costs")
 MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
               "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective",
-              "baseline_checks", "false_alarm_budget")
+              "baseline_checks", "false_alarm_budget") + QUALITY_KEYS
+
+
+def _class(r: _Reader, key: str, v: Any) -> str:
+    if isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and not v):
+        return format_value(v)
+    raise ConfigError(f"config {r.key(key)}: a class is a string, number or bool, as events send it (got {v!r})")
+
+
+def _quality(r: _Reader, base: QualitySpec, task: str) -> QualitySpec:
+    """Classes, positive class, score meaning and outcome costs (docs/config.md, classification)."""
+    if task != "classification":
+        for k in QUALITY_KEYS:
+            if r.has(k):
+                raise ConfigError(f"config {r.key(k)}: applies to classification models only (task is {task})")
+        return base
+    raw = r.raw("classes", list(base.classes))
+    if not isinstance(raw, list) or len(raw) == 1:
+        raise ConfigError(f"config {r.key('classes')}: must be a list of two or more classes, e.g. [0, 1] (got {raw!r})")
+    classes = tuple(_class(r, "classes", c) for c in raw)
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"config {r.key('classes')}: names a class twice ({raw!r})")
+    max_classes = r.integer("max_classes", base.max_classes, 2, 1000)
+    positive = r.raw("positive_class", base.positive_class)
+    positive = None if positive is None else _class(r, "positive_class", positive)
+    if positive is not None and classes and positive not in classes:
+        raise ConfigError(f"config {r.key('positive_class')}: {positive!r} is not one of classes {list(classes)}")
+    score_of = r.choice("score_of", base.score_of, ("positive_class", "predicted_class"))
+    if score_of == "predicted_class" and positive is not None and len(classes) != 2:
+        raise ConfigError(f"config {r.key('score_of')}: predicted_class scores give P({positive}) only for a binary "
+                          f"model: list its two classes under classes, e.g. classes: [0, 1]")
+    costs = _outcome_costs(r.section("outcome_costs")) if r.has("outcome_costs") else base.costs
+    return QualitySpec(classes=classes, max_classes=max_classes, positive_class=positive, score_of=score_of,
+                       costs=costs)
+
+
+def _outcome_costs(r: _Reader) -> OutcomeCosts:
+    """`outcome_costs: {default_error, default_correct, pairs: [{predicted, actual, cost}], budget: {amount, per}}`."""
+    pairs_raw = r.raw("pairs", [])
+    if not isinstance(pairs_raw, list):
+        raise ConfigError(f"config {r.key('pairs')}: must be a list of {{predicted, actual, cost}} (got {pairs_raw!r})")
+    pairs: dict[tuple[str, str], float] = {}
+    for i, item in enumerate(pairs_raw):
+        pr = _Reader(item, f"{r.key('pairs')}[{i}]")
+        for k in ("predicted", "actual", "cost"):
+            if not pr.has(k):
+                raise ConfigError(f"config {pr.key(k)}: is required, e.g. {{predicted: 1, actual: 0, cost: 25}}")
+        key = (_class(pr, "predicted", pr.raw("predicted")), _class(pr, "actual", pr.raw("actual")))
+        if key in pairs:
+            raise ConfigError(f"config {pr.key('predicted')}: the pair {key} is listed twice")
+        pairs[key] = pr.number("cost", 0.0)
+        pr.done()
+    budget = None
+    if r.has("budget"):
+        br = r.section("budget")
+        amount = br.number("amount", 0.0, 0.0, low_open=True)
+        budget = amount / br.duration("per", 3600.0)
+        br.done()
+    costs = OutcomeCosts(pairs=MappingProxyType(pairs), default_error=r.number("default_error", 0.0),
+                         default_correct=r.number("default_correct", 0.0), budget_per_second=budget)
+    r.done()
+    return costs
 DEFAULT_FALSE_ALARM_BUDGET = 1e7  # events of a model between false detections (docs/quality.md)
 
 

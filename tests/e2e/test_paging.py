@@ -64,6 +64,14 @@ models:
     label_ttl: 1h
     drift_hold: 10m
     accuracy_objective: 0.95
+    # Classification quality and costs (docs/quality-metrics.md), so that the model dashboard's
+    # quality panels have data; the demo's score is the predicted class's confidence, read as
+    # P(class 1) here.
+    positive_class: 1
+    outcome_costs:
+      default_error: 3
+      pairs: [{{predicted: 1, actual: 1, cost: -0.2}}]
+      budget: {{amount: 1000000, per: 1h}}
 """
 
 # Events that break the contract: dead letters (one names the model, one names none).

@@ -61,6 +61,15 @@ models:
     # shorter than that would expire predictions before their labels arrive.
     label_ttl: 1d
     drift_hold: 10m
+    # Classification quality (docs/quality-metrics.md): Shuttle has 7 classes, 4 are kept. The
+    # demo's score is the predicted class's confidence, read here as P(class 1): the figures
+    # only need to be the same in the worker and in replay.
+    max_classes: 4
+    positive_class: 1
+    outcome_costs:
+      default_error: 2.5
+      pairs: [{{predicted: 1, actual: 4, cost: 40}}, {{predicted: 1, actual: 1, cost: -0.5}}]
+      budget: {{amount: 100, per: 1h}}
 """
 
 
@@ -221,4 +230,52 @@ def test_one_drift_event_per_detection_and_replay_agrees(worker_run):
     for name in ("driftline_labeled_total", "driftline_correct_total", "driftline_drift_detected_total"):
         replayed = parse(result.exposition().decode())
         assert {k: v for k, v in replayed.items() if k[0] == name and v} == {k: v for k, v in s.items() if k[0] == name and v}
+
+
+QUALITY = ("driftline_confusion_total", "driftline_classes_folded_total", "driftline_outcome_cost_total",
+           "driftline_outcome_value_total", "driftline_precision", "driftline_recall", "driftline_f1",
+           "driftline_roc_auc", "driftline_log_loss", "driftline_calibration_error", "driftline_outcome_cost_budget")
+
+
+def test_classification_quality_equals_replay_and_an_independent_count(worker_run):
+    from driftline.stream.replay import replay
+    from driftline.stream.settings import load_settings
+
+    s = worker_run["samples"]
+    tmp = worker_run["tmp"]
+    replayed = parse(replay(load_settings(worker_run["config"]), tmp / "inferences.jsonl",
+                            tmp / "labels.jsonl").exposition().decode())
+    for name in QUALITY:
+        mine = {k: v for k, v in s.items() if k[0] == name}
+        assert mine, f"the worker exports no {name}"
+        theirs = {k: v for k, v in replayed.items() if k[0] == name}
+        assert mine.keys() == theirs.keys(), name
+        for k, v in mine.items():
+            assert v == pytest.approx(theirs[k], rel=1e-12, abs=1e-12), (k, v, theirs[k])
+    # The confusion counters, against a count of the published events (4 classes kept, in the
+    # order first seen per segment; the rest are __other__).
+    preds = {e["prediction_id"]: e for e in worker_run["inferences"]}
+    pairs: dict[str, list] = {}
+    for lab in worker_run["labels"]:
+        ev = preds[lab["prediction_id"]]
+        for seg in ("__all__", band_of(ev)):
+            pairs.setdefault(seg, []).append((str(ev["prediction"]), str(lab["label"])))
+    for seg, outcomes in pairs.items():
+        kept: list[str] = []
+        for p, a in outcomes:
+            for c in (p, a):
+                if c not in kept and len(kept) < 4:
+                    kept.append(c)
+        fold = lambda c: c if c in kept else "__other__"
+        expected: dict = {}
+        for p, a in outcomes:
+            expected[(fold(p), fold(a))] = expected.get((fold(p), fold(a)), 0) + 1
+        got = {}
+        for (name, lv), v in s.items():
+            d = dict(lv)
+            if name == "driftline_confusion_total" and d["segment"] == seg:
+                got[(d["predicted"], d["actual"])] = got.get((d["predicted"], d["actual"]), 0) + v
+        assert got == expected, seg
+        cost = sum(40 if (p, a) == ("1", "4") else (2.5 if p != a else 0) for p, a in outcomes)
+        assert total(s, "driftline_outcome_cost_total", model="shuttle", segment=seg) == pytest.approx(cost)
 
