@@ -9,9 +9,14 @@ Bounds, and why:
 - Each of the three maps is capped at `max_pending` entries: past it the oldest entry leaves
   early, with the same fate as at its TTL. Memory is at most ~3 x max_pending compact records.
 
-Time is the caller's watermark (the largest event time seen), passed to `expire()`; the join
-never reads a clock, so the same events in the same order give the same fates (a replay after a
-crash reproduces what the crashed worker did).
+Time is event time, passed in by the caller; the join never reads a clock, so the same events in
+the same order give the same fates (a replay after a crash reproduces what the crashed worker
+did). Each map runs on the clock of the stream that can still resolve it (`expire_streams`): a
+pending prediction expires only when the *label* stream has passed its deadline (its label can
+no longer come), a held label only when the *inference* stream has, and a joined id when both
+have. When the two topics are read at different speeds (a backlog: all inferences, then all
+labels), the stream that runs ahead therefore expires nothing of the other's. `expire(now)`
+runs all three on one clock (one merged, time-ordered stream, as `driftline replay` reads).
 
 Fates other than a join (`duplicate`, `expired`, `unmatched`) are appended to `fates` as
 (model, kind, outcome) for the caller to drain; a join is the return value.
@@ -68,8 +73,9 @@ class LabelJoin:
         self._pending: dict[str, PendingPrediction] = {}
         self._held: dict[str, _HeldLabel] = {}
         self._joined: dict[str, float] = {}  # prediction_id -> forget after
-        # (deadline, sequence, which map, id): lazy deletion, entries may be stale.
-        self._deadlines: list[tuple[float, int, str, str]] = []
+        # which map -> heap of (deadline, sequence, id): lazy deletion, entries may be stale. One
+        # heap per map because each map runs on its own stream's clock (expire_streams).
+        self._deadlines: dict[str, list[tuple[float, int, str]]] = {"p": [], "h": [], "j": []}
         self._seq = 0
         # (model, kind, outcome) of events that did not join; the model is None for labels that
         # named none and whose prediction never came. Drained by the caller.
@@ -82,6 +88,13 @@ class LabelJoin:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._ttl_for = None  # set by LabelJoin.restore / bind()
+        if isinstance(self._deadlines, list):  # a snapshot from before the per-map heaps
+            heaps: dict[str, list] = {"p": [], "h": [], "j": []}
+            for deadline, seq, which, pid in self._deadlines:
+                heaps[which].append((deadline, seq, pid))
+            for heap in heaps.values():
+                heapq.heapify(heap)
+            self._deadlines = heaps
 
     def bind(self, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
         """Give a restored join its TTL lookup (configuration, not state)."""
@@ -154,12 +167,22 @@ class LabelJoin:
         return None
 
     def expire(self, now: float) -> int:
-        """Let go of everything whose TTL ended before `now`; returns how many left."""
+        """Let go of everything whose TTL ended before `now` (one clock for both streams)."""
+        return self.expire_streams(inferences=now, labels=now)
+
+    def expire_streams(self, inferences: float, labels: float) -> int:
+        """Expire on each stream's own progress (event time read so far); returns how many left.
+
+        Pending predictions wait for labels: they expire on `labels`. Held labels wait for
+        predictions: they expire on `inferences`. A joined id guards against duplicates on both
+        topics: it is forgotten when both have passed its deadline.
+        """
         gone = 0
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, which, pid = heapq.heappop(heap)
-            gone += self._drop(which, pid, deadline=now)
+        for which, now in (("p", labels), ("h", inferences), ("j", min(inferences, labels))):
+            heap = self._deadlines[which]
+            while heap and heap[0][0] <= now:
+                _, _, pid = heapq.heappop(heap)
+                gone += self._drop(which, pid, deadline=now)
         return gone
 
     # -- internals -----------------------------------------------------------------------------
@@ -170,14 +193,15 @@ class LabelJoin:
 
     def _schedule(self, deadline: float, which: str, pid: str) -> None:
         self._seq += 1
-        heap = self._deadlines
-        heapq.heappush(heap, (deadline, self._seq, which, pid))
+        heap = self._deadlines[which]
+        heapq.heappush(heap, (deadline, self._seq, pid))
         # Entries dropped early by the cap stay in the heap until their deadline; rebuild it
         # when they outnumber the live ones so the heap is bounded like the maps.
         if len(heap) > 4 * self.max_pending + 1024:
-            live = {"p": self._pending, "h": self._held, "j": self._joined}
-            self._deadlines = [e for e in heap if e[3] in live[e[2]]]
-            heapq.heapify(self._deadlines)
+            live = {"p": self._pending, "h": self._held, "j": self._joined}[which]
+            rebuilt = [e for e in heap if e[2] in live]
+            heapq.heapify(rebuilt)
+            self._deadlines[which] = rebuilt
 
     def _cap(self, table: dict, which: str) -> None:
         # dicts keep insertion order: the first key is the oldest entry.

@@ -474,3 +474,52 @@ class WorkerMetrics:
             errors = Family("driftline_produce_errors", "counter", "Records Kafka refused, by topic.", ("topic",))
             errors.rows = [((t,), n) for t, n in sorted(st.produce_errors.items())]
             return out + [ckpt, errors]
+
+
+class EventTimeMetrics:
+    """Event-time alignment figures of a worker (stream/ordering.EventTimeStats), per partition.
+
+    Watermarks are event time (Unix seconds): an input partition's progress (stage "intake") and
+    an observations partition's released watermark (stage "bank"); the lag is the wall clock
+    minus that. A bank watermark that stops while events keep coming is what the
+    DriftlineWatermarkStuck alert watches.
+    """
+
+    def __init__(self, stats, lock: ContextManager | None = None, clock: Callable[[], float] = time.time):
+        self.stats = stats
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.clock = clock
+
+    def families(self) -> list[Family]:
+        now = self.clock()
+        with self.lock:
+            st = self.stats
+            mark = Family("driftline_watermark_seconds", "gauge",
+                          "Event time every observation up to has been read (intake) or applied in order (bank).",
+                          ("stage", "partition"))
+            lag = Family("driftline_event_time_lag_seconds", "gauge",
+                         "Wall clock minus the watermark, by stage and partition.", ("stage", "partition"))
+            for stage, table in (("intake", st.intake_progress), ("bank", st.bank_watermark)):
+                for p, ts in sorted(table.items()):
+                    mark.add((stage, str(p)), ts)
+                    lag.add((stage, str(p)), max(now - ts, 0.0))
+            held = Family("driftline_observations_held", "gauge",
+                          "Observations held in a bank partition until the watermark passes them.", ("partition",))
+            held_bytes = Family("driftline_observations_held_bytes", "gauge",
+                                "Bytes (as on the wire) of the observations held, by bank partition.", ("partition",))
+            for q, (n, b) in sorted(st.held.items()):
+                held.add((str(q),), n)
+                held_bytes.add((str(q),), b)
+            late = Family("driftline_observations_late", "counter",
+                          "Observations that arrived behind their bank's watermark (applied at once, out of order).",
+                          ("partition",))
+            late.rows = [((str(q),), n) for q, n in sorted(st.late.items())]
+            early = Family("driftline_observations_released_early", "counter",
+                           "Observations released before the watermark because the buffer reached worker.max_held(_bytes).",
+                           ("partition",))
+            early.rows = [((str(q),), n) for q, n in sorted(st.early.items())]
+            paused = Family("driftline_alignment_paused_seconds", "counter",
+                            "Seconds an input topic partition was paused: align (ahead of its partition's other "
+                            "topic) or skew (ahead of the fleet's slowest partition).", ("topic", "partition", "reason"))
+            paused.rows = [((t, str(p), r), s) for (t, p, r), s in sorted(st.paused_seconds.items())]
+            return [mark, lag, held, held_bytes, late, early, paused]

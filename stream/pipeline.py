@@ -51,13 +51,21 @@ class Intake:
         self.router = SegmentRouter()
         self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
         self.admitted: set[str] = set(settings.models)
+        # Event time read so far on each stream: the join's TTLs run on them (a prediction
+        # expires on label progress, a held label on inference progress). `watermark` is the
+        # larger of the two: the clock of the router's idle sweep and of /metrics.
+        self.inference_time = 0.0
+        self.label_time = 0.0
         self.watermark = 0.0
+        self.idle: set[str] = set()  # streams with nothing left unread (see set_idle)
         self._since_evict = 0
 
     # -- snapshot: settings are configuration, not state ----------------------------------------
     def snapshot(self) -> bytes:
         return snapshot_state({"router": self.router, "join": self.join, "admitted": self.admitted,
-                               "watermark": self.watermark, "since_evict": self._since_evict})
+                               "watermark": self.watermark, "since_evict": self._since_evict,
+                               "inference_time": self.inference_time, "label_time": self.label_time,
+                               "idle": self.idle})
 
     @classmethod
     def restore(cls, blob: bytes, settings) -> "Intake":
@@ -70,6 +78,10 @@ class Intake:
         intake.admitted = state["admitted"] | set(settings.models)
         intake.watermark = state["watermark"]
         intake._since_evict = state["since_evict"]
+        # Snapshots from before per-stream clocks: both streams had reached the watermark.
+        intake.inference_time = state.get("inference_time", intake.watermark)
+        intake.label_time = state.get("label_time", intake.watermark)
+        intake.idle = set(state.get("idle", ()))
         return intake
 
     def spec_for(self, model: str) -> ModelSpec:
@@ -92,8 +104,11 @@ class Intake:
                 return self.take_invalid(refused), refused
         out: list[tuple] = []
         ts = ev.timestamp
-        if ts > self.watermark:
-            self._advance(ts, out)
+        if self.idle:
+            self.idle.discard("inference")
+        if ts > self.inference_time:
+            self.inference_time = ts
+            self._advance(out)
         pid = ev.prediction_id
         if self.join.knows_prediction(pid):
             out.append((FATE, model, ALL_SEGMENT, "inference", "duplicate"))
@@ -122,8 +137,11 @@ class Intake:
 
     def take_label(self, ev: Label, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
         out: list[tuple] = []
-        if ev.timestamp > self.watermark:
-            self._advance(ev.timestamp, out)
+        if self.idle:
+            self.idle.discard("label")
+        if ev.timestamp > self.label_time:
+            self.label_time = ev.timestamp
+            self._advance(out)
         joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model)
         if joined == "model_mismatch":
             invalid = Invalid("label", "model_mismatch",
@@ -139,8 +157,26 @@ class Intake:
     def expire(self, now: float | None = None) -> list[tuple]:
         """Let the join drop what its TTL passed; returns the fates as observations."""
         out: list[tuple] = []
-        self.join.expire(self.watermark if now is None else now)
+        if now is None:
+            self.join.expire_streams(self.inference_time, self.label_time)
+        else:
+            self.join.expire(now)
         self._drain(out)
+        return out
+
+    def set_idle(self, kind: str, idle: bool = True) -> list[tuple]:
+        """Say whether the `kind` stream ("inference" or "label") has nothing left unread.
+
+        While it is idle its clock follows the other stream's, so what waits for it can expire
+        (without this a model whose labels never come would keep every prediction until the
+        `max_pending` cap); reading an event of that kind ends the idleness. Returns the fates.
+        """
+        out: list[tuple] = []
+        if idle:
+            self.idle.add(kind)
+            self._advance(out)
+        else:
+            self.idle.discard(kind)
         return out
 
     # -- internals ------------------------------------------------------------------------------
@@ -151,9 +187,14 @@ class Intake:
         self.admitted.add(model)
         return None
 
-    def _advance(self, timestamp: float, out: list[tuple]) -> None:
-        self.watermark = timestamp
-        if self.join.expire(timestamp):
+    def _advance(self, out: list[tuple]) -> None:
+        if self.idle:
+            if "label" in self.idle and self.inference_time > self.label_time:
+                self.label_time = self.inference_time
+            if "inference" in self.idle and self.label_time > self.inference_time:
+                self.inference_time = self.label_time
+        self.watermark = max(self.inference_time, self.label_time)
+        if self.join.expire_streams(self.inference_time, self.label_time):
             self._drain(out)
 
     def _drain(self, out: list[tuple]) -> None:

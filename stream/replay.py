@@ -88,8 +88,17 @@ def replay(
 
     detections: list[DriftRecord] = []
     total = len(merged)
+    # After the last event of a file its stream is idle (nothing left unread), as a caught-up
+    # topic is to the worker: what waits for that stream may expire on the other one's clock.
+    last = {}
+    for i, (_, order, _, _) in enumerate(merged):
+        last[order] = i
     for i, (_, order, _, ev) in enumerate(merged):
         out, refused = intake.take_inference(ev) if order == 0 else intake.take_label(ev)
+        if i == last.get(0):
+            out = out + intake.set_idle("inference")
+        if i == last.get(1):
+            out = out + intake.set_idle("label")
         if refused is not None:
             invalid[(refused.kind, refused.reason)] += 1
         if out:

@@ -99,6 +99,20 @@ class WorkerSettings:
     # duration (checkpointing takes at most ~10% of its time).
     checkpoint_interval: float = 10.0
     commit_interval: float = 1.0  # seconds between offset commits (lag and replay accounting)
+    # Event-time alignment (docs/guarantees.md, "Event time"). The two topics of an input
+    # partition are read within `align_window` of event time of each other (the one ahead is
+    # paused): a bound on what the join holds. Input partitions stay within `max_skew` of the
+    # fleet's slowest one: a bound on what stage 2 holds. Small values churn pause/resume (each
+    # resume re-fetches), large ones hold more; both hold in event time, so a fleet at R events/s
+    # holds about R x max_skew observations.
+    align_window: float = 300.0
+    max_skew: float = 900.0
+    # A topic caught up for this long is idle: its progress stops holding back the watermark
+    # (what idleness adds to publish -> counted when some partitions are silent).
+    idle_timeout: float = 1.0
+    # Stage-2 buffer bounds per observations partition; past them the oldest are released early.
+    max_held: int = 200_000
+    max_held_bytes: int = 256 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,6 +474,11 @@ def _worker(r: _Reader) -> WorkerSettings:
         batch=r.integer("batch", base.batch, 1, 100_000),
         checkpoint_interval=r.duration("checkpoint_interval", base.checkpoint_interval),
         commit_interval=r.duration("commit_interval", base.commit_interval),
+        align_window=r.duration("align_window", base.align_window),
+        max_skew=r.duration("max_skew", base.max_skew),
+        idle_timeout=r.duration("idle_timeout", base.idle_timeout),
+        max_held=r.integer("max_held", base.max_held, 1000, 100_000_000),
+        max_held_bytes=r.integer("max_held_bytes", base.max_held_bytes, 1 << 20, 1 << 40),
     )
     r.done()
     return ws

@@ -42,6 +42,8 @@ from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
+from driftline.stream.eventtime import INFERENCES, LABELS
+from driftline.stream.ordering import EventTimeDriver
 from driftline.stream.pipeline import Intake, observe
 
 log = logging.getLogger("driftline.worker")
@@ -57,9 +59,11 @@ BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles 
 class IntakePartition:
     """Stage-1 state of input partition p: the intake, and what it has read of each topic."""
 
-    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at", "last_ts")
+    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at", "last_ts", "read_time", "fate_seq",
+                 "alignment")
 
-    def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float):
+    def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float, alignment=None,
+                 read_time: dict | None = None, fate_seq: int = 0):
         self.intake = intake
         # A fresh intake gets a fresh epoch: observations carry it, so a bank never confuses
         # offsets of a restarted history with those of an older one.
@@ -68,17 +72,22 @@ class IntakePartition:
         self.dirty = False
         self.checkpointed_at = now
         self.last_ts: dict[str, float] = {}  # topic -> Kafka timestamp (ms) of the last message read
+        # Largest event time read on each topic (the partition's progress, see eventtime.py).
+        self.read_time: dict[str, float | None] = read_time or {INFERENCES: None, LABELS: None}
+        self.fate_seq = fate_seq  # numbers the fates emitted outside any message (idle expiry)
+        self.alignment = alignment  # eventtime.SourceAlignment: configuration + live decisions
 
     def snapshot(self) -> bytes:
-        return snapshot_state({"intake": self.intake.snapshot(), "epoch": self.epoch, "positions": self.positions})
+        return snapshot_state({"intake": self.intake.snapshot(), "epoch": self.epoch, "positions": self.positions,
+                               "read_time": self.read_time, "fate_seq": self.fate_seq})
 
 
 class BankPartition:
     """Stage-2 state of observations partition q: the bank, de-duplication marks, position."""
 
-    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at", "last_ts")
+    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at", "last_ts", "buffer")
 
-    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float):
+    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float, buffer=None):
         self.bank = bank
         # (epoch + topic code) -> (offset, index) of the last observation applied from that
         # source: observations an intake replays after a crash are recognised and skipped.
@@ -87,9 +96,29 @@ class BankPartition:
         self.dirty = False
         self.checkpointed_at = now
         self.last_ts: dict[str, float] = {}
+        # eventtime.WatermarkBuffer: observations held until every source has passed them.
+        self.buffer = buffer
+
+    def fresh(self, src: str, recs: list) -> list:
+        """The records of `src` not applied before (a replay after a crash re-sends some)."""
+        seen = self.seen
+        last = seen.get(src)
+        out = []
+        for r in recs:
+            mark = (r[0], r[1])
+            if last is not None and mark <= last:
+                continue
+            last = mark
+            out.append(r)
+        if last is not None:
+            if src not in seen and len(seen) >= MAX_SOURCES:
+                del seen[next(iter(seen))]  # the oldest source: an epoch long gone
+            seen[src] = last
+        return out
 
     def snapshot(self) -> bytes:
-        return snapshot_state({"bank": self.bank.snapshot(), "seen": self.seen, "positions": self.positions})
+        return snapshot_state({"bank": self.bank.snapshot(), "seen": self.seen, "positions": self.positions,
+                               "held": self.buffer.to_state()})
 
 
 class WorkerStats:
@@ -112,9 +141,11 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings, obs_partitions: int, clock=time.time):
+    def __init__(self, settings, obs_partitions: int, clock=time.time, source_partitions: int | None = None):
         self.settings = settings
         self.obs_partitions = obs_partitions
+        # Input partitions: each one feeds every bank, whose watermark waits for all of them.
+        self.source_partitions = source_partitions or settings.kafka.partitions
         self._routes: dict[tuple[str, str], int] = {}
         self.clock = clock
         self.topics = settings.kafka.topics
@@ -170,6 +201,7 @@ class Worker:
             # produce() blocks the loop (back pressure), and nothing is dropped.
             "message.timeout.ms": 0,
         })
+        self.event_time = EventTimeDriver(self, self.source_partitions)
         self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
                                      self.topics.checkpoint_data)
 
@@ -214,6 +246,8 @@ class Worker:
                     self._next_baselines = now + BASELINES_EVERY
                 if now >= self._next_checkpoint:
                     self._checkpoint()
+                with self.lock:
+                    self.event_time.tick()
         finally:
             self._shutdown()
         if self.fatal is not None:
@@ -280,6 +314,10 @@ class Worker:
             ev = decode(raw, default_ts, self.limits)
             if type(ev) is not Invalid:
                 obs, refused = take(ev, raw)
+                kind = INFERENCES if code == "i" else LABELS
+                last = ip.read_time[kind]
+                if last is None or ev.timestamp > last:
+                    ip.read_time[kind] = ev.timestamp
             else:
                 obs, refused = intake.take_invalid(ev), ev
             offset = msg.offset()
@@ -306,44 +344,53 @@ class Worker:
         self.stats.messages["bank"] += len(msgs) - n_source
         # One message per (source, destination partition), in source order: a bank sees each
         # source's observations in offset order, which its de-duplication relies on.
+        src_part = {ip.epoch + c: p for p, ip in self.intakes.items() for c in "il"}
         for (src, dest), recs in batches.items():
             key = src.encode()
             for i in range(0, len(recs), OBS_PER_MESSAGE):
-                self._produce(obs_topic, key, orjson.dumps([src, recs[i:i + OBS_PER_MESSAGE]]), dest)
+                self._produce(obs_topic, key, orjson.dumps(self._obs_message(src, recs[i:i + OBS_PER_MESSAGE], src_part[src])), dest)
 
     def _route(self, model: str, segment: str) -> int:
         """The observations partition that owns (model, segment): stable across processes."""
         dest = self._routes[(model, segment)] = zlib.crc32(f"{model}\x1f{segment}".encode()) % self.obs_partitions
         return dest
 
+    @staticmethod
+    def _obs_message(src: str, recs: list, partition: int) -> list:
+        """One observations message (format 2, see stream/ordering.py)."""
+        return [src, recs, partition, None, None]
+
+    def emit_fates(self, p: int, ip: IntakePartition, fates: list) -> None:
+        """Fates made outside any message (expiry when a topic goes idle), under their own source."""
+        ip.fate_seq += 1
+        src = ip.epoch + "x"
+        by_dest: dict[int, list] = {}
+        for k, o in enumerate(fates):
+            dest = self._routes.get((o[1], o[2]))
+            if dest is None:
+                dest = self._route(o[1], o[2])
+            by_dest.setdefault(dest, []).append([ip.fate_seq, k, *o])
+        for dest, recs in by_dest.items():
+            self._produce(self.topics.observations, src.encode(), orjson.dumps(self._obs_message(src, recs, p)), dest)
+        ip.dirty = True
+
     def _apply(self, msg) -> None:
         bp = self.banks.get(msg.partition())
         if bp is None:
             return
-        src, recs = orjson.loads(msg.value())
-        seen = bp.seen
-        last = seen.get(src)
-        bank = bp.bank
-        skipped = 0
-        for r in recs:
-            mark = (r[0], r[1])
-            if last is not None and mark <= last:
-                skipped += 1
-                continue
-            last = mark
-            hits = observe(bank, r[2:])
-            for rec in hits:
-                d = rec.to_dict()
-                d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id
-                self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
-        if last is not None:
-            if src not in seen and len(seen) >= MAX_SOURCES:
-                del seen[next(iter(seen))]  # the oldest source: an epoch long gone
-            seen[src] = last
-        self.stats.deduplicated += skipped
+        self.event_time.apply(bp, msg.value(), lambda src, r: self.apply_record(bp, src, r))
         topic = msg.topic()
         bp.positions[topic] = msg.offset() + 1
         bp.last_ts[topic] = msg.timestamp()[1]
+        bp.dirty = True
+
+    def apply_record(self, bp: BankPartition, src: str, r: list) -> None:
+        """Apply one observation record to its bank; publish the detections it causes."""
+        hits = observe(bp.bank, r[2:])
+        for rec in hits:
+            d = rec.to_dict()
+            d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id
+            self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
         bp.dirty = True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
@@ -499,12 +546,13 @@ class Worker:
                     table[p] = self._restore(stage, blobs[key], now)
                     log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
                 elif stage == "intake":
-                    table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now)
+                    table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now,
+                                               self.event_time.new_alignment())
                     fresh.add(key)
                 else:
                     table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle,
                                                           self.profiles),
-                                             {}, {}, now)
+                                             {}, {}, now, self.event_time.new_buffer())
                     fresh.add(key)
             for tp in partitions:
                 table = self._stage_of(tp)[1]
@@ -520,6 +568,7 @@ class Worker:
                     tp.offset = done if done >= 0 else self._low_watermark(tp)
                     table[tp.partition].positions[tp.topic] = tp.offset
             consumer.assign(partitions)
+            self.event_time.assigned()
             if fresh:
                 # Checkpoint new states at once: a successor must never find a partition without
                 # one, or it would start empty at the committed offset and lose what the join held.
@@ -586,11 +635,13 @@ class Worker:
     def _restore(self, stage: str, blob: bytes, now: float):
         state = restore_state(blob)
         if stage == "intake":
-            part = IntakePartition(Intake.restore(state["intake"], self.settings), state["epoch"], state["positions"], now)
+            part = IntakePartition(Intake.restore(state["intake"], self.settings), state["epoch"], state["positions"], now,
+                                   self.event_time.new_alignment(), state.get("read_time"), state.get("fate_seq", 0))
         else:
             bank = DetectorBank.restore(state["bank"], self.settings.spec_for, self.profiles)
             bank.idle_after = self.settings.limits.segment_idle
-            part = BankPartition(bank, state["seen"], state["positions"], now)
+            part = BankPartition(bank, state["seen"], state["positions"], now,
+                                 self.event_time.new_buffer(state.get("held")))
         return part
 
 
@@ -600,21 +651,23 @@ def run_worker(settings, listen: str) -> int:
     from prometheus_client.process_collector import ProcessCollector
 
     from driftline.stream.admin import ensure_topics
-    from driftline.stream.exporter import DriftlineMetrics, WorkerMetrics, render
+    from driftline.stream.exporter import DriftlineMetrics, EventTimeMetrics, WorkerMetrics, render
     from driftline.stream.http import StatusServer
 
     log.info("%s", settings.describe())
     created, partitions = ensure_topics(settings)
     log.info("topics: %s", ", ".join(f"{k} ({v})" for k, v in created.items()))
-    worker = Worker(settings, partitions[settings.kafka.topics.observations])
+    worker = Worker(settings, partitions[settings.kafka.topics.observations],
+                    source_partitions=partitions[settings.kafka.topics.inferences])
     contract = DriftlineMetrics(settings, intakes=worker.intake_objects, banks=worker.bank_objects,
                                 clock=time.time, lock=worker.lock)
     figures = WorkerMetrics(worker.stats, lock=worker.lock)
+    event_time = EventTimeMetrics(worker.event_time.stats, lock=worker.lock)
     process = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=process)
 
     def metrics() -> bytes:
-        return render(contract.families() + figures.families()) + generate_latest(process)
+        return render(contract.families() + figures.families() + event_time.families()) + generate_latest(process)
 
     server = StatusServer(listen, metrics, worker.readiness).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s", listen)

@@ -1,0 +1,254 @@
+"""Event-time alignment across partitions: pure objects, fed positions, event times and a clock.
+
+Two stages of the worker need the same care a stream processor gives event time (Kafka
+Streams' KIP-353, Flink's per-partition watermarks, idleness and source alignment):
+
+- `SourceAlignment` (stage 1, one per input partition p): decides which of p's two topics to
+  pause so that they are read in event-time order within `align_window`, and which to pause so
+  that p stays within `max_skew` of the fleet's slowest input partition; says which topics are
+  idle (caught up for `idle_timeout`), and what event time p has reached (its *progress*: a lower
+  bound on the ordering key of every observation p will still emit).
+- `WatermarkBuffer` (stage 2, one per observations partition q): holds the observations that
+  reach q and releases them in ordering-key order once every input partition that feeds q has
+  progressed past them (the *watermark*: the minimum progress over the sources that are not
+  idle); what arrives behind the watermark is released at once and counted late.
+
+The ordering key of an observation is the position `driftline replay` gives it: the event time
+of the event that made it, inferences before labels at the same instant. An outcome is made by
+whichever of its prediction and label comes later, so its key is (label time, 1) (a label that
+predates its prediction, which the join holds, is the rare exception: it is keyed by its own
+time and counted late if the watermark passed it). Fates and folds carry no event time: they
+are counters, applied on arrival.
+
+docs/guarantees.md ("Event time") states the bounds and what they give each number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from typing import Iterable
+
+from driftline.stream.pipeline import INFERENCE, OUTCOME
+
+INFERENCES, LABELS = "inference", "label"
+# A source that sent nothing (no data, no heartbeat) for this long is left out of the
+# watermark: its worker is gone and the group has not yet given its partition to another.
+SILENT_AFTER = 30.0
+
+
+def ordering_key(obs) -> tuple[float, int] | None:
+    """Where `driftline replay` applies an observation: (event time, 0 inference / 1 label), or
+    None for counters (fates, folds) whose order does not matter."""
+    kind = obs[0]
+    if kind == INFERENCE:
+        return (obs[4], 0)
+    if kind == OUTCOME:
+        return (obs[4], 1)
+    return None
+
+
+class SourceAlignment:
+    """Stage-1 read order of one input partition: which topic to pause, and its progress.
+
+    `observe(now, caught_up)` is fed, for each topic, whether everything published to it has
+    been read; the event times read so far come from the intake (`inference_time`,
+    `label_time`), passed as `times`. `paused(...)` returns the set of topics to pause.
+    """
+
+    def __init__(self, align_window: float, max_skew: float, idle_timeout: float):
+        self.align_window = align_window
+        self.max_skew = max_skew
+        self.idle_timeout = idle_timeout
+        self._caught_up_since: dict[str, float | None] = {INFERENCES: None, LABELS: None}
+        self._caught_up: dict[str, bool] = {INFERENCES: False, LABELS: False}
+        self._positions: dict[str, int | None] = {}
+        self.pausing: dict[str, str] = {}  # topic kind -> reason ("align" or "skew")
+
+    def observe(self, now: float, caught_up: dict[str, bool], positions: dict[str, int | None]) -> None:
+        """Whether each topic has nothing unread, and its read position: a topic is caught up
+        *since* the last time it read something, so a sparse topic never looks idle."""
+        for kind, up in caught_up.items():
+            self._caught_up[kind] = up
+            moved = positions.get(kind) != self._positions.get(kind)
+            self._positions[kind] = positions.get(kind)
+            if not up:
+                self._caught_up_since[kind] = None
+            elif self._caught_up_since[kind] is None or moved:
+                self._caught_up_since[kind] = now
+
+    def idle(self, kind: str, now: float) -> bool:
+        """Caught up for at least `idle_timeout`: its progress no longer holds anything back."""
+        since = self._caught_up_since[kind]
+        return since is not None and now - since >= self.idle_timeout
+
+    def progress(self, times: dict[str, float | None], now: float) -> tuple[float | None, bool]:
+        """(progress, idle): the least event time over the topics that are not idle (None while
+        a topic that is not idle has read nothing); idle when both topics are."""
+        live = [times[k] for k in (INFERENCES, LABELS) if not self.idle(k, now)]
+        if not live:
+            known = [t for t in times.values() if t is not None]
+            return (max(known) if known else None), True
+        if any(t is None for t in live):
+            return None, False
+        return min(live), False
+
+    def decide(self, times: dict[str, float | None], now: float, fleet_min: float | None) -> dict[str, str]:
+        """Topics to pause, with the reason: "align" (ahead of the partition's other topic, which
+        has unread events) or "skew" (the partition is ahead of the fleet's slowest)."""
+        self.pausing = self._decide(times, now, fleet_min)
+        return self.pausing
+
+    def _decide(self, times: dict[str, float | None], now: float, fleet_min: float | None) -> dict[str, str]:
+        pausing: dict[str, str] = {}
+        progress, idle = self.progress(times, now)
+        was_skew = any(r == "skew" for r in self.pausing.values())
+        if fleet_min is not None and progress is not None and not idle:
+            # Hysteresis: once paused, wait until the fleet is within half the bound, so the
+            # pause/resume cycle moves half a bound of event time, not one message.
+            limit = fleet_min + (self.max_skew / 2 if was_skew else self.max_skew)
+            if progress > limit:
+                return {INFERENCES: "skew", LABELS: "skew"}
+        for kind, other in ((INFERENCES, LABELS), (LABELS, INFERENCES)):
+            mine, theirs = times[kind], times[other]
+            if self._caught_up[other]:
+                continue  # nothing to wait for on the other topic (KIP-353 would wait idle.ms)
+            if mine is None:
+                continue
+            behind = -math.inf if theirs is None else theirs
+            # Paused until the other topic has caught up with this one; then read again.
+            limit = behind + (0.0 if self.pausing.get(kind) == "align" else self.align_window)
+            if mine > limit:
+                pausing[kind] = "align"
+        if len(pausing) == 2:  # cannot both be ahead; never pause both for alignment
+            pausing.clear()
+        return pausing
+
+
+@dataclasses.dataclass(slots=True)
+class SourceMark:
+    """What a bank knows of one input partition's progress."""
+
+    progress: float | None = None
+    idle: bool = False
+    heard_at: float | None = None  # the bank's clock when it last heard from the source
+
+
+class WatermarkBuffer:
+    """Stage-2 order of one observations partition: hold, then release in ordering-key order.
+
+    `sources` is the number of input partitions (every one can feed every bank). Held entries
+    are plain lists, `[key_time, key_order, partition, offset, index, src, obs]`, so the buffer
+    snapshots as plain data. Bounds: at most `max_held` entries and `max_bytes` bytes (as
+    measured on the wire); past either the oldest is released early and the watermark moves to
+    it (what then arrives behind it is late: applied and counted).
+    """
+
+    def __init__(self, sources: int, max_held: int, max_bytes: int, now: float):
+        self.sources = sources
+        self.max_held = max_held
+        self.max_bytes = max_bytes
+        self.marks: dict[int, SourceMark] = {}
+        self.heap: list[list] = []
+        self.held_bytes = 0
+        self.floor = -math.inf  # everything at or below it was released: the watermark reached
+        self.late = 0  # observations that arrived behind the watermark (applied at once)
+        self.early = 0  # observations released early by the bounds
+        self.created = now
+        self._seq = 0
+
+    # -- state ------------------------------------------------------------------------------------
+    def to_state(self) -> dict:
+        return {"marks": {p: [m.progress, m.idle] for p, m in self.marks.items()},
+                "heap": self.heap, "held_bytes": self.held_bytes, "floor": self.floor,
+                "late": self.late, "early": self.early, "seq": self._seq}
+
+    @classmethod
+    def from_state(cls, state: dict, sources: int, max_held: int, max_bytes: int, now: float) -> "WatermarkBuffer":
+        buf = cls(sources, max_held, max_bytes, now)
+        # The bank's clock does not travel: every source gets a fresh grace period.
+        buf.marks = {int(p): SourceMark(m[0], m[1], now) for p, m in state["marks"].items()}
+        buf.heap = [list(e) for e in state["heap"]]
+        heapq.heapify(buf.heap)
+        buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]
+        buf.late, buf.early, buf._seq = state["late"], state["early"], state["seq"]
+        return buf
+
+    @property
+    def held(self) -> int:
+        return len(self.heap)
+
+    # -- input ------------------------------------------------------------------------------------
+    def note(self, partition: int, progress: float | None, idle: bool | None, now: float) -> None:
+        """What input partition `partition` says of itself: a heartbeat carries its progress and
+        idleness; a data message (progress and idle None) only that it is alive."""
+        mark = self.marks.get(partition)
+        if mark is None:
+            mark = self.marks[partition] = SourceMark()
+        mark.heard_at = now
+        if idle is None:
+            return
+        # Progress never goes back: a successor replaying from a checkpoint re-reads events
+        # whose observations this bank has applied already.
+        if progress is not None and (mark.progress is None or progress > mark.progress):
+            mark.progress = progress
+        mark.idle = idle
+
+    def add(self, key: tuple[float, int], partition: int, offset: int, index: int, src: str, obs,
+            size: int) -> bool:
+        """Hold one observation; False if it is late (behind the watermark): apply it now."""
+        if key[0] < self.floor:
+            self.late += 1
+            return False
+        self._seq += 1
+        heapq.heappush(self.heap, [key[0], key[1], partition, offset, index, self._seq, src, obs, size])
+        self.held_bytes += size
+        return True
+
+    # -- output -----------------------------------------------------------------------------------
+    def watermark(self, now: float) -> float:
+        """The least progress over the sources that are neither idle nor silent; +inf when all
+        are; -inf while one that counts has not said where it is."""
+        low = math.inf
+        for p in range(self.sources):
+            mark = self.marks.get(p)
+            heard = self.created if mark is None or mark.heard_at is None else mark.heard_at
+            if now - heard >= SILENT_AFTER:
+                continue  # silent: its owner is gone (a successor's first heartbeat brings it back)
+            if mark is None or mark.progress is None:
+                if mark is not None and mark.idle:
+                    continue
+                return -math.inf
+            if mark.idle:
+                continue
+            if mark.progress < low:
+                low = mark.progress
+        return low
+
+    def release(self, now: float) -> list[list]:
+        """Held entries the watermark (or a bound) lets go, in ordering-key order."""
+        heap = self.heap
+        if not heap:
+            return []
+        out = []
+        mark = self.watermark(now)
+        while heap and heap[0][0] < mark:
+            entry = heapq.heappop(heap)
+            self.held_bytes -= entry[8]
+            out.append(entry)
+        if math.isfinite(mark):
+            self.floor = max(self.floor, mark)
+        elif out:  # every source idle: all released; what comes behind the last one is late
+            self.floor = max(self.floor, out[-1][0])
+        while heap and (len(heap) > self.max_held or self.held_bytes > self.max_bytes):
+            entry = heapq.heappop(heap)
+            self.held_bytes -= entry[8]
+            self.early += 1
+            self.floor = max(self.floor, entry[0])
+            out.append(entry)
+        return out
+
+    def lowest_progress(self, now: float) -> float | None:
+        """The slowest source's progress (idle and silent ones left out), for the fleet skew bound."""
+        mark = self.watermark(now)
+        return mark if math.isfinite(mark) else None

@@ -1,0 +1,203 @@
+"""The worker's event-time collaborator: pauses, heartbeats and ordered release (Kafka side).
+
+The decisions are `stream/eventtime.py`'s pure objects; this module feeds them what the consumer
+knows (positions, cached high watermarks), applies their answers (`Consumer.pause`/`resume`),
+publishes each input partition's progress on the observations topic, and measures what the
+metrics report. One instance per worker; it reads the worker's partition tables and never owns
+state that a checkpoint must carry (the buffers live in the bank partitions, the read times in
+the intake partitions).
+
+Wire format of an observations message (a JSON array; `OBS_FORMAT` = 2):
+
+    [src, recs]                                   format 1: observations, applied on arrival
+    [src, recs, partition, progress, idle]        format 2: observations of input `partition`
+                                                  (progress and idle null), or a heartbeat
+                                                  (src "", recs []) with its progress and idleness
+
+A format-2 worker reads format-1 messages (a rolling upgrade) and applies them on arrival, as
+format-1 workers did.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import orjson
+from confluent_kafka import TopicPartition
+
+from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer, ordering_key
+
+OBS_FORMAT = 2
+HEARTBEAT_EVERY = 0.1  # seconds between progress heartbeats: the release latency they add
+ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
+
+
+class EventTimeStats:
+    """What /metrics reports of event-time alignment (read at scrape time, under the lock)."""
+
+    def __init__(self) -> None:
+        self.paused_seconds: dict[tuple[str, int, str], float] = {}  # (topic, partition, reason)
+        self.intake_progress: dict[int, float] = {}  # input partition -> progress (event time)
+        self.bank_watermark: dict[int, float] = {}  # observations partition -> watermark
+        self.held: dict[int, tuple[int, int]] = {}  # observations partition -> (count, bytes)
+        self.late: dict[int, int] = {}
+        self.early: dict[int, int] = {}
+
+
+class EventTimeDriver:
+    def __init__(self, worker, sources: int, clock=time.monotonic):
+        self.worker = worker
+        self.sources = sources  # input partitions: every one may feed every bank
+        ws = worker.settings.worker
+        self.ws = ws
+        self.clock = clock
+        self.topic_of = {INFERENCES: worker.topics.inferences, LABELS: worker.topics.labels}
+        self.stats = EventTimeStats()
+        self._next_align = 0.0
+        self._next_heartbeat = 0.0
+        self._paused_at: dict[tuple[str, int], tuple[float, str]] = {}  # (topic, p) -> (since, reason)
+
+    # -- state objects ------------------------------------------------------------------------------
+    def new_alignment(self) -> SourceAlignment:
+        return SourceAlignment(self.ws.align_window, self.ws.max_skew, self.ws.idle_timeout)
+
+    def new_buffer(self, state: dict | None = None) -> WatermarkBuffer:
+        now = self.clock()
+        if state is None:
+            return WatermarkBuffer(self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
+        return WatermarkBuffer.from_state(state, self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
+
+    def assigned(self) -> None:
+        """After an assignment: librdkafka starts every assigned partition unpaused."""
+        now = self.clock()
+        for (topic, p), (since, reason) in self._paused_at.items():
+            self._add_paused(topic, p, reason, now - since)
+        self._paused_at.clear()
+        for ip in self.worker.intakes.values():
+            ip.alignment.pausing = {}
+
+    # -- stage 2: one observations message -----------------------------------------------------
+    def apply(self, bp, value: bytes, apply_one) -> None:
+        """Decode one observations message for bank partition `bp`; `apply_one(src, rec)` applies
+        one record (it de-duplicates nothing: records arrive here de-duplicated)."""
+        msg = orjson.loads(value)
+        if len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
+            src, recs = msg
+            for rec in self._fresh(bp, src, recs):
+                apply_one(src, rec)
+            return
+        src, recs, p, progress, idle = msg
+        now = self.clock()
+        buffer = bp.buffer
+        if recs:
+            size = len(value) // len(recs) + 1
+            for rec in self._fresh(bp, src, recs):
+                key = ordering_key(rec[2:])
+                if key is None or not buffer.add(key, p, rec[0], rec[1], src, rec, size):
+                    apply_one(src, rec)  # a counter, or late: apply now (counted by the buffer)
+        buffer.note(p, progress, idle, now)
+        for entry in buffer.release(now):
+            apply_one(entry[6], entry[7])
+
+    def _fresh(self, bp, src: str, recs: list) -> list:
+        """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
+        out = bp.fresh(src, recs)
+        self.worker.stats.deduplicated += len(recs) - len(out)
+        return out
+
+    # -- the loop's periodic work ----------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        if now >= self._next_align:
+            self._next_align = now + ALIGN_EVERY
+            self._align(now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_EVERY
+            self._heartbeat(now)
+            self._release(now)
+            self._refresh_stats(now)
+
+    def _caught_up(self, ip, p: int) -> dict[str, bool]:
+        out = {}
+        consumer = self.worker.consumer
+        for kind, topic in self.topic_of.items():
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except Exception:  # noqa: BLE001 - unknown: not caught up (never idle by mistake)
+                high = -1
+            pos = ip.positions.get(topic)
+            out[kind] = high >= 0 and pos is not None and pos >= high
+        return out
+
+    def fleet_min(self, now: float) -> float | None:
+        """The slowest input partition's progress, as this worker's banks hear it (None: no bank)."""
+        lows = [bp.buffer.lowest_progress(now) for bp in self.worker.banks.values()]
+        lows = [x for x in lows if x is not None]
+        return min(lows) if lows else None
+
+    def _align(self, now: float) -> None:
+        worker = self.worker
+        fleet = self.fleet_min(now)
+        pause, resume = [], []
+        for p, ip in worker.intakes.items():
+            al = ip.alignment
+            al.observe(now, self._caught_up(ip, p), {k: ip.positions.get(t) for k, t in self.topic_of.items()})
+            for kind in (INFERENCES, LABELS):
+                # The join's clock of an idle stream follows the other's (Intake.set_idle).
+                idle = al.idle(kind, now)
+                if idle != (kind in ip.intake.idle):
+                    fates = ip.intake.set_idle(kind, idle)
+                    if fates:
+                        worker.emit_fates(p, ip, fates)
+            before = dict(al.pausing)
+            after = al.decide(ip.read_time, now, fleet)
+            for kind in (INFERENCES, LABELS):
+                topic = self.topic_of[kind]
+                if kind in after and kind not in before:
+                    pause.append(TopicPartition(topic, p))
+                    self._paused_at[(topic, p)] = (now, after[kind])
+                elif kind not in after and kind in before:
+                    resume.append(TopicPartition(topic, p))
+                    since, reason = self._paused_at.pop((topic, p), (now, before[kind]))
+                    self._add_paused(topic, p, reason, now - since)
+        if pause:
+            worker.consumer.pause(pause)
+        if resume:
+            worker.consumer.resume(resume)
+
+    def _add_paused(self, topic: str, p: int, reason: str, seconds: float) -> None:
+        key = (topic, p, reason)
+        self.stats.paused_seconds[key] = self.stats.paused_seconds.get(key, 0.0) + seconds
+
+    def _heartbeat(self, now: float) -> None:
+        worker = self.worker
+        obs_topic = worker.topics.observations
+        for p, ip in worker.intakes.items():
+            progress, idle = ip.alignment.progress(ip.read_time, now)
+            value = orjson.dumps(["", [], p, progress, idle])
+            for q in range(worker.obs_partitions):
+                worker._produce(obs_topic, None, value, q)
+
+    def _release(self, now: float) -> None:
+        for bp in self.worker.banks.values():
+            for entry in bp.buffer.release(now):
+                self.worker.apply_record(bp, entry[6], entry[7])
+
+    def _refresh_stats(self, now: float) -> None:
+        st = self.stats
+        st.intake_progress = {}
+        for p, ip in self.worker.intakes.items():
+            progress, _ = ip.alignment.progress(ip.read_time, now)
+            if progress is not None:
+                st.intake_progress[p] = progress
+        st.bank_watermark, st.held, st.late, st.early = {}, {}, {}, {}
+        for q, bp in self.worker.banks.items():
+            buf = bp.buffer
+            if math.isfinite(buf.floor):
+                st.bank_watermark[q] = buf.floor
+            st.held[q] = (buf.held, buf.held_bytes)
+            st.late[q] = buf.late
+            st.early[q] = buf.early
+        for (topic, p), (since, reason) in self._paused_at.items():
+            self._add_paused(topic, p, reason, now - since)
+            self._paused_at[(topic, p)] = (now, reason)

@@ -1,0 +1,234 @@
+"""Event time across partitions, as pure objects: the join's per-stream clocks, stage-1 read
+alignment of an input partition's two topics, and the stage-2 watermark buffer."""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.state import restore as restore_state
+from driftline.detectors.state import snapshot as snapshot_state
+from driftline.stream.events import Inference, Label
+from driftline.stream.eventtime import (
+    INFERENCES,
+    LABELS,
+    SILENT_AFTER,
+    SourceAlignment,
+    WatermarkBuffer,
+    ordering_key,
+)
+from driftline.stream.pipeline import FATE, INFERENCE, OUTCOME, Intake
+from driftline.stream.settings import parse_settings
+
+HOUR = 3600.0
+
+
+def settings(ttl: str = "1h"):
+    return parse_settings({"models": {"m": {"task": "classification", "features": {"x": "numeric"},
+                                             "label_ttl": ttl}}}, env={})
+
+
+def inference(i: int, ts: float) -> Inference:
+    return Inference(prediction_id=f"p{i}", model="m", features={"x": 1.0}, prediction=1, score=None,
+                     timestamp=ts, segment={}, model_version="v1")
+
+
+def label(i: int, ts: float) -> Label:
+    return Label(prediction_id=f"p{i}", label=1, timestamp=ts, model=None)
+
+
+def fates(obs: list) -> Counter:
+    return Counter((o[3], o[4]) for o in obs if o[0] == FATE)
+
+
+# -- stage 1: the join's TTL runs on the stream that can still resolve it --------------------------
+def test_backlog_read_inferences_first_loses_no_join():
+    """All inferences (10 h of event time, TTL 1 h), then all labels: every label still joins."""
+    intake = Intake(settings("1h"))
+    out = []
+    for i in range(600):
+        out += intake.take_inference(inference(i, i * 60.0))[0]
+    for i in range(600):
+        out += intake.take_label(label(i, i * 60.0 + 30.0))[0]
+    assert sum(1 for o in out if o[0] == OUTCOME) == 600
+    assert fates(out)[("inference", "expired")] == 0
+
+
+def test_one_clock_for_both_streams_would_lose_the_joins():
+    """The mechanism the test above covers: with one clock (the old rule), the same backlog
+    expires every prediction whose TTL the inference stream passed before its label was read."""
+    join = LabelJoin(lambda model: HOUR)
+    for i in range(600):
+        join.add_prediction(PendingPrediction(f"p{i}", "m", ("__all__",), 1, None, i * 60.0))
+        join.expire(i * 60.0)
+    joined = sum(isinstance(join.add_label(f"p{i}", 1, i * 60.0 + 30.0), Joined) for i in range(600))
+    assert joined == 60  # only the last hour's predictions were still waiting
+
+
+def test_predictions_expire_when_the_label_stream_passes_them():
+    intake = Intake(settings("1h"))
+    intake.take_inference(inference(0, 0.0))
+    intake.take_inference(inference(1, 10 * HOUR))  # the inference stream is far ahead: no expiry
+    assert intake.join.pending_predictions == 2
+    out, _ = intake.take_label(label(1, 10 * HOUR + 1))  # the label stream passes p0's deadline
+    assert fates(out)[("inference", "expired")] == 1
+    assert intake.join.pending_predictions == 0
+
+
+def test_idle_label_stream_lets_predictions_expire_on_inference_time():
+    """A model whose labels never come: once the label topic is caught up (idle), its clock
+    follows the inferences', so predictions still expire at their TTL instead of piling up."""
+    intake = Intake(settings("1h"))
+    for i in range(10):
+        intake.take_inference(inference(i, i * HOUR))
+    assert intake.join.pending_predictions == 10
+    out = intake.set_idle(LABELS)
+    assert fates(out)[("inference", "expired")] == 9  # deadlines 1 h .. 9 h reached at 9 h
+    intake.take_inference(inference(10, 10 * HOUR))
+    assert intake.join.pending_predictions == 1  # p9 expired too: the label clock follows while idle
+    intake.take_label(label(10, 10 * HOUR + 5))  # a label: the stream is live again
+    assert LABELS not in intake.idle
+
+
+def test_snapshot_before_per_stream_heaps_restores():
+    join = LabelJoin(lambda model: HOUR)
+    join.add_prediction(PendingPrediction("a", "m", ("__all__",), 1, None, 0.0))
+    join.add_label("b", 1, 5.0)
+    state = join.__getstate__()
+    # The previous layout: one heap of (deadline, seq, which, id).
+    state["_deadlines"] = sorted((d, seq, which, pid) for which, heap in state["_deadlines"].items()
+                                 for d, seq, pid in heap)
+    old = LabelJoin.__new__(LabelJoin)
+    old.__setstate__(state)
+    old.bind(lambda model: HOUR)
+    old.expire_streams(inferences=2 * HOUR, labels=0.0)  # held label expires, prediction waits
+    assert old.held_labels == 0 and old.pending_predictions == 1
+    old.expire_streams(inferences=2 * HOUR, labels=2 * HOUR)
+    assert old.pending_predictions == 0
+
+
+# -- stage 1: reading an input partition's two topics in event-time order --------------------------
+def aligner(window=60.0, skew=600.0, idle=1.0) -> SourceAlignment:
+    return SourceAlignment(window, skew, idle)
+
+
+def test_topic_ahead_is_paused_until_the_other_catches_up():
+    al = aligner()
+    al.observe(0.0, {INFERENCES: False, LABELS: False}, {INFERENCES: 10, LABELS: 0})
+    assert al.decide({INFERENCES: 1000.0, LABELS: None}, 0.0, None) == {INFERENCES: "align"}
+    assert al.decide({INFERENCES: 1000.0, LABELS: 950.0}, 0.1, None) == {INFERENCES: "align"}  # hysteresis
+    assert al.decide({INFERENCES: 1000.0, LABELS: 1000.0}, 0.2, None) == {}
+    assert al.decide({INFERENCES: 1050.0, LABELS: 1000.0}, 0.3, None) == {}  # within the window
+    assert al.decide({INFERENCES: 1000.0, LABELS: 1100.0}, 0.4, None) == {LABELS: "align"}
+
+
+def test_nothing_waits_for_a_caught_up_topic():
+    al = aligner()
+    al.observe(0.0, {INFERENCES: False, LABELS: True}, {INFERENCES: 10, LABELS: 0})
+    assert al.decide({INFERENCES: 1000.0, LABELS: None}, 0.0, None) == {}
+
+
+def test_fleet_skew_pauses_both_topics_with_hysteresis():
+    al = aligner(skew=600.0)
+    al.observe(0.0, {INFERENCES: False, LABELS: False}, {INFERENCES: 1, LABELS: 1})
+    times = {INFERENCES: 2000.0, LABELS: 2000.0}
+    assert al.decide(times, 0.0, fleet_min=1000.0) == {INFERENCES: "skew", LABELS: "skew"}
+    assert al.decide(times, 0.1, fleet_min=1500.0) == {INFERENCES: "skew", LABELS: "skew"}
+    assert al.decide(times, 0.2, fleet_min=1750.0) == {}
+
+
+def test_progress_is_the_slower_topic_until_one_is_idle():
+    al = aligner(idle=1.0)
+    times = {INFERENCES: 500.0, LABELS: 400.0}
+    al.observe(0.0, {INFERENCES: False, LABELS: True}, {INFERENCES: 5, LABELS: 4})
+    assert al.progress(times, 0.5) == (400.0, False)  # caught up, not yet idle
+    al.observe(0.9, {INFERENCES: False, LABELS: True}, {INFERENCES: 6, LABELS: 4})
+    assert al.progress(times, 1.0) == (500.0, False)  # labels idle: they hold nothing back
+    al.observe(1.1, {INFERENCES: False, LABELS: True}, {INFERENCES: 6, LABELS: 5})  # read one more
+    assert al.progress(times, 1.2) == (400.0, False)  # so not idle again for 1 s
+    assert al.progress({INFERENCES: 500.0, LABELS: None}, 1.2) == (None, False)
+
+
+# -- stage 2: the watermark buffer ---------------------------------------------------------------
+def obs(ts: float, kind=INFERENCE) -> list:
+    return [kind, "m", "__all__", "id", ts, 1, None, {}]
+
+
+def put(buf, p, ts, offset, kind=INFERENCE):
+    o = obs(ts, kind)
+    return buf.add(ordering_key(o), p, offset, 0, f"s{p}", [offset, 0, *o], 100)
+
+
+def test_release_in_event_time_order_across_sources():
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0)
+    rng = random.Random(7)
+    times = {0: sorted(rng.uniform(0, 100) for _ in range(50)), 1: sorted(rng.uniform(0, 100) for _ in range(50))}
+    released = []
+    # Source 0 is read far ahead of source 1 (a backlog): nothing leaves until 1 says where it is.
+    for k, ts in enumerate(times[0]):
+        assert put(buf, 0, ts, k)
+    buf.note(0, 100.0, False, 0.0)
+    assert buf.release(0.0) == [] and buf.held == 50
+    for k, ts in enumerate(times[1]):
+        assert put(buf, 1, ts, k)
+        buf.note(1, ts, False, 0.0)
+        released += buf.release(0.0)
+    buf.note(1, 100.0, True, 0.0)  # caught up: idle
+    released += buf.release(0.0)
+    keys = [e[0] for e in released]
+    assert keys == sorted(times[0] + times[1]) and buf.held == 0 and buf.late == 0
+
+
+def test_arrival_behind_the_watermark_is_late_and_counted():
+    buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
+    put(buf, 0, 10.0, 0)
+    buf.note(0, 20.0, False, 0.0)
+    assert [e[0] for e in buf.release(0.0)] == [10.0]
+    assert put(buf, 0, 15.0, 1) is False and buf.late == 1  # the caller applies it at once
+    assert put(buf, 0, 25.0, 2) is True
+
+
+def test_inference_before_label_at_the_same_instant():
+    buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
+    put(buf, 0, 5.0, 0, kind=OUTCOME)
+    put(buf, 0, 5.0, 1, kind=INFERENCE)
+    buf.note(0, 6.0, False, 0.0)
+    assert [e[7][2] for e in buf.release(0.0)] == [INFERENCE, OUTCOME]
+
+
+def test_unheard_and_silent_sources():
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0)
+    put(buf, 0, 1.0, 0)
+    buf.note(0, 5.0, False, 0.0)
+    assert buf.watermark(1.0) == -math.inf and buf.release(1.0) == []  # source 1 never heard
+    buf.note(0, 5.0, False, SILENT_AFTER)
+    assert buf.watermark(SILENT_AFTER + 1) == 5.0  # ... until it has been silent too long
+    assert len(buf.release(SILENT_AFTER + 1)) == 1
+
+
+def test_bounds_release_the_oldest_early():
+    buf = WatermarkBuffer(sources=2, max_held=3, max_bytes=1 << 20, now=0.0)
+    for k in range(5):
+        put(buf, 0, float(k), k)
+    out = buf.release(0.0)
+    assert [e[0] for e in out] == [0.0, 1.0] and buf.early == 2 and buf.held == 3
+    assert put(buf, 1, 0.5, 0) is False  # behind what left early: late
+    buf2 = WatermarkBuffer(sources=1, max_held=100, max_bytes=250, now=0.0)
+    for k in range(5):
+        put(buf2, 0, float(k), k)
+    buf2.release(0.0)
+    assert buf2.held_bytes <= 250 and buf2.early == 3
+
+
+def test_buffer_state_round_trips_through_a_snapshot():
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0)
+    for k in range(4):
+        put(buf, k % 2, float(k), k)
+    buf.note(0, 4.0, False, 0.0)
+    buf.note(1, 1.5, False, 0.0)
+    first = buf.release(0.0)
+    back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), 2, 1000, 1 << 20, now=50.0)
+    assert back.held == buf.held == 2 and back.floor == buf.floor == 1.5
+    back.note(1, 10.0, False, 50.0)
+    assert [e[0] for e in first + back.release(50.0)] == [0.0, 1.0, 2.0, 3.0]
