@@ -17,7 +17,7 @@ import base64
 import dataclasses
 import datetime as _dt
 import re
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -37,7 +37,8 @@ REASONS = {
     "wrong_type": "a field has the wrong JSON type",
     "bad_model_name": "model is not [A-Za-z0-9_.-]{1,64}",
     "out_of_range": "a value is outside its allowed range",
-    "bad_timestamp": "timestamp is neither Unix seconds nor an RFC 3339 string with an offset",
+    "bad_timestamp": "timestamp is neither Unix seconds nor an RFC 3339 string with an offset, or before 1970",
+    "future_timestamp": "timestamp is further ahead of the worker's clock than limits.max_future",
     "model_mismatch": "a label names another model than its prediction",
     "too_many_models": "the event's model would exceed limits.max_models",
 }
@@ -55,6 +56,12 @@ DEAD_LETTER_RAW_BYTES = 512 * 1024
 class DecodeLimits:
     max_bytes: int = 256 * 1024
     max_depth: int = 32
+    # An event time further ahead of `clock()` than this is refused (dead-lettered, not clamped:
+    # a clamped time would still be wrong, and silently). One such event would otherwise move
+    # its partition's clocks to the far future: every pending prediction expires at once and
+    # the idle sweep evicts live segments. None: no clock, no future check (pure decoding).
+    max_future: float = 3600.0
+    clock: Callable[[], float] | None = None
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -98,26 +105,43 @@ def _load(raw: bytes | None, kind: str, limits: DecodeLimits) -> dict | Invalid:
     return obj
 
 
-def _timestamp(obj: dict, default: float, kind: str, raw: bytes, model: str | None) -> float | Invalid:
+def _timestamp(obj: dict, default: float, kind: str, raw: bytes, model: str | None,
+               limits: DecodeLimits) -> float | Invalid:
     ts = obj.get("timestamp")
     if ts is None:
         return default
     t = type(ts)
     if t is int or t is float:
-        if 0 < ts < MAX_TIMESTAMP:
-            return float(ts)
-        hint = " (milliseconds? send Unix seconds)" if ts >= MAX_TIMESTAMP else ""
-        return Invalid(kind, "bad_timestamp", f"timestamp must be Unix seconds{hint} (got {ts!r})", raw, model)
-    if t is str:
+        if not 0 < ts < MAX_TIMESTAMP:
+            hint = " (milliseconds? send Unix seconds)" if ts >= MAX_TIMESTAMP else ""
+            return Invalid(kind, "bad_timestamp", f"timestamp must be Unix seconds{hint} (got {ts!r})", raw, model)
+        value = float(ts)
+    elif t is str:
         try:
             parsed = _dt.datetime.fromisoformat(ts)
         except ValueError:
             parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed.timestamp()
-        return Invalid(kind, "bad_timestamp", f"timestamp must be an RFC 3339 string with an offset, "
-                                              f"e.g. 2026-01-01T00:00:00Z (got {ts[:64]!r})", raw, model)
-    return Invalid(kind, "bad_timestamp", f"timestamp must be a number or a string (got {t.__name__})", raw, model)
+        if parsed is None or parsed.tzinfo is None:
+            return Invalid(kind, "bad_timestamp", f"timestamp must be an RFC 3339 string with an offset, "
+                                                  f"e.g. 2026-01-01T00:00:00Z (got {ts[:64]!r})", raw, model)
+        try:
+            value = parsed.timestamp()
+        except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 falls before year 1
+            value = -1.0
+        # The same range as numbers: 1970 up to MAX_TIMESTAMP (a string is no licence for 9999).
+        if not 0 < value < MAX_TIMESTAMP:
+            return Invalid(kind, "bad_timestamp", f"timestamp must lie between 1970 and year 5138 (got {ts[:64]!r})",
+                           raw, model)
+    else:
+        return Invalid(kind, "bad_timestamp", f"timestamp must be a number or a string (got {t.__name__})", raw, model)
+    clock = limits.clock
+    if clock is not None:
+        ahead = value - clock()
+        if ahead > limits.max_future:
+            return Invalid(kind, "future_timestamp",
+                           f"timestamp {ts!r} is {ahead:,.0f} s ahead of the worker's clock (limits.max_future="
+                           f"{limits.max_future:,.0f} s): a skewed client clock?"[:300], raw, model)
+    return value
 
 
 def _prediction_id(obj: dict, kind: str, raw: bytes, model: str | None) -> str | Invalid:
@@ -201,7 +225,7 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
         version = "unknown"
     elif type(version) is not str:
         return Invalid("inference", "wrong_type", f"model_version must be a string (got {_json_type(version)})", raw, model)
-    ts = _timestamp(obj, default_timestamp, "inference", raw, model)
+    ts = _timestamp(obj, default_timestamp, "inference", raw, model, limits)
     if type(ts) is Invalid:
         return ts
     return Inference(pid, model, version, ts, features, prediction, score, segment)
@@ -220,7 +244,7 @@ def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimi
     label = _scalar_field(obj, "label", "label", raw, model)
     if type(label) is Invalid:
         return label
-    ts = _timestamp(obj, default_timestamp, "label", raw, model)
+    ts = _timestamp(obj, default_timestamp, "label", raw, model, limits)
     if type(ts) is Invalid:
         return ts
     return Label(pid, label, ts, model)

@@ -71,7 +71,8 @@ def replay(
     intake = Intake(settings)
     bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle,
                         profiles=profile_book(settings) if settings.baselines else None)
-    limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
+    limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
+                          max_future=settings.limits.max_future, clock=time.time)
     invalid: Counter = Counter()
     merged = []
     seq = 0

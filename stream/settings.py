@@ -86,6 +86,8 @@ class Limits:
     max_depth: int = 32
     # A segment with no event for this long (event time) is evicted with its series.
     segment_idle: float = 7 * 86400.0
+    # Events stamped further ahead of the worker's clock are dead-lettered (future_timestamp).
+    max_future: float = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,6 +465,7 @@ def _limits(r: _Reader) -> Limits:
         max_event_bytes=r.integer("max_event_bytes", base.max_event_bytes, 256, 16 * 1024 * 1024),
         max_depth=r.integer("max_depth", base.max_depth, 2, 1000),
         segment_idle=r.duration("segment_idle", base.segment_idle),
+        max_future=r.duration("max_future", base.max_future),
     )
     r.done()
     return lim

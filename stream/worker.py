@@ -149,7 +149,8 @@ class Worker:
         self._routes: dict[tuple[str, str], int] = {}
         self.clock = clock
         self.topics = settings.kafka.topics
-        self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth)
+        self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
+                                   max_future=settings.limits.max_future, clock=time.time)
         self.lock = threading.RLock()
         self.intakes: dict[int, IntakePartition] = {}
         self.banks: dict[int, BankPartition] = {}

@@ -67,16 +67,36 @@ BAD_INFERENCES = [
     (inference(timestamp="yesterday"), "bad_timestamp"),
     (inference(timestamp="2026-01-01T00:00:00"), "bad_timestamp"),  # no offset
     (inference(timestamp=True), "bad_timestamp"),
+    # Strings get the numbers' range: a skewed or defaulted client clock must not pass as text.
+    (inference(timestamp="9999-12-31T23:59:59Z"), "bad_timestamp"),
+    (inference(timestamp="0001-01-01T00:00:00+00:00"), "bad_timestamp"),
+    (inference(timestamp="0001-01-01T00:00:00+01:00"), "bad_timestamp"),  # before year 1 in UTC
+    (inference(timestamp="1969-12-31T23:59:59Z"), "bad_timestamp"),
+    # Within the range but a day ahead of the worker's clock (FIXED_NOW below).
+    (inference(timestamp=1767225600 + 86400), "future_timestamp"),
+    (inference(timestamp="2026-01-02T00:00:00Z"), "future_timestamp"),
 ]
+FIXED_NOW = 1767225600.0  # the clock the decoder is given: 2026-01-01T00:00:00Z
 
 
 @pytest.mark.parametrize("raw,reason", BAD_INFERENCES)
 def test_bad_inference_is_an_invalid_value_with_its_reason(raw, reason):
-    out = decode_inference(raw, 0.0, DecodeLimits(max_bytes=1024, max_depth=32))
+    out = decode_inference(raw, 0.0, DecodeLimits(max_bytes=1024, max_depth=32, clock=lambda: FIXED_NOW))
     assert isinstance(out, Invalid), out
     assert out.reason == reason, out.detail
     assert out.kind == "inference" and out.raw == raw and out.detail
     assert reason in REASONS
+
+
+def test_future_bound_is_relative_to_the_clock_and_configurable():
+    limits = DecodeLimits(clock=lambda: FIXED_NOW, max_future=3600.0)
+    assert decode_inference(inference(timestamp=FIXED_NOW + 3000), 0.0, limits).timestamp == FIXED_NOW + 3000
+    assert decode_label(b'{"prediction_id": "p", "label": 1, "timestamp": "2026-01-01T02:00:00Z"}', 0.0,
+                        limits).reason == "future_timestamp"
+    # Old events (a backlog, a replay of history) are fine: only the future is bounded.
+    assert decode_inference(inference(timestamp="2001-09-09T01:46:40Z"), 0.0, limits).timestamp == 1e9
+    # Without a clock (pure decoding) only the absolute range applies.
+    assert decode_inference(inference(timestamp=FIXED_NOW + 86400), 0.0).timestamp == FIXED_NOW + 86400
 
 
 def test_every_reason_of_the_decoder_is_exercised():
