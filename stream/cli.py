@@ -120,11 +120,18 @@ def _cmd_baseline_publish(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.kafka:
-        from driftline.stream.live_demo import run_live_demo
+        from driftline.stream.live_demo import DemoError, DemoTimeouts, run_live_demo
 
-        live = run_live_demo(args.kafka, args.listen, args.out, rate=args.rate, keep_worker=args.keep_worker)
+        try:
+            live = run_live_demo(args.kafka, args.listen, args.out, rate=args.rate, keep_worker=args.keep_worker,
+                                 pidfile=args.pidfile, prometheus=args.prometheus, alertmanager=args.alertmanager,
+                                 timeouts=DemoTimeouts(page=args.page_timeout), plot=not args.no_plot)
+        except DemoError as exc:
+            print(f"driftline demo: {exc}", file=sys.stderr)
+            return 1
         print("\n".join(live.lines))
-        return 0 if live.detection_seconds is not None else 1
+        paged = live.page is None or live.page.active_in_alertmanager is not None
+        return 0 if live.detection_seconds is not None and paged else 1
 
     from driftline.stream.demo import run_demo
 
@@ -181,11 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("demo", help="the built-in Shuttle demo (real data, one injected drift): replayed from "
                                       "files, or live through Kafka and a worker with --kafka")
     dp.add_argument("--out", default="out/demo", help="folder for the demo's files (default: out/demo)")
-    dp.add_argument("--no-plot", action="store_true", help="skip the PNG plot (replay)")
+    dp.add_argument("--no-plot", action="store_true", help="skip the PNG plot (demo.png, live: demo-live.png)")
     dp.add_argument("--kafka", metavar="BOOTSTRAP", help="publish into this Kafka and run a worker (live demo)")
     dp.add_argument("--listen", default="127.0.0.1:8000", help="the live demo worker's /metrics address")
     dp.add_argument("--rate", type=float, default=4000.0, help="live demo: inference events per second")
     dp.add_argument("--keep-worker", action="store_true", help="live demo: leave the worker running")
+    dp.add_argument("--pidfile", help="live demo: write the worker's pid here (deploy/local/worker stops it)")
+    dp.add_argument("--prometheus", metavar="URL", help="live demo, with --keep-worker: the Prometheus that "
+                                                        "scrapes the worker (the page's state is shown)")
+    dp.add_argument("--alertmanager", metavar="URL", help="live demo, with --keep-worker: wait until the drift's "
+                                                          "page is active in this Alertmanager")
+    dp.add_argument("--page-timeout", type=float, default=90.0, help="live demo: seconds to wait for the page")
     dp.set_defaults(func=_cmd_demo)
     return parser
 

@@ -4,10 +4,10 @@
   shipped order. The first 5,000 rows train a Hoeffding tree once; it is then frozen, as a
   deployed model is. The other 44,097 rows are the production stream, one event per second.
 - Segments: `band` from sensor f1 (low < 40 <= mid < 50 <= high), a real attribute.
-- Drift: from driftline.stream row 25,000 on, sensor f7 in the `band=high` segment reads 20 units high
+- Drift: from stream row 25,000 on, sensor f7 in the `band=high` segment reads 20 units high
   (a miscalibrated sensor). The model's accuracy there falls from ~99.5% to ~74%; the other
   segments are untouched.
-- Feature drift that does not hurt: from driftline.stream row 10,000 on, sensor f5 in `band=mid` reads 2
+- Feature drift that does not hurt: from stream row 10,000 on, sensor f5 in `band=mid` reads 2
   units high (half a standard deviation). The tree splits on f7 only, so its accuracy holds there; the baseline comparison
   (PSI, JS, KS against a profile of the 5,000 training rows, `shuttle-baseline.json`) shows
   the move all the same.
@@ -345,7 +345,7 @@ def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> Non
     mid = result.bank.get(MODEL, FEATURE_DRIFT_SEGMENT)
     acc = mid.accuracy.get() if mid is not None and mid.accuracy is not None and mid.accuracy.count else float("nan")
     lines.append(f"feature drift injected: {FEATURE_DRIFT_FEATURE} +{FEATURE_DRIFT_OFFSET} in {FEATURE_DRIFT_SEGMENT} "
-                 f"from driftline.stream row {FEATURE_DRIFT_ROW:,}; the model splits on {DRIFT_FEATURE} only")
+                 f"from stream row {FEATURE_DRIFT_ROW:,}; the model splits on {DRIFT_FEATURE} only")
     if crossed is not None and at_shift is not None:
         report.feature_drift_delay = crossed[1] - at_shift
         lines.append(f"  {FEATURE_DRIFT_FEATURE} PSI in {FEATURE_DRIFT_SEGMENT} above {checks.psi:g} within ~"
@@ -359,6 +359,19 @@ def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> Non
 
 
 def _plot(samples, result, files: DemoFiles, path: Path) -> Path | None:
+    hours = lambda t: (t - START_TIME) / 3600  # noqa: E731
+    return plot_accuracy(
+        path, [(hours(t), acc) for t, acc in samples],
+        [(hours(r.timestamp), r.segment, r.detector) for r in result.detections if r.signal == "error"],
+        hours(files.drift_time), xlabel="event time (hours from the stream's start)",
+        title="driftline demo: rolling accuracy per segment; red = ADWIN, orange = Page-Hinkley (error signal)")
+
+
+def plot_accuracy(path: Path, samples: list[tuple[float, dict[str, float]]],
+                  detections: list[tuple[float, str, str]], drift_at: float, xlabel: str, title: str) -> Path | None:
+    """One panel per segment: its rolling accuracy over x, a line at each error-signal detection
+    (x, segment, detector), the injected drift dashed. Shared by the replay and live demos; None
+    without matplotlib."""
     try:
         import matplotlib
 
@@ -367,18 +380,21 @@ def _plot(samples, result, files: DemoFiles, path: Path) -> Path | None:
     except ImportError:
         return None
     segments = sorted({s for _, acc in samples for s in acc})
-    fig, axes = plt.subplots(len(segments), 1, figsize=(10, 2.2 * len(segments)), sharex=True)
+    if not segments:
+        return None
+    fig, axes = plt.subplots(len(segments), 1, figsize=(10, 2.2 * len(segments)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     for ax, seg in zip(axes, segments):
-        pts = [((t - START_TIME) / 3600, acc[seg]) for t, acc in samples if seg in acc]
+        pts = [(x, acc[seg]) for x, acc in samples if seg in acc]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label="rolling accuracy")
-        ax.axvline((files.drift_time - START_TIME) / 3600, color="grey", ls="--", lw=1, label="drift injected")
-        for r in result.detections:
-            if r.segment == seg and r.signal == "error":
-                ax.axvline((r.timestamp - START_TIME) / 3600, color="red" if r.detector == "adwin" else "orange", lw=1)
+        ax.axvline(drift_at, color="grey", ls="--", lw=1, label="drift injected")
+        for x, s, detector in detections:
+            if s == seg:
+                ax.axvline(x, color="red" if detector == "adwin" else "orange", lw=1)
         ax.set_ylabel(seg, rotation=0, ha="right")
         ax.set_ylim(0.5, 1.02)
-    axes[0].set_title("driftline demo: rolling accuracy per segment; red = ADWIN, orange = Page-Hinkley (error signal)")
-    axes[-1].set_xlabel("event time (hours from driftline.stream start)")
+    axes[0].set_title(title, fontsize=10)
+    axes[-1].set_xlabel(xlabel)
     axes[0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,35 @@
+"""`driftline demo --kafka` on the session's broker, when the worker cannot keep up: the bound on
+the wait for its counts passes, and the demo still tells what the worker had found, stops the
+worker, and leaves no pid file behind."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from driftline.stream.live_demo import DemoTimeouts, run_live_demo
+from tests.integration.harness import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_worker_still_catching_up_gets_its_story_told(kafka_bootstrap, tmp_path):
+    pidfile = tmp_path / "worker.pid"
+    # accounted=0: the demo stops waiting for the worker's counts as soon as it has published,
+    # as it would after its bound on a machine where the worker is far behind.
+    report = run_live_demo(kafka_bootstrap, f"127.0.0.1:{free_port()}", tmp_path, pidfile=pidfile,
+                           timeouts=DemoTimeouts(accounted=0.0))
+    text = "\n".join(report.lines)
+    assert not report.complete
+    assert report.lines[0].startswith("the worker is still catching up: "), text
+    assert "labels counted after 0 s; the figures below are what it had counted by then" in report.lines[0]
+    # The story is still told: the table per segment, the dead letters, the detection line.
+    for seg in ("__all__", "band=high", "band=low", "band=mid"):
+        assert any(line.startswith(seg) for line in report.lines), (seg, text)
+    assert "first drifted event -> error drift in band=high on /metrics: " in text
+    assert "not delivered" not in text  # the producer was flushed
+    # The worker was stopped (no --keep-worker), cleanly, and its pid file removed.
+    assert report.worker_pid is None
+    assert "worker stopped with exit code 0" in text
+    assert not pidfile.exists()
+    assert os.path.getsize(tmp_path / "demo-live.png") > 0
