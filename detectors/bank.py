@@ -31,6 +31,7 @@ from driftline.detectors.accuracy import RollingAccuracy, RollingError
 from driftline.detectors.baseline import ProfileBook, Window, category_key
 from driftline.detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
 from driftline.detectors.categorical import CategorySurprisal
+from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality
 from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
@@ -110,7 +111,7 @@ class SegmentState:
     """
 
     __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
-                 "quality")
+                 "quality", "challengers")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
@@ -127,6 +128,8 @@ class SegmentState:
         self.dist: list | None = None
         # Confusion counts, costs, positive-class window (classification; made on the first label).
         self.quality: ClassQuality | None = None
+        # Champion vs challenger of this (challenger) segment, by champion name; None until a pair.
+        self.challengers: dict[str, ChallengerComparison] | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
@@ -332,6 +335,23 @@ class DetectorBank:
             q.update(spec.quality, spec.accuracy_window, prediction, label, score)
             self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
         return found
+
+    def observe_pair(self, model: str, segment: str, champion: str, timestamp: float, challenger_correct: bool,
+                     champion_correct: bool) -> None:
+        """A request both `model` (a challenger) and its champion scored, graded by one label."""
+        state = self._segments.get((model, segment))
+        if state is None:
+            state = self._new_state(model, segment)
+        self._tick(timestamp)
+        if timestamp > state.last_seen:
+            state.last_seen = timestamp
+        comps = state.challengers
+        if comps is None:
+            comps = state.challengers = {}
+        cmp = comps.get(champion)
+        if cmp is None:
+            cmp = comps[champion] = ChallengerComparison()
+        cmp.update(challenger_correct, champion_correct, self._spec_for(model).challenger_error_rate)
 
     def observe_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
         """An event that fed no detector: invalid, duplicate, unmatched or expired."""

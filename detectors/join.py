@@ -20,6 +20,14 @@ runs all three on one clock (one merged, time-ordered stream, as `driftline repl
 
 Fates other than a join (`duplicate`, `expired`, `unmatched`) are appended to `fates` as
 (model, kind, outcome) for the caller to drain; a join is the return value.
+
+Requests (shadow traffic): a prediction may carry a request_id, the same for every model that
+scored one request. A label naming a request_id instead of a prediction_id grades every
+prediction of that request: those waiting, and those that come while the label is held (for
+the TTL, as any label). It is `unmatched` only if it graded none. A label naming both ids is
+joined by prediction_id; if that prediction has another request_id (or none), the label is
+refused (`request_mismatch`), or, when the label came first, counted `invalid` when its
+prediction comes.
 """
 from __future__ import annotations
 
@@ -53,6 +61,7 @@ class Joined:
     prediction: PendingPrediction
     label: object
     label_timestamp: float
+    request_id: str | None = None  # the prediction's, when it carried one
 
     @property
     def delay(self) -> float:
@@ -66,6 +75,21 @@ class _HeldLabel:
     model: str | None
 
 
+class _RequestLabel:
+    """A label that names a request_id: held for its TTL, grading each prediction of the request."""
+
+    __slots__ = ("label", "timestamp", "model", "graded")
+
+    def __init__(self, label: object, timestamp: float, model: str | None):
+        self.label, self.timestamp, self.model, self.graded = label, timestamp, model, 0
+
+    def __getstate__(self):
+        return (self.label, self.timestamp, self.model, self.graded)
+
+    def __setstate__(self, state):
+        self.label, self.timestamp, self.model, self.graded = state
+
+
 class LabelJoin:
     def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
         self._ttl_for = ttl_for
@@ -75,17 +99,31 @@ class LabelJoin:
         self._joined: dict[str, float] = {}  # prediction_id -> forget after
         # which map -> heap of (deadline, sequence, id): lazy deletion, entries may be stale. One
         # heap per map because each map runs on its own stream's clock (expire_streams).
-        self._deadlines: dict[str, list[tuple[float, int, str]]] = {"p": [], "h": [], "j": []}
+        # "r": labels naming a request_id (they wait for predictions, like held labels)
+        self._deadlines: dict[str, list[tuple[float, int, str]]] = {"p": [], "h": [], "j": [], "r": []}
         self._seq = 0
         # (model, kind, outcome) of events that did not join; the model is None for labels that
         # named none and whose prediction never came. Drained by the caller.
         self.fates: list[Fate] = []
+        self._init_requests()
+
+    def _init_requests(self) -> None:
+        # Requests: the request_id of each waiting prediction that has one, the waiting
+        # predictions of each request, labels naming a request, and the request_id named by
+        # held labels that name both ids. Bounded like the maps above (each entry is one of a
+        # pending prediction's or held label's, or capped at max_pending).
+        self._request_of: dict[str, str] = {}
+        self._requests: dict[str, list[str]] = {}
+        self._request_labels: dict[str, _RequestLabel] = {}
+        self._held_request: dict[str, str] = {}
 
     # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
 
     def __setstate__(self, state: dict) -> None:
+        if "_requests" not in state:  # a snapshot from before requests
+            self._init_requests()
         self.__dict__.update(state)
         self._ttl_for = None  # set by LabelJoin.restore / bind()
         if isinstance(self._deadlines, list):  # a snapshot from before the per-map heaps
@@ -95,6 +133,7 @@ class LabelJoin:
             for heap in heaps.values():
                 heapq.heapify(heap)
             self._deadlines = heaps
+        self._deadlines.setdefault("r", [])  # a snapshot from before requests
 
     def bind(self, ttl_for: Callable[[str | None], float]) -> "LabelJoin":
         """Give a restored join its TTL lookup (configuration, not state)."""
@@ -118,14 +157,15 @@ class LabelJoin:
 
     @property
     def held_labels(self) -> int:
-        return len(self._held)
+        return len(self._held) + len(self._request_labels)
 
     def knows_prediction(self, prediction_id: str) -> bool:
         """True if this id waits for its label or was joined within the TTL: a duplicate."""
         return prediction_id in self._pending or prediction_id in self._joined
 
     # -- input ---------------------------------------------------------------------------------
-    def add_prediction(self, pred: PendingPrediction) -> Joined | None | Literal["duplicate"]:
+    def add_prediction(self, pred: PendingPrediction, request_id: str | None = None
+                       ) -> Joined | None | Literal["duplicate"]:
         """Register a prediction; returns the outcome at once when its label was waiting."""
         pid = pred.prediction_id
         if pid in self._pending or pid in self._joined:
@@ -135,36 +175,95 @@ class LabelJoin:
         if held is not None and held.model is not None and held.model != pred.model:
             # The early label named another model: it grades nothing here.
             del self._held[pid]
+            self._held_request.pop(pid, None)
             self.fates.append((held.model, "label", "unmatched"))
             held = None
         elif held is not None:
             del self._held[pid]
+            named = self._held_request.pop(pid, None)
+            if named is not None and named != request_id:
+                self.fates.append((held.model or pred.model, "label", "invalid"))  # request_mismatch, late
+                held = None
         if held is not None:
             self._remember_joined(pid, pred.model, held.timestamp)
-            return Joined(pred, held.label, held.timestamp)
+            return Joined(pred, held.label, held.timestamp, request_id)
+        if request_id is not None:
+            rl = self._request_labels.get(request_id)
+            if rl is not None and (rl.model is None or rl.model == pred.model):
+                rl.graded += 1
+                self._remember_joined(pid, pred.model, rl.timestamp)
+                return Joined(pred, rl.label, rl.timestamp, request_id)
         self._pending[pid] = pred
+        if request_id is not None:
+            self._request_of[pid] = request_id
+            self._requests.setdefault(request_id, []).append(pid)
         self._schedule(pred.timestamp + self._ttl_for(pred.model), "p", pid)
         self._cap(self._pending, "p")
         return None
 
     def add_label(
-        self, prediction_id: str, label: object, timestamp: float, model: str | None = None
-    ) -> Joined | None | Literal["duplicate", "model_mismatch"]:
-        """Join a label; None means it is held until its prediction comes or its TTL ends."""
+        self, prediction_id: str | None, label: object, timestamp: float, model: str | None = None,
+        request_id: str | None = None,
+    ) -> Joined | list[Joined] | None | Literal["duplicate", "model_mismatch", "request_mismatch"]:
+        """Join a label; None means it is held until its prediction comes or its TTL ends. A
+        label with a request_id and no prediction_id returns the (maybe empty) list it graded."""
+        if prediction_id is None:
+            return self._add_request_label(request_id, label, timestamp, model)
         pred = self._pending.get(prediction_id)
         if pred is not None:
             if model is not None and model != pred.model:
                 return "model_mismatch"  # the caller dead-letters it: the label names another model
+            rid = self._request_of.get(prediction_id)
+            if request_id is not None and request_id != rid:
+                return "request_mismatch"  # dead-lettered: the two ids name different predictions
             del self._pending[prediction_id]
+            self._unlink_request(prediction_id)
             self._remember_joined(prediction_id, pred.model, timestamp)
-            return Joined(pred, label, timestamp)
+            return Joined(pred, label, timestamp, rid)
         if prediction_id in self._joined or prediction_id in self._held:
             self.fates.append((model, "label", "duplicate"))
             return "duplicate"
         self._held[prediction_id] = _HeldLabel(label, timestamp, model)
+        if request_id is not None:
+            self._held_request[prediction_id] = request_id
         self._schedule(timestamp + self._ttl_for(model), "h", prediction_id)
         self._cap(self._held, "h")
         return None
+
+    def _add_request_label(self, request_id: str, label: object, timestamp: float, model: str | None
+                           ) -> list[Joined] | Literal["duplicate"]:
+        if request_id in self._request_labels:
+            self.fates.append((model, "label", "duplicate"))
+            return "duplicate"
+        rl = self._request_labels[request_id] = _RequestLabel(label, timestamp, model)
+        joined, waiting = [], []
+        for pid in self._requests.pop(request_id, ()):
+            pred = self._pending.get(pid)
+            if pred is None:
+                continue
+            if model is not None and model != pred.model:
+                waiting.append(pid)  # the label names one model of the request: the others wait on
+                continue
+            del self._pending[pid]
+            del self._request_of[pid]
+            self._remember_joined(pid, pred.model, timestamp)
+            joined.append(Joined(pred, label, timestamp, request_id))
+        if waiting:
+            self._requests[request_id] = waiting
+        rl.graded = len(joined)
+        self._schedule(timestamp + self._ttl_for(model), "r", request_id)
+        self._cap(self._request_labels, "r")
+        return joined
+
+    def _unlink_request(self, pid: str) -> None:
+        rid = self._request_of.pop(pid, None)
+        if rid is not None:
+            pids = self._requests.get(rid)
+            if pids is not None:
+                if pid in pids:
+                    pids.remove(pid)
+                if not pids:
+                    del self._requests[rid]
 
     def expire(self, now: float) -> int:
         """Let go of everything whose TTL ended before `now` (one clock for both streams)."""
@@ -178,7 +277,7 @@ class LabelJoin:
         topics: it is forgotten when both have passed its deadline.
         """
         gone = 0
-        for which, now in (("p", labels), ("h", inferences), ("j", min(inferences, labels))):
+        for which, now in (("p", labels), ("h", inferences), ("r", inferences), ("j", min(inferences, labels))):
             heap = self._deadlines[which]
             while heap and heap[0][0] <= now:
                 _, _, pid = heapq.heappop(heap)
@@ -198,7 +297,7 @@ class LabelJoin:
         # Entries dropped early by the cap stay in the heap until their deadline; rebuild it
         # when they outnumber the live ones so the heap is bounded like the maps.
         if len(heap) > 4 * self.max_pending + 1024:
-            live = {"p": self._pending, "h": self._held, "j": self._joined}[which]
+            live = {"p": self._pending, "h": self._held, "j": self._joined, "r": self._request_labels}[which]
             rebuilt = [e for e in heap if e[2] in live]
             heapq.heapify(rebuilt)
             self._deadlines[which] = rebuilt
@@ -214,6 +313,7 @@ class LabelJoin:
             if pred is None or (deadline is not None and pred.timestamp + self._ttl_for(pred.model) > deadline):
                 return 0  # joined already, or re-registered later with a later deadline
             del self._pending[pid]
+            self._unlink_request(pid)
             self.fates.append((pred.model, "inference", "expired"))
             return 1
         if which == "h":
@@ -221,7 +321,16 @@ class LabelJoin:
             if held is None or (deadline is not None and held.timestamp + self._ttl_for(held.model) > deadline):
                 return 0
             del self._held[pid]
+            self._held_request.pop(pid, None)
             self.fates.append((held.model, "label", "unmatched"))
+            return 1
+        if which == "r":
+            rl = self._request_labels.get(pid)  # pid is a request_id here
+            if rl is None or (deadline is not None and rl.timestamp + self._ttl_for(rl.model) > deadline):
+                return 0
+            del self._request_labels[pid]
+            if not rl.graded:
+                self.fates.append((rl.model, "label", "unmatched"))
             return 1
         if pid in self._joined:
             del self._joined[pid]

@@ -118,6 +118,10 @@ class ModelSpec:
     warmup: int = 500  # values a numeric signal is standardised from before it is watched
     # Classes, positive class, score meaning and outcome costs (detectors/classification.py).
     quality: QualitySpec = QualitySpec()
+    # Champion vs challenger (detectors/challenger.py): the model this one is compared with on
+    # the requests both scored, and the error rate of the comparison's decision.
+    champion: str | None = None
+    challenger_error_rate: float = 0.05
 
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(n for n, k in self.features.items() if k == "numeric")

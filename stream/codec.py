@@ -40,6 +40,7 @@ REASONS = {
     "bad_timestamp": "timestamp is neither Unix seconds nor an RFC 3339 string with an offset, or before 1970",
     "future_timestamp": "timestamp is further ahead of the worker's clock than limits.max_future",
     "model_mismatch": "a label names another model than its prediction",
+    "request_mismatch": "a label names a prediction_id and a request_id, and that prediction has another request_id",
     "too_many_models": "the event's model would exceed limits.max_models",
 }
 
@@ -155,6 +156,18 @@ def _prediction_id(obj: dict, kind: str, raw: bytes, model: str | None) -> str |
     return pid
 
 
+def _request_id(obj: dict, kind: str, raw: bytes, model: str | None) -> str | None | Invalid:
+    """The optional request_id: the same for every model that scored one request."""
+    rid = obj.get("request_id")
+    if rid is None:
+        return None
+    if type(rid) is not str:
+        return Invalid(kind, "wrong_type", f"request_id must be a string (got {_json_type(rid)})", raw, model)
+    if not 0 < len(rid) <= MAX_ID_CHARS:
+        return Invalid(kind, "out_of_range", f"request_id must be 1-{MAX_ID_CHARS} characters (got {len(rid)})", raw, model)
+    return rid
+
+
 def _scalar_field(obj: dict, name: str, kind: str, raw: bytes, model: str | None) -> Any:
     """A required number, string or bool (prediction, label)."""
     if name not in obj:
@@ -228,7 +241,10 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
     ts = _timestamp(obj, default_timestamp, "inference", raw, model, limits)
     if type(ts) is Invalid:
         return ts
-    return Inference(pid, model, version, ts, features, prediction, score, segment)
+    rid = _request_id(obj, "inference", raw, model) if "request_id" in obj else None
+    if type(rid) is Invalid:
+        return rid
+    return Inference(pid, model, version, ts, features, prediction, score, segment, rid)
 
 
 def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimits = DEFAULT_LIMITS) -> Label | Invalid:
@@ -238,16 +254,24 @@ def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimi
     model = _model_name(obj, "label", raw, required=False)
     if type(model) is Invalid:
         return model
-    pid = _prediction_id(obj, "label", raw, model)
-    if type(pid) is not str:
-        return pid
+    rid = _request_id(obj, "label", raw, model)
+    if type(rid) is Invalid:
+        return rid
+    if rid is not None and obj.get("prediction_id") is None:
+        pid = None  # a request label: it grades every prediction of the request
+    else:
+        pid = _prediction_id(obj, "label", raw, model)
+        if type(pid) is not str:
+            if pid.reason == "missing_field":
+                return Invalid("label", "missing_field", "prediction_id (or request_id) is required", raw, model)
+            return pid
     label = _scalar_field(obj, "label", "label", raw, model)
     if type(label) is Invalid:
         return label
     ts = _timestamp(obj, default_timestamp, "label", raw, model, limits)
     if type(ts) is Invalid:
         return ts
-    return Label(pid, label, ts, model)
+    return Label(pid, label, ts, model, rid)
 
 
 def dead_letter_record(invalid: Invalid, **source: Any) -> bytes:

@@ -18,14 +18,16 @@ class Inference:
     prediction: Scalar
     score: float | None = None
     segment: Mapping[str, str] | None = None
+    request_id: str | None = None  # the same for every model that scored one request (shadow traffic)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Label:
-    prediction_id: str
+    prediction_id: str | None  # None: the label names a request_id and grades that request's predictions
     label: Scalar
     timestamp: float
     model: str | None = None
+    request_id: str | None = None  # grades every prediction of the request (when prediction_id is None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

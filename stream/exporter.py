@@ -98,7 +98,7 @@ class DriftlineMetrics:
             banks = list(self.banks())
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
             return (self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
-                    + self._baselines(banks) + self._quality(banks))
+                    + self._baselines(banks) + self._quality(banks) + self._challengers(banks, list(self.intakes())))
 
     def render(self) -> bytes:
         return render(self.families())
@@ -252,6 +252,42 @@ class DriftlineMetrics:
             if costs is not None and costs.budget_per_second is not None:
                 budget.add((name,), costs.budget_per_second)
         return [confusion, folded, cost, value] + [f for f, _ in rolling + scored] + [budget]
+
+    @staticmethod
+    def _challengers(banks: list[DetectorBank], intakes: list[Intake]) -> list[Family]:
+        """Champion vs challenger per challenger segment (detectors/challenger.py), and the fates of
+        shadow-traffic outcomes that made no pair."""
+        lv = ("model", "champion", "segment")
+        delta = Family("driftline_challenger_accuracy_delta", "gauge",
+                       "Challenger accuracy minus champion accuracy on the requests both scored.", lv)
+        lower = Family("driftline_challenger_accuracy_delta_lower", "gauge",
+                       "Lower end of the delta's anytime-valid confidence interval (challenger_error_rate).", lv)
+        upper = Family("driftline_challenger_accuracy_delta_upper", "gauge",
+                       "Upper end of the delta's anytime-valid confidence interval.", lv)
+        decision = Family("driftline_challenger_decision", "gauge",
+                          "1: the challenger is better, -1: worse, 0: not decided yet.", lv)
+        pairs = Family("driftline_challenger_pairs", "counter", "Requests both models scored, graded.", lv)
+        for bank in banks:
+            for (model, segment), st in bank.items():
+                if not st.challengers:
+                    continue
+                for champion, cmp in st.challengers.items():
+                    key = (model, champion, segment)
+                    delta.add(key, cmp.delta())
+                    lower.add(key, cmp.lower())
+                    upper.add(key, cmp.upper())
+                    decision.add(key, cmp.decision())
+                    pairs.add(key, cmp.n)
+        shadow = Family("driftline_shadow_outcomes", "counter",
+                        "Shadow-traffic predictions that made no comparison: uncompared (a request_id on a model in "
+                        "no comparison), unpaired (graded, but the other model's prediction never was).",
+                        ("model", "outcome"))
+        counts: dict[tuple[str, str], int] = {}
+        for intake in intakes:
+            for k, n in intake.shadow.counts.items():
+                counts[k] = counts.get(k, 0) + n
+        shadow.rows = sorted(counts.items())
+        return [delta, lower, upper, decision, pairs, shadow]
 
     def _baselines(self, banks: list[DetectorBank]) -> list[Family]:
         """Distribution drift and data quality against each model's reference profile, computed

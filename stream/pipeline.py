@@ -18,12 +18,15 @@ Observation tuples (also what travels on the observations topic), `key = (model,
     (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score)
     (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
     (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
+    (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
+                                                      one request both models scored, graded
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from driftline.detectors.bank import DetectorBank, DriftRecord
+from driftline.detectors.bank import DetectorBank, DriftRecord, is_correct
+from driftline.detectors.challenger import ShadowPairs, comparisons
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 from driftline.detectors.segments import SegmentRouter
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
@@ -33,7 +36,7 @@ from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
-INFERENCE, OUTCOME, FATE, FOLD = 0, 1, 2, 3
+INFERENCE, OUTCOME, FATE, FOLD, PAIR = 0, 1, 2, 3, 4
 
 # Events between sweeps of idle segment values (router) and idle segments (bank).
 EVICT_EVERY = 50_000
@@ -50,6 +53,7 @@ class Intake:
         self.settings = settings
         self.router = SegmentRouter()
         self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
+        self.shadow = self._new_shadow()
         self.admitted: set[str] = set(settings.models)
         # Event time read so far on each stream: the join's TTLs run on them (a prediction
         # expires on label progress, a held label on inference progress). `watermark` is the
@@ -65,7 +69,7 @@ class Intake:
         return snapshot_state({"router": self.router, "join": self.join, "admitted": self.admitted,
                                "watermark": self.watermark, "since_evict": self._since_evict,
                                "inference_time": self.inference_time, "label_time": self.label_time,
-                               "idle": self.idle})
+                               "idle": self.idle, "shadow": self.shadow})
 
     @classmethod
     def restore(cls, blob: bytes, settings) -> "Intake":
@@ -82,7 +86,16 @@ class Intake:
         intake.inference_time = state.get("inference_time", intake.watermark)
         intake.label_time = state.get("label_time", intake.watermark)
         intake.idle = set(state.get("idle", ()))
+        if state.get("shadow") is not None:  # absent from snapshots before champion/challenger
+            intake.shadow = state["shadow"].bind(*intake._comparisons(), intake._ttl_for)
         return intake
+
+    def _comparisons(self):
+        return comparisons({name: spec.champion for name, spec in self.settings.models.items()
+                            if spec.champion is not None})
+
+    def _new_shadow(self) -> ShadowPairs:
+        return ShadowPairs(*self._comparisons(), self._ttl_for, max_pending=self.settings.limits.max_pending)
 
     def spec_for(self, model: str) -> ModelSpec:
         return self.settings.spec_for(model)
@@ -125,7 +138,10 @@ class Intake:
             # Observations carry only the monitored features (they travel once per segment).
             features = {name: features[name] for name in monitored if name in features}
         prediction, score = ev.prediction, ev.score
-        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts))
+        rid = ev.request_id
+        if rid is not None and not self.shadow.compared(model):
+            self.shadow.count(model, "uncompared")  # still graded by request labels; compared with nothing
+        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts), rid)
         for seg in segments:
             out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
         if joined is not None and joined != "duplicate":
@@ -142,13 +158,20 @@ class Intake:
         if ev.timestamp > self.label_time:
             self.label_time = ev.timestamp
             self._advance(out)
-        joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model)
+        joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model, ev.request_id)
         if joined == "model_mismatch":
             invalid = Invalid("label", "model_mismatch",
                               f"label names model {ev.model!r}, its prediction another model", raw, ev.model)
             return out + self.take_invalid(invalid), invalid
+        if joined == "request_mismatch":
+            invalid = Invalid("label", "request_mismatch", f"label names request_id {ev.request_id!r}, its prediction "
+                              f"{ev.prediction_id!r} another request (or none)", raw, ev.model)
+            return out + self.take_invalid(invalid), invalid
         if isinstance(joined, Joined):
             self._outcomes(joined, out)
+        elif type(joined) is list:
+            for j in joined:
+                self._outcomes(j, out)
         if self.join.fates:
             self._drain(out)
         self._tick()
@@ -161,6 +184,8 @@ class Intake:
             self.join.expire_streams(self.inference_time, self.label_time)
         else:
             self.join.expire(now)
+        # A pair's partner is graded by a label or by a late prediction: the slower clock.
+        self.shadow.expire(min(self.inference_time, self.label_time) if now is None else now)
         self._drain(out)
         return out
 
@@ -196,6 +221,7 @@ class Intake:
         self.watermark = max(self.inference_time, self.label_time)
         if self.join.expire_streams(self.inference_time, self.label_time):
             self._drain(out)
+        self.shadow.expire(min(self.inference_time, self.label_time))
 
     def _drain(self, out: list[tuple]) -> None:
         for model, kind, outcome in self.join.fates:
@@ -208,14 +234,20 @@ class Intake:
             self._since_evict = 0
             self.router.evict_idle(self.watermark - self.settings.limits.segment_idle)
 
-    @staticmethod
-    def _outcomes(joined: Joined, out: list[tuple]) -> None:
+    def _outcomes(self, joined: Joined, out: list[tuple]) -> None:
         p = joined.prediction
         delay = joined.label_timestamp - p.timestamp
         delay = delay if delay > 0.0 else 0.0
         for seg in p.segments:
             out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay,
                         p.score))
+        rid = joined.request_id
+        if rid is not None and self.shadow.compared(p.model):
+            for pair in self.shadow.add(p.model, rid, is_correct(p.prediction, joined.label), p.segments,
+                                        joined.label_timestamp):
+                for seg in pair.segments:
+                    out.append((PAIR, pair.challenger, seg, pair.champion, pair.timestamp, pair.challenger_correct,
+                                pair.champion_correct))
 
 
 def observe(bank: DetectorBank, o) -> list[DriftRecord]:
@@ -230,6 +262,8 @@ def observe(bank: DetectorBank, o) -> list[DriftRecord]:
         bank.observe_fate(o[1], o[3], o[4])
     elif kind == FOLD:
         bank.observe_fold(o[1], o[3])
+    elif kind == PAIR:
+        bank.observe_pair(o[1], o[2], o[3], o[4], o[5], o[6])
     else:
         raise ValueError(f"unknown observation kind {kind!r}")
     return []

@@ -131,16 +131,17 @@ def _features(features: Any, model: str) -> Mapping[str, Any] | Invalid:
     return fixed
 
 
-def _prediction_id(pid: Any, kind: str, model: str | None) -> Invalid | None:
+def _prediction_id(pid: Any, kind: str, model: str | None, field: str = "prediction_id") -> Invalid | None:
     if type(pid) is not str or not 0 < len(pid) <= MAX_ID_CHARS:
         return Invalid(kind, "wrong_type" if type(pid) is not str else "out_of_range",
-                       f"prediction_id must be a string of 1-{MAX_ID_CHARS} characters (got {str(pid)[:64]!r})", b"", model)
+                       f"{field} must be a string of 1-{MAX_ID_CHARS} characters (got {str(pid)[:64]!r})", b"", model)
     return None
 
 
 def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, Any], prediction: Any,
                      timestamp: float, score: float | None = None, segment: Mapping[str, str] | None = None,
-                     model_version: str | None = None, max_bytes: int = MAX_EVENT_BYTES) -> bytes | Invalid:
+                     model_version: str | None = None, max_bytes: int = MAX_EVENT_BYTES,
+                     request_id: str | None = None) -> bytes | Invalid:
     """An inference event (contract v1) as bytes, or an `Invalid` naming what breaks the contract.
 
     >>> encode_inference(prediction_id="p1", model="churn", features={"tenure": 3}, prediction=1,
@@ -162,6 +163,11 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
         return prediction
     event = {"prediction_id": prediction_id, "model": model, "timestamp": timestamp,
              "features": features, "prediction": prediction}
+    if request_id is not None:
+        bad = _prediction_id(request_id, "inference", model, "request_id")
+        if bad is not None:
+            return bad
+        event["request_id"] = request_id
     if score is not None:
         if type(score) is not float and type(score) is not int:
             score = _plain(score)
@@ -179,22 +185,33 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
     return _dump(event, "inference", model, max_bytes)
 
 
-def encode_label(*, prediction_id: str, label: Any, timestamp: float, model: str | None = None,
-                 max_bytes: int = MAX_EVENT_BYTES) -> bytes | Invalid:
-    """A label event (contract v1) as bytes, or an `Invalid`.
+def encode_label(*, prediction_id: str | None, label: Any, timestamp: float, model: str | None = None,
+                 max_bytes: int = MAX_EVENT_BYTES, request_id: str | None = None) -> bytes | Invalid:
+    """A label event (contract v1) as bytes, or an `Invalid`; with `request_id` and no
+    prediction_id, it grades every prediction of that request.
 
     >>> encode_label(prediction_id="p1", label=0, timestamp=1767225660.0)
     b'{"prediction_id":"p1","label":0,"timestamp":1767225660.0}'
+    >>> encode_label(prediction_id=None, request_id="r1", label=0, timestamp=1767225660.0)
+    b'{"request_id":"r1","label":0,"timestamp":1767225660.0}'
     """
     if model is not None and (type(model) is not str or not MODEL_NAME.fullmatch(model)):
         return Invalid("label", "bad_model_name", f"model must match [A-Za-z0-9_.-]{{1,64}} (got {str(model)[:80]!r})", b"")
-    bad = _prediction_id(prediction_id, "label", model)
-    if bad is not None:
-        return bad
+    if request_id is not None:
+        bad = _prediction_id(request_id, "label", model, "request_id")
+        if bad is not None:
+            return bad
+    if prediction_id is not None or request_id is None:
+        bad = _prediction_id(prediction_id, "label", model)
+        if bad is not None:
+            return bad
     label = _scalar("label", label, "label", model)
     if type(label) is Invalid:
         return label
-    event = {"prediction_id": prediction_id, "label": label, "timestamp": timestamp}
+    event = {"prediction_id": prediction_id} if prediction_id is not None else {"request_id": request_id}
+    if prediction_id is not None and request_id is not None:
+        event["request_id"] = request_id
+    event.update(label=label, timestamp=timestamp)
     if model is not None:
         event["model"] = model
     return _dump(event, "label", model, max_bytes)
@@ -278,9 +295,12 @@ class Publisher:
     # ------------------------------------------------------------------ request path
     def log_prediction(self, *, model: str, features: Mapping[str, Any], prediction: Any, score: float | None = None,
                        segment: Mapping[str, str] | None = None, prediction_id: str | None = None,
-                       model_version: str | None = None) -> str:
+                       model_version: str | None = None, request_id: str | None = None) -> str:
         """Queues an inference event; returns its prediction_id (generated when none is given).
 
+        `request_id`: the same for every model that scores one request (champion and challengers
+        on shadow traffic); the event is then keyed by it, so that the request's predictions and
+        its label (`log_request_label`) meet in one partition.
         Never blocks, never raises: an invalid call or a full queue is counted in `stats`.
         """
         if prediction_id is None:
@@ -288,8 +308,8 @@ class Publisher:
         try:
             raw = encode_inference(prediction_id=prediction_id, model=model, features=features, prediction=prediction,
                                    timestamp=self._clock(), score=score, segment=segment,
-                                   model_version=model_version, max_bytes=self._max_bytes)
-            self._send(self._inferences, prediction_id, raw)
+                                   model_version=model_version, max_bytes=self._max_bytes, request_id=request_id)
+            self._send(self._inferences, prediction_id if request_id is None else request_id, raw)
         except Exception as exc:  # a defect here must still not reach the request
             self._reject(Invalid("inference", "error", repr(exc), b"", None))
         return prediction_id
@@ -300,6 +320,15 @@ class Publisher:
             raw = encode_label(prediction_id=prediction_id, label=label, timestamp=self._clock(), model=model,
                                max_bytes=self._max_bytes)
             self._send(self._labels, prediction_id, raw)
+        except Exception as exc:
+            self._reject(Invalid("label", "error", repr(exc), b"", None))
+
+    def log_request_label(self, request_id: str, label: Any, *, model: str | None = None) -> None:
+        """Queues a label that grades every prediction of `request_id`. Never blocks, never raises."""
+        try:
+            raw = encode_label(prediction_id=None, request_id=request_id, label=label, timestamp=self._clock(),
+                               model=model, max_bytes=self._max_bytes)
+            self._send(self._labels, request_id, raw)
         except Exception as exc:
             self._reject(Invalid("label", "error", repr(exc), b"", None))
 

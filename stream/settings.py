@@ -332,16 +332,36 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
         false_alarm_budget=budget,
         warmup=warmup,
         quality=_quality(r, base.quality, task),
+        champion=r.string("champion", base.champion),
+        challenger_error_rate=r.number("challenger_error_rate", base.challenger_error_rate, 0.0, 0.5, low_open=True),
     )
     r.used.update(("adwin", "page_hinkley", "baseline_checks"))
     r.done(MODEL_KEYS)
     return spec
 
 
-QUALITY_KEYS = ("classes", "max_classes", "positive_class", "score_of", "outcome_costs")
+QUALITY_KEYS = ("classes", "max_classes", "positive_class", "score_of", "outcome_costs", "champion",
+                "challenger_error_rate")
 MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
               "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective",
               "baseline_checks", "false_alarm_budget") + QUALITY_KEYS
+
+
+def _check_champions(models: Mapping[str, ModelSpec]) -> None:
+    """`champion:` names another configured classification model (docs/quality-metrics.md)."""
+    for name, spec in models.items():
+        c = spec.champion
+        if c is None:
+            continue
+        key = f"config models.{name}.champion"
+        if c == name:
+            raise ConfigError(f"{key}: a model cannot be its own champion")
+        if c not in models:
+            hint = difflib.get_close_matches(c, list(models), n=1)
+            raise ConfigError(f"{key}: {c!r} is not a configured model" + (f"; did you mean {hint[0]!r}?" if hint else
+                              "; configure the champion under models too"))
+        if models[c].task != "classification":
+            raise ConfigError(f"{key}: {c!r} is a {models[c].task} model; champion vs challenger compares accuracy")
 
 
 def _class(r: _Reader, key: str, v: Any) -> str:
@@ -497,6 +517,9 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
     if defaults.baseline is not None:
         raise ConfigError("config defaults.baseline: a profile belongs to one model: set it under models.<name>.baseline "
                           "(unconfigured models can use profiles published with `driftline baseline publish`)")
+    if defaults.champion is not None:
+        raise ConfigError("config defaults.champion: a comparison belongs to one model: set it under "
+                          "models.<challenger>.champion")
     top.used.add("defaults")
     models_raw = top.raw("models", {}) or {}
     if not isinstance(models_raw, Mapping):
@@ -506,6 +529,7 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise ConfigError(f"config models.{name}: a model name is 1-64 of A-Z a-z 0-9 _ . - (got {name!r})")
         models[name] = _model(_Reader(block, f"models.{name}"), name, defaults)
+    _check_champions(models)
     limits = _limits(top.section("limits"))
     worker = _worker(top.section("worker"))
     listen = top.string("listen", None)

@@ -43,3 +43,22 @@ def test_bad_quality_config_is_refused_naming_the_key(block, key, hint):
     with pytest.raises(ConfigError) as err:
         model(**block)
     assert f"config {key}:" in str(err.value) and hint in str(err.value), str(err.value)
+
+
+def test_champion_names_another_configured_classification_model():
+    s = parse_settings({"models": {"a": {}, "b": {"champion": "a", "challenger_error_rate": 0.01}}}, env={})
+    assert s.models["b"].champion == "a" and s.models["b"].challenger_error_rate == 0.01
+    assert s.models["a"].champion is None and s.models["a"].challenger_error_rate == 0.05
+
+
+@pytest.mark.parametrize("models, key, hint", [
+    ({"a": {"champion": "a"}}, "models.a.champion", "its own champion"),
+    ({"a": {}, "b": {"champion": "aa"}}, "models.b.champion", "did you mean 'a'"),
+    ({"a": {"task": "regression"}, "b": {"champion": "a"}}, "models.b.champion", "regression model"),
+    ({"a": {}, "b": {"champion": "a", "challenger_error_rate": 0.7}}, "models.b.challenger_error_rate", "<= 0.5"),
+    ({"a": {"task": "regression", "champion": "b"}, "b": {}}, "models.a.champion", "classification models only"),
+])
+def test_bad_champion_config_is_refused_naming_the_key(models, key, hint):
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"models": models}, env={})
+    assert f"config {key}:" in str(err.value) and hint in str(err.value), str(err.value)
