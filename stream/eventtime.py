@@ -29,7 +29,7 @@ import heapq
 import math
 from typing import Iterable
 
-from driftline.stream.pipeline import INFERENCE, OUTCOME
+from driftline.stream.pipeline import INFERENCE, OUTCOME, PAIR
 
 INFERENCES, LABELS = "inference", "label"
 # A source that sent nothing (no data, no heartbeat) for this long is left out of the
@@ -43,7 +43,7 @@ def ordering_key(obs) -> tuple[float, int] | None:
     kind = obs[0]
     if kind == INFERENCE:
         return (obs[4], 0)
-    if kind == OUTCOME:
+    if kind == OUTCOME or kind == PAIR:  # a pair comes with the label that completed it
         return (obs[4], 1)
     return None
 
