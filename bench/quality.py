@@ -4,6 +4,7 @@ they fire on stationary data (issue 7, parts 2 and 3).
     .venv/bin/python bench/quality.py [--quick] [--seeds N] [--out bench/results] [--jobs N]
     .venv/bin/python bench/quality.py --calibrate     # recompute the tables of detectors/calibration.py
     .venv/bin/python bench/quality.py --verify        # long runs: false alarms at budgets of 1e6, 1e7
+    .venv/bin/python bench/quality.py --challenger    # champion vs challenger: A/A errors, time to find better
 
 Every stream is replayed, one value at a time, through the detector objects that production
 runs: `detectors.drift.build_detector` (River's defaults on the raw signal) and
@@ -1113,7 +1114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true", help="recompute detectors/calibration.py's tables (~8 min)")
     ap.add_argument("--verify", action="store_true",
                     help="long stationary runs at budgets of 1e6 and 1e7 events (~5 min); later runs' quality.md include them")
+    ap.add_argument("--challenger", action="store_true",
+                    help="champion vs challenger (bench/quality_challenger.py): A/A wrong decisions, a 3-point better "
+                         "challenger found, over --seeds seeds (default 200)")
     args = ap.parse_args(argv)
+    if args.challenger:
+        from bench.quality_challenger import run_challenger
+
+        result = run_challenger(args.out, args.seeds or (20 if args.quick else 200), args.jobs,
+                                n=10_000 if args.quick else 20_000)
+        print((args.out / "quality-challenger.md").read_text())
+        print(f"wrote {args.out}/quality-challenger.json, quality-challenger.md in {result['meta']['seconds']} s")
+        return 0
     if args.calibrate:
         calibrate(args.out, args.jobs)
         return 0
