@@ -10,6 +10,10 @@ returns a `DriftRecord` for each detection. Signals:
 - `score`: the reported confidence, when events carry one.
 - one signal per configured feature: the value (numeric) or its surprisal (categorical).
 
+Classification segments also keep a slice accountant (`slices.py`): an `error` detection with
+direction "up" carries its explanation (the slices that account for the drop), and while that
+drift is active `ExplanationRecord`s refresh it as labelled evidence grows.
+
 Each signal is watched by every detector named in the model's spec (ADWIN and Page-Hinkley by
 default). State is created on first use and can be evicted when idle; nothing here grows with
 the number of events.
@@ -25,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from bisect import bisect_left
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from driftline.detectors.accuracy import RollingAccuracy, RollingError
 from driftline.detectors.baseline import ProfileBook, Window, category_key
@@ -34,6 +38,7 @@ from driftline.detectors.categorical import CategorySurprisal
 from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality
 from driftline.detectors.drift import Detector, build_detector
+from driftline.detectors.slices import SliceAccountant, profile_bins
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 from driftline.detectors.state import SnapshotError
 from driftline.detectors.state import restore as restore_state
@@ -61,9 +66,12 @@ class DriftRecord:
     value: float
     statistics: Mapping[str, float]
     direction: str = "up"  # the signal's mean went "up" or "down" (for `error`: up = worse)
+    explanation: Mapping[str, Any] | None = None  # `error` up: the slices that explain it (slices.py)
+    kind: ClassVar[str] = "detection"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
+            "kind": self.kind,
             "model": self.model,
             "segment": self.segment,
             "signal": self.signal,
@@ -74,6 +82,29 @@ class DriftRecord:
             "statistics": dict(self.statistics),
             "direction": self.direction,
         }
+        if self.explanation is not None:
+            d["explanation"] = self.explanation
+        return d
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExplanationRecord:
+    """A refreshed explanation of an active error drift, at 100, 400 and 1,600 labelled events
+    after its change point (written where drift records go, with `"kind": "explanation"`)."""
+
+    model: str
+    segment: str
+    timestamp: float
+    prediction_id: str
+    labelled_after: int
+    explanation: Mapping[str, Any]
+    signal: ClassVar[str] = ERROR
+    kind: ClassVar[str] = "explanation"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "segment": self.segment, "signal": self.signal,
+                "timestamp": self.timestamp, "prediction_id": self.prediction_id,
+                "labelled_after": self.labelled_after, "explanation": self.explanation}
 
 
 class SignalState:
@@ -111,7 +142,7 @@ class SegmentState:
     """
 
     __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
-                 "quality", "challengers")
+                 "quality", "challengers", "slices")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
@@ -130,6 +161,7 @@ class SegmentState:
         self.quality: ClassQuality | None = None
         # Champion vs challenger of this (challenger) segment, by champion name; None until a pair.
         self.challengers: dict[str, ChallengerComparison] | None = None
+        self.slices: SliceAccountant | None = None  # classification: built with the first outcome
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
@@ -143,6 +175,14 @@ class SegmentState:
             self.windows = {}
         self.profile_gen = -1  # check the profile again on the next event
         self.dist = None
+
+
+def slice_accountant(spec: ModelSpec, segment: str, profiles: ProfileBook | None = None) -> SliceAccountant:
+    """The slice accountant of one segment: the spec's features (bins from the model's profile when
+    there is one) and, at `__all__`, its segment attributes."""
+    compiled = profiles.get(spec.name) if profiles is not None else None
+    return SliceAccountant(tuple(spec.features.items()), spec.segments if segment == ALL_SEGMENT else (),
+                           profile_bins(compiled.binners(segment)) if compiled is not None else None)
 
 
 def _unbound_spec(model: str) -> ModelSpec:
@@ -299,9 +339,13 @@ class DetectorBank:
         prediction_id: str,
         delay: float | None = None,
         score: float | None = None,
+        values: Sequence | None = None,
+        segments: Sequence[str] | None = None,
     ) -> list[DriftRecord]:
         """A prediction joined to its label, in one segment; `delay` is label time minus
-        prediction time, observed once per event at `__all__`; `score` is the prediction's."""
+        prediction time, observed once per event at `__all__`; `score` is the prediction's.
+        `values` are the prediction's monitored features in the spec's order, `segments` (at
+        `__all__`) its segment labels: the slice accountant's input."""
         state = self._segments.get((model, segment))
         if state is None:
             state = self._new_state(model, segment)
@@ -333,7 +377,16 @@ class DetectorBank:
             if q is None:
                 q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
             q.update(spec.quality, spec.accuracy_window, prediction, label, score)
+            slices = state.slices
+            if slices is None:
+                slices = state.slices = self._new_slices(model, segment)
+            refresh = slices.observe(values, segments, correct, timestamp)
             self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
+            if found:
+                self._explain(found, slices, model, timestamp)
+            elif refresh is not None:
+                found.append(ExplanationRecord(model, segment, timestamp, prediction_id, refresh,
+                                               slices.explain().to_dict()))
         return found
 
     def observe_pair(self, model: str, segment: str, champion: str, timestamp: float, challenger_correct: bool,
@@ -352,6 +405,16 @@ class DetectorBank:
         if cmp is None:
             cmp = comps[champion] = ChallengerComparison()
         cmp.update(challenger_correct, champion_correct, self._spec_for(model).challenger_error_rate)
+
+    def _new_slices(self, model: str, segment: str) -> SliceAccountant:
+        return slice_accountant(self._spec_for(model), segment, self.profiles)
+
+    def _explain(self, found: list, slices: SliceAccountant, model: str, timestamp: float) -> None:
+        """Attach the explanation to each error-up detection just made."""
+        for k, rec in enumerate(found):
+            if rec.signal == ERROR and rec.direction == "up":
+                found[k] = dataclasses.replace(
+                    rec, explanation=slices.detected(timestamp, self._spec_for(model).drift_hold).to_dict())
 
     def observe_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
         """An event that fed no detector: invalid, duplicate, unmatched or expired."""

@@ -44,7 +44,8 @@ Fate = tuple  # (model | None, kind, outcome)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PendingPrediction:
-    """What the join keeps of a prediction: enough to grade it, nothing more (no features)."""
+    """What the join keeps of a prediction: enough to grade it and to place it in its slices
+    (the monitored features' values, in the spec's order: a tuple, not the event's dict)."""
 
     prediction_id: str
     model: str
@@ -52,6 +53,7 @@ class PendingPrediction:
     prediction: object
     score: float | None
     timestamp: float
+    values: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

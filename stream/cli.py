@@ -25,7 +25,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(exposition)
     if args.drift_out:
         with open(args.drift_out, "wb") as f:
-            for rec in result.detections:
+            for rec in result.records:
                 f.write(orjson.dumps(rec.to_dict()) + b"\n")
     invalid = sum(result.invalid.values())
     print(
@@ -33,6 +33,34 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"{result.events / max(result.seconds, 1e-9):,.0f} events/s, {len(result.detections)} detections",
         file=sys.stderr,
     )
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from driftline.detectors.baseline import ProfileError, parse_time
+    from driftline.stream.explain import ExplainError, explain_files, render_table
+    from driftline.stream.settings import load_settings
+
+    settings = load_settings(args.config)
+    since = None
+    if args.since is not None:
+        try:
+            since = float(args.since)
+        except ValueError:
+            try:
+                since = parse_time(args.since, "--since")
+            except ProfileError as exc:
+                print(f"driftline: {exc} or Unix seconds", file=sys.stderr)
+                return 2
+    try:
+        result = explain_files(settings, args.inferences, args.labels, args.model, args.segment, since, args.top)
+    except ExplainError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(render_table(result))
     return 0
 
 
@@ -162,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-out", help="write the Prometheus exposition here (default: stdout)")
     rp.add_argument("--drift-out", help="write one JSON line per drift detection here")
     rp.set_defaults(func=_cmd_replay)
+
+    ex = sub.add_parser("explain", help="the slices of traffic that explain a segment's accuracy drop, over JSONL files")
+    ex.add_argument("--config", required=True)
+    ex.add_argument("--inferences", required=True, help="inference events, one JSON object per line")
+    ex.add_argument("--labels", required=True, help="label events, one JSON object per line")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--segment", required=True, help="e.g. __all__ or region=eu")
+    ex.add_argument("--since", help="change point: RFC 3339 time or Unix seconds (default: the change point of the "
+                                    "segment's last error-drift detection in a replay of the files)")
+    ex.add_argument("--top", type=int, default=10, help="slices to list (default 10)")
+    ex.add_argument("--json", action="store_true", help='print {"model", "segment", "since", "slices": [...]} as JSON')
+    ex.set_defaults(func=_cmd_explain)
 
     bp = sub.add_parser("baseline", help="reference profiles of training or validation data (docs/baselines.md)")
     bsub = bp.add_subparsers(dest="baseline_command", required=True)

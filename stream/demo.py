@@ -202,6 +202,8 @@ class DemoReport:
     # Events of band=mid after f5 began to read high until its PSI crossed the threshold.
     feature_drift_delay: int | None = None
     psi_before_drift: float | None = None  # the largest PSI of any (segment, signal) before either drift
+    # The top slice of each segment's first error-drift explanation: segment -> (feature, bin).
+    explained: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def baseline_psi(bank) -> dict[tuple[str, str], float]:
@@ -243,7 +245,7 @@ def run_demo(out_dir: str | os.PathLike, plot: bool = True) -> tuple["object", D
     out = Path(out_dir)
     (out / "metrics.prom").write_bytes(result.exposition())
     with open(out / "drifts.jsonl", "wb") as f:
-        for rec in result.detections:
+        for rec in result.records:
             f.write(orjson.dumps(rec.to_dict()) + b"\n")
     report = _report(result, files)
     _baseline_report(report, result, files, psi_track)
@@ -314,7 +316,30 @@ def _report(result, files: DemoFiles) -> DemoReport:
     lines.append(f"first error drift in {DRIFT_SEGMENT}: "
                  + (f"{first_delay} labelled events after the drift" if first_delay is not None else "NOT DETECTED"))
     lines.append(f"false error-drift detections elsewhere: {false_hits}")
-    return DemoReport(lines, first_delay, false_hits, None)
+    report = DemoReport(lines, first_delay, false_hits, None)
+    _explanation_report(report, result)
+    return report
+
+
+def _explanation_report(report: DemoReport, result) -> None:
+    """Why: the top slices of each segment's first error drift (detectors/slices.py)."""
+    lines = ["", "why (the slices that account for each segment's first error drift; "
+                 "`driftline explain` gives the same over the files):"]
+    for rec in result.detections:
+        if rec.signal != "error" or rec.explanation is None or rec.segment in report.explained:
+            continue
+        e = rec.explanation
+        if not e["slices"]:
+            continue
+        top = e["slices"][0]
+        report.explained[rec.segment] = (top["feature"], top["bin"])
+        lines.append(f"  {rec.segment}: accuracy {e['accuracy_before']:.3f} -> {e['accuracy_after']:.3f} since "
+                     f"t+{e['since'] - START_TIME - DRIFT_ROW:.0f}s ({e['labelled_after']} labelled)")
+        for sl in e["slices"][:3]:
+            acc_b = "-" if sl["accuracy_before"] is None else f"{sl['accuracy_before']:.3f}"
+            lines.append(f"    {sl['feature']} {sl['bin']}: accuracy {acc_b} -> {sl['accuracy_after']:.3f}, "
+                         f"share {sl['share_before']:.1%} -> {sl['share_after']:.1%}, contribution {sl['contribution']:.3f}")
+    report.lines += lines
 
 
 def _baseline_report(report: DemoReport, result, files: DemoFiles, track) -> None:

@@ -15,7 +15,9 @@ what lets a worker resume a crashed one's partitions from a checkpoint by replay
 Observation tuples (also what travels on the observations topic), `key = (model, segment)`:
 
     (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features)
-    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score)
+    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score, values, segments)
+        values: the monitored features in the spec's order; segments: the prediction's segment
+        labels, at `__all__` only (else None); both feed the slice accountant (detectors/slices.py)
     (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
     (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
     (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
@@ -141,7 +143,8 @@ class Intake:
         rid = ev.request_id
         if rid is not None and not self.shadow.compared(model):
             self.shadow.count(model, "uncompared")  # still graded by request labels; compared with nothing
-        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts), rid)
+        values = tuple([features.get(name) for name in monitored])  # what the slice accountant bins
+        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts, values), rid)
         for seg in segments:
             out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
         if joined is not None and joined != "duplicate":
@@ -238,9 +241,10 @@ class Intake:
         p = joined.prediction
         delay = joined.label_timestamp - p.timestamp
         delay = delay if delay > 0.0 else 0.0
+        values = getattr(p, "values", None)  # None: held in a snapshot from before slices
         for seg in p.segments:
             out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay,
-                        p.score))
+                        p.score, values, p.segments if seg == ALL_SEGMENT else None))
         rid = joined.request_id
         if rid is not None and self.shadow.compared(p.model):
             for pair in self.shadow.add(p.model, rid, is_correct(p.prediction, joined.label), p.segments,
@@ -256,8 +260,11 @@ def observe(bank: DetectorBank, o) -> list[DriftRecord]:
     if kind == INFERENCE:
         return bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
     if kind == OUTCOME:
-        # o[8], the prediction's score, is absent from observations of workers before it
-        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7], o[8] if len(o) > 8 else None)
+        # o[8], the prediction's score, and o[9], o[10], the slice accountant's values and segment
+        # labels, are absent from observations of workers before them
+        n = len(o)
+        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7], o[8] if n > 8 else None,
+                                    o[9] if n > 9 else None, o[10] if n > 10 else None)
     if kind == FATE:
         bank.observe_fate(o[1], o[3], o[4])
     elif kind == FOLD:

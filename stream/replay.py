@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Callable, Iterator
 
-from driftline.detectors.bank import DetectorBank, DriftRecord
+from driftline.detectors.bank import DetectorBank, DriftRecord, ExplanationRecord
 from driftline.stream.baselines import profile_book
 from driftline.stream.codec import DecodeLimits, decode_inference, decode_label
 from driftline.stream.events import Inference, Invalid
@@ -35,6 +35,9 @@ class ReplayResult:
     events: int
     invalid: Counter
     seconds: float
+    # Everything written where drift records go, in stream order: the detections and the
+    # explanation refreshes (`--drift-out`, as the worker's drift-events topic has them).
+    records: list[DriftRecord | ExplanationRecord] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> DriftlineMetrics:
         # drift_active is judged at the last event time: the state the stream ended in.
@@ -59,6 +62,46 @@ def read_events(path: str | os.PathLike, kind: str, limits: DecodeLimits) -> Ite
             yield ev
 
 
+def merge_events(settings, inferences, labels, on_invalid: Callable[[Invalid], object] | None = None,
+                 invalid: Counter | None = None) -> list[tuple]:
+    """Both files decoded and sorted into (timestamp, order, seq, event) in event-time order (an
+    inference before a label at the same instant, then file order); bad lines go to `on_invalid`
+    and are counted in `invalid` by (kind, reason)."""
+    limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
+                          max_future=settings.limits.max_future, clock=time.time)
+    merged = []
+    seq = 0
+    for kind, path in (("inference", inferences), ("label", labels)):
+        order = 0 if kind == "inference" else 1
+        for ev in read_events(path, kind, limits):
+            if isinstance(ev, Invalid):
+                if on_invalid is not None:
+                    on_invalid(ev)
+                if invalid is not None:
+                    invalid[(ev.kind, ev.reason)] += 1
+                continue
+            seq += 1
+            merged.append((ev.timestamp, order, seq, ev))
+    merged.sort(key=lambda t: (t[0], t[1], t[2]))
+    return merged
+
+
+def intake_outputs(intake: Intake, merged: list[tuple]) -> Iterator[tuple[int, list[tuple], Invalid | None]]:
+    """(index, observations, refused) of each merged event through the intake, as replay feeds them."""
+    # After the last event of a file its stream is idle (nothing left unread), as a caught-up
+    # topic is to the worker: what waits for that stream may expire on the other one's clock.
+    last = {}
+    for i, (_, order, _, _) in enumerate(merged):
+        last[order] = i
+    for i, (_, order, _, ev) in enumerate(merged):
+        out, refused = intake.take_inference(ev) if order == 0 else intake.take_label(ev)
+        if i == last.get(0):
+            out = out + intake.set_idle("inference")
+        if i == last.get(1):
+            out = out + intake.set_idle("label")
+        yield i, out, refused
+
+
 def replay(
     settings,
     inferences: str | os.PathLike,
@@ -71,39 +114,16 @@ def replay(
     intake = Intake(settings)
     bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle,
                         profiles=profile_book(settings) if settings.baselines else None)
-    limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
-                          max_future=settings.limits.max_future, clock=time.time)
     invalid: Counter = Counter()
-    merged = []
-    seq = 0
-    for kind, path in (("inference", inferences), ("label", labels)):
-        order = 0 if kind == "inference" else 1
-        for ev in read_events(path, kind, limits):
-            if isinstance(ev, Invalid):
-                feed(bank, intake.take_invalid(ev))
-                invalid[(ev.kind, ev.reason)] += 1
-                continue
-            seq += 1
-            merged.append((ev.timestamp, order, seq, ev))
-    merged.sort(key=lambda t: (t[0], t[1], t[2]))
+    merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
 
-    detections: list[DriftRecord] = []
+    records: list[DriftRecord | ExplanationRecord] = []
     total = len(merged)
-    # After the last event of a file its stream is idle (nothing left unread), as a caught-up
-    # topic is to the worker: what waits for that stream may expire on the other one's clock.
-    last = {}
-    for i, (_, order, _, _) in enumerate(merged):
-        last[order] = i
-    for i, (_, order, _, ev) in enumerate(merged):
-        out, refused = intake.take_inference(ev) if order == 0 else intake.take_label(ev)
-        if i == last.get(0):
-            out = out + intake.set_idle("inference")
-        if i == last.get(1):
-            out = out + intake.set_idle("label")
+    for i, out, refused in intake_outputs(intake, merged):
         if refused is not None:
             invalid[(refused.kind, refused.reason)] += 1
         if out:
-            detections += feed(bank, out)
+            records += feed(bank, out)
         if i % TICK_EVERY == 0:
             if progress is not None:
                 progress(i, total)
@@ -114,7 +134,8 @@ def replay(
     if progress is not None:
         progress(total, total)
     n_events = total + sum(invalid.values())
-    return ReplayResult(settings, intake, bank, detections, n_events, invalid, time.perf_counter() - started)
+    detections = [r for r in records if r.kind == "detection"]
+    return ReplayResult(settings, intake, bank, detections, n_events, invalid, time.perf_counter() - started, records)
 
 
 class TerminalProgress:

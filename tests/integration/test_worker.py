@@ -212,21 +212,28 @@ def test_dead_letters_carry_reason_and_source(worker_run):
 
 
 def test_one_drift_event_per_detection_and_replay_agrees(worker_run):
-    s = worker_run["samples"]
-    detections = sum(v for (name, _), v in s.items() if name == "driftline_drift_detected_total")
-    msgs = consume_all(worker_run["bootstrap"], f"{worker_run['prefix']}.drift-events", int(detections))
-    events = [orjson.loads(m.value()) for m in msgs]
-    assert len(events) == detections > 0
-    for e in events:
-        assert {"model", "segment", "signal", "detector", "timestamp", "prediction_id", "statistics"} <= set(e)
-
     from driftline.stream.replay import replay
     from driftline.stream.settings import load_settings
 
+    s = worker_run["samples"]
+    detections = sum(v for (name, _), v in s.items() if name == "driftline_drift_detected_total")
     tmp = worker_run["tmp"]
     result = replay(load_settings(worker_run["config"]), tmp / "inferences.jsonl", tmp / "labels.jsonl")
-    key = lambda d: (d["segment"], d["signal"], d["detector"], d["timestamp"], d["prediction_id"])
-    assert sorted(map(key, events)) == sorted(key(r.to_dict()) for r in result.detections)
+    # The topic holds the detections and the explanation refreshes (kind "explanation").
+    msgs = consume_all(worker_run["bootstrap"], f"{worker_run['prefix']}.drift-events", len(result.records))
+    events = [orjson.loads(m.value()) for m in msgs]
+    found = [e for e in events if e["kind"] == "detection"]
+    assert len(found) == detections > 0
+    for e in found:
+        assert {"model", "segment", "signal", "detector", "timestamp", "prediction_id", "statistics"} <= set(e)
+    key = lambda d: (d["kind"], d["segment"], d["signal"], d.get("detector", ""), d["timestamp"], d["prediction_id"])
+    assert sorted(map(key, events)) == sorted(key(r.to_dict()) for r in result.records)
+    # Explanations too, field by field: the worker and replay account the same slices.
+    replayed = {key(r.to_dict()): orjson.loads(orjson.dumps(r.to_dict())) for r in result.records}
+    explained = [e for e in events if "explanation" in e]
+    assert explained, "no explanation on the drift-events topic"
+    for e in explained:
+        assert e["explanation"] == replayed[key(e)]["explanation"]
     for name in ("driftline_labeled_total", "driftline_correct_total", "driftline_drift_detected_total"):
         replayed = parse(result.exposition().decode())
         assert {k: v for k, v in replayed.items() if k[0] == name and v} == {k: v for k, v in s.items() if k[0] == name and v}

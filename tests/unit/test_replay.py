@@ -111,12 +111,15 @@ def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "events/s" in res.stderr
     records = [orjson.loads(line) for line in drifts.read_bytes().splitlines()]
-    assert len(records) == len(result.detections) > 0
-    for r in records:
+    # Detections and explanation refreshes, in stream order, as the library's replay has them.
+    assert records == [orjson.loads(orjson.dumps(r.to_dict())) for r in result.records]
+    found = [r for r in records if r["kind"] == "detection"]
+    assert len(found) == len(result.detections) > 0
+    for r in found:
         assert {"model", "segment", "signal", "detector", "timestamp", "prediction_id", "statistics"} <= set(r)
     smp = samples(metrics.read_bytes())
     detected = sum(v for (name, _), v in smp.items() if name == "driftline_drift_detected_total")
-    assert detected == len(records)
+    assert detected == len(found)
 
 
 def test_bad_config_is_refused_at_start_naming_the_key(tmp_path):
@@ -192,3 +195,71 @@ def test_demo_report_tells_when_the_feature_drift_showed(tmp_path):
     assert report.feature_drift_delay is not None and report.feature_drift_delay < 2000
     assert report.psi_before_drift is not None and report.psi_before_drift < 0.25  # no false alarm before
     assert any("accuracy holds" in line for line in report.lines)
+
+
+def test_the_drift_is_explained_by_the_miscalibrated_sensor(demo):
+    """Every error drift "up" in band=high blames f7 (the sensor that reads 20 high there), at
+    values above the training range of band=high's healthy f7; __all__'s drop is put on band=high."""
+    files, result = demo
+    up = [r for r in result.detections if r.signal == "error" and r.direction == "up"]
+    high = [r for r in up if r.segment == DRIFT_SEGMENT]
+    assert high and all(r.explanation is not None for r in up)
+    for r in high:
+        e = r.explanation
+        top = e["slices"][0]
+        assert top["feature"] == "f7" and top["category"] is None and top["lower"] is not None
+        assert top["accuracy_after"] < 0.5 < top["accuracy_before"] and top["share_after"] > top["share_before"]
+        assert files.drift_time <= e["since"] <= r.timestamp
+        assert e["labelled_after"] > 0 and e["accuracy_after"] < e["accuracy_before"]
+    at_all = [r for r in up if r.segment == "__all__"]
+    assert at_all and all(r.explanation["slices"][0]["bin"] == "high" for r in at_all)
+    assert all(r.explanation["slices"][0]["feature"] == "band" for r in at_all)
+    refreshes = [r for r in result.records if r.kind == "explanation"]
+    assert refreshes and {r.segment for r in refreshes} <= {DRIFT_SEGMENT, "__all__"}
+    for r in refreshes:
+        assert r.labelled_after == r.explanation["labelled_after"] in (100, 400, 1600)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "driftline.stream.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_explain_cli_explains_the_last_error_drift_of_a_segment(demo):
+    files, result = demo
+    common = ["--config", str(files.config), "--inferences", str(files.inferences), "--labels", str(files.labels),
+              "--model", "shuttle"]
+    res = run_cli("explain", *common, "--segment", DRIFT_SEGMENT, "--json")
+    assert res.returncode == 0, res.stderr
+    out = orjson.loads(res.stdout)
+    last = [r for r in result.detections if r.segment == DRIFT_SEGMENT and r.signal == "error" and r.direction == "up"][-1]
+    assert (out["model"], out["segment"], out["since"]) == ("shuttle", DRIFT_SEGMENT, last.explanation["since"])
+    slices = out["slices"]
+    assert slices and set(slices[0]) == {"feature", "bin", "lower", "upper", "category", "labelled_before",
+                                         "accuracy_before", "labelled_after", "accuracy_after", "share_before",
+                                         "share_after", "contribution"}
+    assert slices[0]["feature"] == "f7" and slices[0]["accuracy_after"] < 0.5
+    assert [s["contribution"] for s in slices] == sorted((s["contribution"] for s in slices), reverse=True)
+    # The after window runs to the end of the files: every labelled event of band=high since then.
+    assert out["labelled_after"] == sum(1 for t in _label_times_since(files, out["since"]))
+    table = run_cli("explain", *common, "--segment", DRIFT_SEGMENT, "--since", "2026-01-01T06:56:40Z")
+    assert table.returncode == 0, table.stderr
+    first_row = next(line for line in table.stdout.splitlines() if line.startswith("1 "))
+    assert first_row.split()[1] == "f7"
+    quiet = run_cli("explain", *common, "--segment", "band=low")
+    assert quiet.returncode == 1 and "no error drift" in quiet.stderr and "--since" in quiet.stderr
+
+
+def _label_times_since(files, since):
+    seg_of = {}
+    for line in files.inferences.read_bytes().splitlines():
+        try:
+            ev = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if ev.get("model") == "shuttle" and 0 <= ev.get("score", 0) <= 1 and "segment" in ev:
+            seg_of[ev["prediction_id"]] = "band=" + ev["segment"]["band"]
+    for line in files.labels.read_bytes().splitlines():
+        lab = orjson.loads(line)
+        if seg_of.get(lab["prediction_id"]) == DRIFT_SEGMENT and lab["timestamp"] >= since:
+            yield lab["timestamp"]
