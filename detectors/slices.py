@@ -57,6 +57,8 @@ MAX_WARMUP_KEYS = 1_000  # distinct categories counted during the warm-up (a bou
 PRIOR = 20.0  # pseudo-events at the segment's reference accuracy added to each slice's evidence
 TOP = 10  # slices carried in an explanation
 REFRESH_AT = (100, 400, 1_600)  # labelled events after the change point that refresh the explanation
+MAX_RUN = 3  # adjacent numeric bins a slice may span (an affected range rarely matches one bin)
+Z = 2.0  # standard errors taken off a slice's loss beyond the rest (one-sided ~97.5%)
 MIN_REFERENCE = BLOCK  # labelled events the reference keeps at least when the change point is placed
 
 MISSING = "missing"
@@ -513,47 +515,81 @@ def best_split(blocks: Sequence[Counts]) -> int:
 
 def explain(layout: Sequence[FeatureBins], offsets: Sequence[int], ref: Counts, after: Counts,
             since: float | None, top: int = TOP) -> Explanation:
-    """Rank every (feature, bin) by its contribution to the drop from `ref` to `after`."""
+    """Rank the slices (a bin, or a run of up to MAX_RUN adjacent numeric bins) of every feature by
+    their contribution to the drop from `ref` to `after`; overlapping slices of one feature are
+    listed once (the best)."""
     a_ref, a_after = ref.accuracy(), after.accuracy()
     if not ref.n or not after.n:
         return Explanation(since, ref.n, a_ref, after.n, a_after, (), ())
-    prior = a_ref
     p = min(a_ref, a_after)
     var = max(p * (1 - p), 1e-4)  # of one outcome, at the worse window's accuracy
-    slices: list[SliceEvidence] = []
+    candidates: list[tuple[SliceEvidence, int, int]] = []  # (slice, first bin, last bin)
     shifts: list[FeatureShift] = []
     for fb, off in zip(layout, offsets):
         best, mix = 0.0, 0.0
+        counts = [(ref.lab[off + i], after.lab[off + i], ref.cor[off + i], after.cor[off + i]) for i in range(fb.size)]
+        for lb, la, cb, _ in counts:  # traffic moving between bins, at their reference accuracies
+            mix += (lb / ref.n - la / after.n) * (cb + PRIOR * a_ref) / (lb + PRIOR)
+        runs = MAX_RUN if fb.kind == NUMERIC else 1
+        values = fb.missing  # the value bins (numeric) come first; `missing` is never merged
+        # A run of bins is a candidate only if each of its bins lost clearly more than the rest
+        # (one standard error): a run padded with unharmed bins says less than its core.
+        harmed = [runs > 1 and bool(c[1]) and _contribution(ref, after, *c, a_ref, var, 1.0) > 0 for c in counts]
         for i in range(fb.size):
-            lb, la = ref.lab[off + i], after.lab[off + i]
-            if not lb and not la:
-                continue
-            cb, ca = ref.cor[off + i], after.cor[off + i]
-            sb, sa = lb / ref.n, la / after.n
-            pb = (cb + PRIOR * prior) / (lb + PRIOR)
-            pa = (ca + PRIOR * prior) / (la + PRIOR)
-            # The rest of the traffic's own drop: a slice is blamed only for what it lost beyond
-            # it (a bin that merely holds much of the traffic drops like the whole segment).
-            rb, ra = ref.n - lb, after.n - la
-            if rb and ra:
-                rest = (ref.correct - cb) / rb - (after.correct - ca) / ra
-                # One standard error off: what a big bin's noise (times its big share) could make.
-                se = math.sqrt(var * (1 / (lb + PRIOR) + 1 / (la + PRIOR) + 1 / rb + 1 / ra))
-            else:
-                rest, se = pb - pa, 0.0  # the slice is all the traffic: nothing to single out
-            contribution = sa * (pb - pa - rest - se)
-            best = max(best, contribution)
-            mix += (sb - sa) * pb
-            label, lower, upper, category = fb.describe(i)
-            slices.append(SliceEvidence(fb.name, label, lower, upper, category, lb, _r(cb / lb if lb else None),
-                                        la, _r(ca / la if la else None), round(sb, 6), round(sa, 6),
-                                        round(contribution, 6)))
+            for j in range(i, min(i + runs, values) if i < values else i + 1):
+                if j > i and not all(harmed[i:j + 1]):
+                    break
+                lb = sum(c[0] for c in counts[i:j + 1])
+                la = sum(c[1] for c in counts[i:j + 1])
+                if not la:
+                    continue
+                cb = sum(c[2] for c in counts[i:j + 1])
+                ca = sum(c[3] for c in counts[i:j + 1])
+                c = _contribution(ref, after, lb, la, cb, ca, a_ref, var)
+                best = max(best, c)
+                label, lower, _, category = fb.describe(i)
+                if j > i:
+                    upper = fb.describe(j)[2]
+                    label = f"[{_num(lower, '-inf')}, {_num(upper, '+inf')})"
+                else:
+                    upper = fb.describe(i)[2]
+                candidates.append((SliceEvidence(
+                    fb.name, label, lower, upper, category, lb, _r(cb / lb if lb else None), la, _r(ca / la),
+                    round(lb / ref.n, 6), round(la / after.n, 6), round(c, 6)), i, j))
         moved = psi(ref.lab[off:off + fb.size], after.lab[off:off + fb.size])
         shifts.append(FeatureShift(fb.name, fb.kind, round(moved, 6), round(best, 6), round(mix, 6)))
-    # Only slices that account for part of the drop are listed (the rest is in `features`).
-    slices = sorted((s for s in slices if s.contribution > 0), key=lambda s: -s.contribution)
+    # Only slices that account for part of the drop are listed (the rest is in `features`), and
+    # of overlapping runs of one feature only the best.
+    candidates.sort(key=lambda t: -t[0].contribution)
+    taken: dict[str, list[tuple[int, int]]] = {}
+    slices: list[SliceEvidence] = []
+    for s, i, j in candidates:
+        if s.contribution <= 0 or len(slices) >= top:
+            break
+        spans = taken.setdefault(s.feature, [])
+        if any(i <= b and a <= j for a, b in spans):
+            continue
+        spans.append((i, j))
+        slices.append(s)
     shifts.sort(key=lambda f: -f.contribution)
-    return Explanation(since, ref.n, a_ref, after.n, a_after, tuple(slices[:top]), tuple(shifts))
+    return Explanation(since, ref.n, a_ref, after.n, a_after, tuple(slices), tuple(shifts))
+
+
+def _contribution(ref: Counts, after: Counts, lb: int, la: int, cb: int, ca: int, prior: float,
+                  var: float, z: float = None) -> float:
+    """share_after x (the slice's accuracy loss - the rest's - Z standard errors of that difference)."""
+    pb = (cb + PRIOR * prior) / (lb + PRIOR)
+    pa = (ca + PRIOR * prior) / (la + PRIOR)
+    rb, ra = ref.n - lb, after.n - la
+    if not (rb and ra):
+        return 0.0  # the slice is all the traffic: nothing to single out
+    # The rest of the traffic's own loss: a slice is blamed only for what it lost beyond it (a bin
+    # that merely holds much of the traffic loses like the whole segment).
+    rest = (ref.correct - cb) / rb - (after.correct - ca) / ra
+    # Z standard errors off: a large slice's noise (times its large share) must not rank it, nor
+    # a large slice that holds a correlated part of the real one (a feature that shifted).
+    se = math.sqrt(var * (1 / (lb + PRIOR) + 1 / (la + PRIOR) + 1 / rb + 1 / ra))
+    return (la / after.n) * (pb - pa - rest - (Z if z is None else z) * se)
 
 
 def profile_bins(binners: Sequence) -> dict[str, FeatureBins]:
