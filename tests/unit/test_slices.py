@@ -140,8 +140,8 @@ def feed_bank(bank, n, drifted, start, rng):
     for i in range(n):
         values, ok = event(rng, drifted)
         t = float(start + i)
-        out += bank.observe_outcome("churn", "__all__", 1, 1 if ok else 0, t, f"p{start + i}", 0.0, values,
-                                    ("__all__", "region=eu"))
+        out += bank.observe_outcome("churn", "__all__", 1, 1 if ok else 0, t, f"p{start + i}", 0.0, values=values,
+                                    segments=("__all__", "region=eu"))
     return out
 
 
