@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -398,6 +399,46 @@ def scrape_cost(series_targets: tuple[int, ...]) -> list[dict]:
     return out
 
 
+def slice_cost(rows: int = 20_000, repeats: int = 3) -> dict:
+    """Per-event cost of the slice accountant (issue 16): the demo's events (4 features, segments
+    band=*) through an intake and a bank, with the accountant and with its `observe` replaced by a
+    no-op (the rest identical); the best of `repeats` runs each, alternated."""
+    import yaml
+
+    from driftline.detectors import slices
+    from driftline.detectors.bank import DetectorBank
+    from driftline.stream.codec import decode_inference, decode_label
+    from driftline.stream.pipeline import Intake, feed
+    from driftline.stream.settings import parse_settings
+
+    settings = parse_settings(yaml.safe_load(DEMO_CONFIG), env={})
+    inf, lab, _ = demo_events(rows_limit=rows, drift_row=rows // 2)
+    events = sorted([(e["timestamp"], 0, decode_inference(orjson.dumps(e), 0.0)) for e in inf]
+                    + [(e["timestamp"], 1, decode_label(orjson.dumps(e), 0.0)) for e in lab], key=lambda t: t[:2])
+    real = slices.SliceAccountant.observe
+
+    def once() -> float:
+        intake, bank = Intake(settings), DetectorBank(settings.spec_for)
+        t0 = time.perf_counter()
+        for _, kind, ev in events:
+            obs, _ = intake.take_inference(ev) if kind == 0 else intake.take_label(ev)
+            feed(bank, obs)
+        return (time.perf_counter() - t0) / len(events)
+
+    best = {"with": math.inf, "without": math.inf}
+    try:
+        for _ in range(repeats):
+            slices.SliceAccountant.observe = real
+            best["with"] = min(best["with"], once())
+            slices.SliceAccountant.observe = lambda self, *a: None
+            best["without"] = min(best["without"], once())
+    finally:
+        slices.SliceAccountant.observe = real
+    return {"events": len(events), "seconds_per_event_with": best["with"], "seconds_per_event_without": best["without"],
+            "ratio": best["with"] / best["without"],
+            "note": "in process, intake + bank, demo config (4 features; each label feeds __all__ and its band)"}
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,9 +446,18 @@ def main() -> int:
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--no-faust", action="store_true")
+    ap.add_argument("--slices-only", action="store_true",
+                    help="only the slice accountant's per-event cost, merged into perf.json's \"slices\"")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.slices_only:
+        path = out / "perf.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results["slices"] = slice_cost() | {"date": time.strftime("%Y-%m-%d")}
+        path.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["slices"], indent=2))
+        return 0
     rows = 20_000 if args.quick else 100_000
     partitions = 6
     results: dict = {
@@ -418,6 +468,8 @@ def main() -> int:
     log("memory and scrape cost (in process)")
     results["memory"] = memory_per_segment((1_000,) if args.quick else (1_000, 10_000))
     results["scrape"] = scrape_cost((10_000, 100_000))
+    results["slices"] = slice_cost(5_000 if args.quick else 20_000)
+    log(f"slice accountant: {results['slices']['ratio']:.2f}x the per-event cost without it")
     with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         prefix = f"perf-{uuid.uuid4().hex[:8]}"

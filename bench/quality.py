@@ -1105,6 +1105,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def slices_main(out: Path, seeds: int) -> int:
+    """Slice-explanation ranking on real data with injected slice-confined drops (bench/quality_slices.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import quality_slices
+
+    result = quality_slices.run_slices(seeds)
+    result["meta"] = _meta(round(result.pop("seconds"), 1), 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality-slices.json").write_text(json.dumps(result, indent=1, default=str))
+    md = quality_slices.markdown(result)
+    (out / "quality-slices.md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {out}/quality-slices.json, quality-slices.md in {result['meta']['seconds']} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small run (< 30 s): fewer seeds, shorter streams")
@@ -1117,6 +1133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--challenger", action="store_true",
                     help="champion vs challenger (bench/quality_challenger.py): A/A wrong decisions, a 3-point better "
                          "challenger found, over --seeds seeds (default 200)")
+    ap.add_argument("--slices", action="store_true",
+                    help="slice explanations (issue 16): how often the injected slice ranks first (~3 min); "
+                         "writes quality-slices.json and .md (--seeds: per feature and drop, default 10)")
     args = ap.parse_args(argv)
     if args.challenger:
         from bench.quality_challenger import run_challenger
@@ -1126,6 +1145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print((args.out / "quality-challenger.md").read_text())
         print(f"wrote {args.out}/quality-challenger.json, quality-challenger.md in {result['meta']['seconds']} s")
         return 0
+    if args.slices:
+        return slices_main(args.out, args.seeds or 10)
     if args.calibrate:
         calibrate(args.out, args.jobs)
         return 0
