@@ -39,6 +39,7 @@ from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality
 from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.slices import SliceAccountant, profile_bins
+from driftline.detectors.llm import LLMObservation, LLMSegment, is_good_feedback
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 from driftline.detectors.state import SnapshotError
 from driftline.detectors.state import restore as restore_state
@@ -142,12 +143,13 @@ class SegmentState:
     """
 
     __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
-                 "quality", "challengers", "slices")
+                 "quality", "challengers", "slices", "llm")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
         self.plan: list[list] = [[name, kind == "numeric", None] for name, kind in spec.features.items()]
-        self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task == "classification" else None
+        # LLM calls: the rolling share of good feedback, in the accuracy's place.
+        self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task in ("classification", "llm") else None
         self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
         self.last_seen = 0.0
         # Baseline comparison: windows by signal name (state), the digest of the profile they
@@ -162,6 +164,7 @@ class SegmentState:
         # Champion vs challenger of this (challenger) segment, by champion name; None until a pair.
         self.challengers: dict[str, ChallengerComparison] | None = None
         self.slices: SliceAccountant | None = None  # classification: built with the first outcome
+        self.llm: LLMSegment | None = None  # counters and embedding drift of LLM calls
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
@@ -367,16 +370,23 @@ class DetectorBank:
             state.errors.update(error)
             self._update(self._signal(state, model, ERROR, False), ERROR, abs(error), ctx, found)
         else:
-            correct = is_correct(prediction, label)
+            spec = self._spec_for(model)
+            llm = spec.task == "llm"
+            if llm:  # feedback: the error signal is "bad"
+                correct = is_good_feedback(label)
+                if correct is None:
+                    return found
+            else:
+                correct = is_correct(prediction, label)
             tally.labeled[(model, segment)] += 1
             if correct:
                 tally.correct[(model, segment)] += 1
             state.accuracy.update(correct)
-            spec = self._spec_for(model)
-            q = state.quality
-            if q is None:
-                q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
-            q.update(spec.quality, spec.accuracy_window, prediction, label, score)
+            if not llm:  # classes of predictions: an LLM call's feedback has none
+                q = state.quality
+                if q is None:
+                    q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
+                q.update(spec.quality, spec.accuracy_window, prediction, label, score)
             slices = state.slices
             if slices is None:
                 slices = state.slices = self._new_slices(model, segment)
@@ -415,6 +425,37 @@ class DetectorBank:
             if rec.signal == ERROR and rec.direction == "up":
                 found[k] = dataclasses.replace(
                     rec, explanation=slices.detected(timestamp, self._spec_for(model).drift_hold).to_dict())
+
+    def observe_llm(self, model: str, segment: str, call: LLMObservation, timestamp: float,
+                    prediction_id: str) -> list[DriftRecord]:
+        """An LLM call in one segment (after its inference observation): counters, histograms and
+        the call's signals into the detectors (detectors/llm.py)."""
+        state = self._segments.get((model, segment))
+        if state is None:
+            state = self._new_state(model, segment)
+        spec = self._spec_for(model).llm
+        found: list[DriftRecord] = []
+        if spec is None:  # the model is no longer `task: llm` (config changed)
+            return found
+        llm = state.llm
+        if llm is None:
+            llm = state.llm = LLMSegment(spec, self._embedding_reference(model, segment))
+        ctx = (model, segment, timestamp, prediction_id)
+        for signal, value, categorical in llm.observe(call, spec):
+            sig = self._signal(state, model, signal, categorical)
+            if categorical:
+                value = sig.transform.transform(value)
+                if value is None:
+                    continue
+            self._update(sig, signal, value, ctx, found)
+        return found
+
+    def _embedding_reference(self, model: str, segment: str):
+        """The baseline profile's embedding reference of the segment (or __all__'s), if any."""
+        book = self.profiles
+        compiled = book.get(model) if book is not None else None
+        lookup = getattr(compiled, "embedding_reference", None)
+        return lookup(segment) if lookup is not None else None
 
     def observe_fate(self, model: str | None, kind: str, outcome: str, n: int = 1) -> None:
         """An event that fed no detector: invalid, duplicate, unmatched or expired."""
@@ -505,7 +546,9 @@ class DetectorBank:
             else:
                 # Every event feeds (1 + attributes) segments x signals x detectors: each detector
                 # gets its share of the model's budget (detectors/calibration.py).
-                streams = streams_per_event(len(spec.segments), 3 + len(spec.features), len(spec.detectors))
+                llm_signals = spec.llm.signal_count() if spec.llm is not None else 0
+                streams = streams_per_event(len(spec.segments), 3 + len(spec.features) + llm_signals,
+                                            len(spec.detectors))
                 arl = stream_arl(spec.false_alarm_budget, streams)
                 kind = "binary" if signal == ERROR and spec.task == "classification" else "numeric"
                 std = Standardizer(spec.warmup, binary=kind == "binary")

@@ -8,7 +8,9 @@ import dataclasses
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-Task = Literal["classification", "regression"]
+from driftline.detectors.llm import LLMSpec
+
+Task = Literal["classification", "regression", "llm"]
 FeatureKind = Literal["numeric", "categorical"]
 
 ALL_SEGMENT = "__all__"
@@ -122,6 +124,7 @@ class ModelSpec:
     # the requests both scored, and the error rate of the comparison's decision.
     champion: str | None = None
     challenger_error_rate: float = 0.05
+    llm: LLMSpec | None = None  # `task: llm` only (detectors/llm.py)
 
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(n for n, k in self.features.items() if k == "numeric")

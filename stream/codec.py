@@ -22,6 +22,7 @@ from typing import Any, Callable
 import orjson
 
 from driftline.stream.events import Inference, Invalid, Label
+from driftline.stream.llm_event import LLMError, decode_llm
 
 # Reason codes of Invalid events: the `reason` field of a dead letter. Stable: alert rules and
 # users' tooling filter on them (docs/events.md).
@@ -42,6 +43,8 @@ REASONS = {
     "model_mismatch": "a label names another model than its prediction",
     "request_mismatch": "a label names a prediction_id and a request_id, and that prediction has another request_id",
     "too_many_models": "the event's model would exceed limits.max_models",
+    "bad_embedding": "llm.embedding is not an array of finite numbers of the model's embedding_dim",
+    "malformed_otlp": "an OTLP message of topic otlp_spans does not decode",
 }
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -206,6 +209,8 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
     if type(pid) is not str:
         return pid
     features = obj.get("features")
+    if features is None and "llm" in obj and "features" not in obj:
+        features = {}  # an LLM call needs no features
     if type(features) is not dict:
         if features is None and "features" not in obj:
             return Invalid("inference", "missing_field", "features is required (it may be {})", raw, model)
@@ -215,7 +220,14 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
         if not (t is float or t is int or t is str or t is bool or v is None):
             return Invalid("inference", "wrong_type",
                            f"features.{name[:64]} must be a number, string, bool or null (got {_json_type(v)})", raw, model)
-    prediction = _scalar_field(obj, "prediction", "inference", raw, model)
+    llm = obj.get("llm")
+    if llm is not None:  # an LLM call: its prediction is optional
+        llm = decode_llm(llm)
+        if type(llm) is LLMError:
+            return Invalid("inference", llm.reason, llm.detail, raw, model)
+        prediction = _scalar_field(obj, "prediction", "inference", raw, model) if "prediction" in obj else None
+    else:
+        prediction = _scalar_field(obj, "prediction", "inference", raw, model)
     if type(prediction) is Invalid:
         return prediction
     score = obj.get("score")
@@ -244,7 +256,7 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
     rid = _request_id(obj, "inference", raw, model) if "request_id" in obj else None
     if type(rid) is Invalid:
         return rid
-    return Inference(pid, model, version, ts, features, prediction, score, segment, rid)
+    return Inference(pid, model, version, ts, features, prediction, score, segment, rid, llm)
 
 
 def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimits = DEFAULT_LIMITS) -> Label | Invalid:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping, Union
 
+from driftline.detectors.llm import LLMCall
+
 Scalar = Union[float, int, str, bool]
 Kind = Literal["inference", "label"]
 
@@ -15,10 +17,11 @@ class Inference:
     model_version: str  # "unknown" when absent
     timestamp: float  # Unix seconds; the Kafka timestamp when the event has none
     features: Mapping[str, Scalar | None]
-    prediction: Scalar
+    prediction: Scalar | None  # None only for an LLM call without one
     score: float | None = None
     segment: Mapping[str, str] | None = None
     request_id: str | None = None  # the same for every model that scored one request (shadow traffic)
+    llm: LLMCall | None = None  # an LLM call (models with `task: llm`)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -73,6 +73,9 @@ def merge_tallies(tallies: Iterable[Tally]) -> Tally:
     return out
 
 
+from driftline.stream.llm_export import llm_families  # noqa: E402 (it needs Family above)
+
+
 class DriftlineMetrics:
     """The contract's families from the banks and intakes a process owns.
 
@@ -98,7 +101,8 @@ class DriftlineMetrics:
             banks = list(self.banks())
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
             return (self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
-                    + self._baselines(banks) + self._quality(banks) + self._challengers(banks, list(self.intakes())))
+                    + self._baselines(banks) + self._quality(banks) + self._challengers(banks, list(self.intakes()))
+                    + llm_families(self.settings, banks))
 
     def render(self) -> bytes:
         return render(self.families())

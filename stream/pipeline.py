@@ -22,6 +22,8 @@ Observation tuples (also what travels on the observations topic), `key = (model,
     (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
     (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
                                                       one request both models scored, graded
+    (LLM,       model, segment, prediction_id, timestamp, LLMObservation)   after the INFERENCE
+                of an LLM call (`task: llm`); on the wire the LLMObservation is a list
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from typing import Iterable
 from driftline.detectors.bank import DetectorBank, DriftRecord, is_correct
 from driftline.detectors.challenger import ShadowPairs, comparisons
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.llm import LLMObservation
+from driftline.detectors.llm import observation as llm_observation
 from driftline.detectors.segments import SegmentRouter
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 from driftline.detectors.state import SnapshotError
@@ -38,7 +42,7 @@ from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
-INFERENCE, OUTCOME, FATE, FOLD, PAIR = 0, 1, 2, 3, 4
+INFERENCE, OUTCOME, FATE, FOLD, PAIR, LLM = 0, 1, 2, 3, 4, 5
 
 # Events between sweeps of idle segment values (router) and idle segments (bank).
 EVICT_EVERY = 50_000
@@ -62,6 +66,7 @@ class Intake:
         # larger of the two: the clock of the router's idle sweep and of /metrics.
         self.inference_time = 0.0
         self.label_time = 0.0
+        self.embedding_dims: dict[str, int] = {}  # model -> length of its embeddings (LLM calls)
         self.watermark = 0.0
         self.idle: set[str] = set()  # streams with nothing left unread (see set_idle)
         self._since_evict = 0
@@ -71,7 +76,8 @@ class Intake:
         return snapshot_state({"router": self.router, "join": self.join, "admitted": self.admitted,
                                "watermark": self.watermark, "since_evict": self._since_evict,
                                "inference_time": self.inference_time, "label_time": self.label_time,
-                               "idle": self.idle, "shadow": self.shadow})
+                               "idle": self.idle, "shadow": self.shadow,
+                               "embedding_dims": self.embedding_dims})
 
     @classmethod
     def restore(cls, blob: bytes, settings) -> "Intake":
@@ -90,6 +96,7 @@ class Intake:
         intake.idle = set(state.get("idle", ()))
         if state.get("shadow") is not None:  # absent from snapshots before champion/challenger
             intake.shadow = state["shadow"].bind(*intake._comparisons(), intake._ttl_for)
+        intake.embedding_dims = state.get("embedding_dims", {})
         return intake
 
     def _comparisons(self):
@@ -130,6 +137,18 @@ class Intake:
             return out, None
         router = self.router
         spec = self.spec_for(model)
+        call = None
+        if ev.llm is not None and spec.llm is not None:
+            emb = ev.llm.embedding
+            if emb is not None:
+                # The config's embedding_dim, else the length of the model's first embedding.
+                dim = spec.llm.embedding_dim or self.embedding_dims.setdefault(model, len(emb))
+                if len(emb) != dim:
+                    invalid = Invalid("inference", "bad_embedding",
+                                      f"llm.embedding has {len(emb)} numbers, model {model}'s embeddings have {dim} "
+                                      f"(models.{model}.llm.embedding_dim or its first embedding)", raw, model)
+                    return out + self.take_invalid(invalid), invalid
+            call = llm_observation(ev.llm, spec.llm)
         features = ev.features
         segments = router.route(spec, features, ev.segment, ts)
         if router.folded:
@@ -147,6 +166,8 @@ class Intake:
         joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts, values), rid)
         for seg in segments:
             out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
+            if call is not None:
+                out.append((LLM, model, seg, pid, ts, call))
         if joined is not None and joined != "duplicate":
             self._outcomes(joined, out)
         if self.join.fates:
@@ -265,6 +286,9 @@ def observe(bank: DetectorBank, o) -> list[DriftRecord]:
         n = len(o)
         return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7], o[8] if n > 8 else None,
                                     o[9] if n > 9 else None, o[10] if n > 10 else None)
+    if kind == LLM:
+        call = o[5]
+        return bank.observe_llm(o[1], o[2], call if type(call) is LLMObservation else LLMObservation(*call), o[4], o[3])
     if kind == FATE:
         bank.observe_fate(o[1], o[3], o[4])
     elif kind == FOLD:

@@ -7,7 +7,7 @@ wrong and how to fix it:
 >>> parse_settings({"models": {"churn": {"task": "clasification"}}}, env={})
 Traceback (most recent call last):
 ...
-driftline.stream.settings.ConfigError: config models.churn.task: must be one of classification, regression (got 'clasification')
+driftline.stream.settings.ConfigError: config models.churn.task: must be one of classification, regression, llm (got 'clasification')
 
 Environment:
 - `DRIFTLINE_BOOTSTRAP` overrides `kafka.bootstrap`;
@@ -28,6 +28,7 @@ from driftline.detectors.segments import format_value
 from driftline.detectors.spec import (ADWINParams, BaselineChecks, ModelSpec, OutcomeCosts, PageHinkleyParams,
                                      QualitySpec, default_spec)
 from driftline.detectors.drift import DETECTOR_NAMES
+from driftline.detectors.llm import LLMSpec, Price
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -289,7 +290,7 @@ def _baseline_checks(r: _Reader, base: BaselineChecks) -> BaselineChecks:
 
 
 def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
-    task = r.choice("task", base.task, ("classification", "regression"))
+    task = r.choice("task", base.task, ("classification", "regression", "llm"))
     segs = r.raw("segments", list(base.segments))
     if not isinstance(segs, list) or not all(isinstance(s, str) and s for s in segs):
         raise ConfigError(f"config {r.key('segments')}: must be a list of attribute names, e.g. [region, plan] (got {segs!r})")
@@ -334,6 +335,7 @@ def _model(r: _Reader, name: str, base: ModelSpec) -> ModelSpec:
         quality=_quality(r, base.quality, task),
         champion=r.string("champion", base.champion),
         challenger_error_rate=r.number("challenger_error_rate", base.challenger_error_rate, 0.0, 0.5, low_open=True),
+        llm=_llm(r, task, base.llm),
     )
     r.used.update(("adwin", "page_hinkley", "baseline_checks"))
     r.done(MODEL_KEYS)
@@ -344,7 +346,7 @@ QUALITY_KEYS = ("classes", "max_classes", "positive_class", "score_of", "outcome
                 "challenger_error_rate")
 MODEL_KEYS = ("task", "segments", "max_segments", "features", "accuracy_window", "label_ttl", "drift_hold",
               "baseline", "detectors", "adwin", "page_hinkley", "categorical_reference", "accuracy_objective",
-              "baseline_checks", "false_alarm_budget") + QUALITY_KEYS
+              "baseline_checks", "false_alarm_budget", "llm") + QUALITY_KEYS
 
 
 def _check_champions(models: Mapping[str, ModelSpec]) -> None:
@@ -447,6 +449,46 @@ def _false_alarm_budget(r: _Reader, base: ModelSpec) -> tuple[float | None, int]
                           f"exclude each other (the budget sets the thresholds); remove them, or set "
                           f"{key}: off to use them as given")
     return budget, warmup
+
+
+def _llm(r: _Reader, task: str, base: LLMSpec | None) -> LLMSpec | None:
+    """The `llm:` block of a `task: llm` model: price table, cost budget, embedding settings."""
+    if task != "llm":
+        if r.has("llm"):
+            raise ConfigError(f"config {r.key('llm')}: only a model with task: llm has an llm block")
+        return None
+    base = base or LLMSpec()
+    sec = r.section("llm")
+    raw_prices = sec.raw("prices", dict(base.prices)) or {}
+    if not isinstance(raw_prices, Mapping):
+        raise ConfigError(f"config {sec.key('prices')}: must map request models to {{input: X, output: Y}} "
+                          f"(currency per million tokens) (got {raw_prices!r})")
+    prices = {}
+    for rm, entry in raw_prices.items():
+        if isinstance(entry, Price):
+            prices[rm] = entry
+            continue
+        pr = _Reader(entry, f"{sec.key('prices')}.{rm}")
+        prices[str(rm)] = Price(pr.number("input", None, 0.0), pr.number("output", None, 0.0))
+        pr.done(("input", "output"))
+    budget = sec.raw("cost_budget_per_hour", base.cost_budget_per_hour)
+    if budget is not None:
+        budget = sec.number("cost_budget_per_hour", None, 0.0, low_open=True)
+    dim = sec.raw("embedding_dim", base.embedding_dim)
+    if dim is not None:
+        dim = sec.integer("embedding_dim", None, 2, 8192)
+    spec = LLMSpec(
+        prices=MappingProxyType(prices),
+        cost_budget_per_hour=budget,
+        embedding_dim=dim,
+        embedding_reference=sec.integer("embedding_reference", base.embedding_reference, 50, 1_000_000),
+        embedding_window=sec.integer("embedding_window", base.embedding_window, 10, 1_000_000),
+        max_evaluations=sec.integer("max_evaluations", base.max_evaluations, 0, 64),
+        truncation_share=sec.number("truncation_share", base.truncation_share, 0.0, 1.0, low_open=True),
+    )
+    sec.done(("prices", "cost_budget_per_hour", "embedding_dim", "embedding_reference", "embedding_window",
+              "max_evaluations", "truncation_share"))
+    return spec
 
 
 def _kafka(r: _Reader, env: Mapping[str, str]) -> KafkaSettings:

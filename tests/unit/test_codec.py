@@ -30,6 +30,8 @@ def test_unknown_fields_are_ignored_and_timestamps_parse():
     assert decode_inference(inference(timestamp=1767225600.5), 0.0).timestamp == 1767225600.5
 
 
+LLM_OK = {"input_tokens": 10, "output_tokens": 20, "duration": 1.5}
+
 BAD_INFERENCES = [
     (b"", "empty"),
     (b"x" * 2000, "oversized"),
@@ -75,6 +77,24 @@ BAD_INFERENCES = [
     # Within the range but a day ahead of the worker's clock (FIXED_NOW below).
     (inference(timestamp=1767225600 + 86400), "future_timestamp"),
     (inference(timestamp="2026-01-02T00:00:00Z"), "future_timestamp"),
+    # LLM calls (docs/events.md): every bad field is dead-lettered with its reason.
+    (inference(llm=LLM_OK | {"input_tokens": -3}), "out_of_range"),
+    (inference(llm=LLM_OK | {"output_tokens": 2.5}), "wrong_type"),
+    (inference(llm=LLM_OK | {"input_tokens": "12"}), "wrong_type"),
+    (inference(llm={k: v for k, v in LLM_OK.items() if k != "output_tokens"}), "missing_field"),
+    (inference(llm=LLM_OK | {"duration": -0.5}), "out_of_range"),
+    (inference(llm={k: v for k, v in LLM_OK.items() if k != "duration"}), "missing_field"),
+    (inference(llm=LLM_OK | {"time_to_first_token": -1}), "out_of_range"),
+    (b'{"prediction_id": "p", "model": "m", "llm": {"input_tokens": 1, "output_tokens": 1, "duration": NaN}}',
+     "not_finite"),
+    (inference(llm=LLM_OK | {"evaluations": {"relevance": 1.2}}), "out_of_range"),
+    (inference(llm=LLM_OK | {"evaluations": {"relevance": -0.1}}), "out_of_range"),
+    (inference(llm=LLM_OK | {"evaluations": {"duration": 0.5}}), "out_of_range"),  # a signal's name
+    (inference(llm=LLM_OK | {"evaluations": {"relevance": "high"}}), "wrong_type"),
+    (inference(llm=LLM_OK | {"embedding": [0.1, "x"]}), "bad_embedding"),
+    (inference(llm=LLM_OK | {"embedding": []}), "bad_embedding"),
+    (inference(llm=LLM_OK | {"finish_reason": 3}), "wrong_type"),
+    (inference(llm=[1, 2]), "wrong_type"),
 ]
 FIXED_NOW = 1767225600.0  # the clock the decoder is given: 2026-01-01T00:00:00Z
 
@@ -101,7 +121,8 @@ def test_future_bound_is_relative_to_the_clock_and_configurable():
 
 def test_every_reason_of_the_decoder_is_exercised():
     seen = {reason for _, reason in BAD_INFERENCES}
-    decoder_reasons = set(REASONS) - {"model_mismatch", "request_mismatch", "too_many_models"}  # decided by the intake
+    # decided by the intake, or by the OTLP decoder (tests/unit/test_otlp.py)
+    decoder_reasons = set(REASONS) - {"model_mismatch", "request_mismatch", "too_many_models", "malformed_otlp"}
     assert decoder_reasons <= seen
 
 
@@ -138,3 +159,21 @@ def test_dead_letter_of_a_huge_payload_is_truncated_and_says_so():
     rec = orjson.loads(dead_letter_record(decode_inference(raw, 0.0), topic="t", partition=0, offset=0))
     assert rec["reason"] == "oversized" and rec["raw_truncated"] and rec["raw_size"] == len(raw)
     assert len(base64.b64decode(rec["raw_base64"])) < len(raw)
+
+
+def test_llm_call_decodes_without_prediction_or_features():
+    raw = orjson.dumps({"prediction_id": "c1", "model": "chat", "segment": {"route": "faq"},
+                        "llm": {**LLM_OK, "time_to_first_token": 0.2, "finish_reason": "length",
+                                "request_model": "gpt-4o-mini", "provider": "openai",
+                                "evaluations": {"relevance": 0.75}, "embedding": [0.5, -0.25, 1]}})
+    ev = decode_inference(raw, 5.0)
+    assert isinstance(ev, Inference), ev
+    assert ev.prediction is None and ev.features == {}
+    assert ev.llm.input_tokens == 10 and ev.llm.output_tokens == 20 and ev.llm.duration == 1.5
+    assert ev.llm.time_to_first_token == 0.2 and ev.llm.finish_reason == "length"
+    assert ev.llm.request_model == "gpt-4o-mini" and ev.llm.provider == "openai"
+    assert ev.llm.evaluations == {"relevance": 0.75} and ev.llm.embedding == [0.5, -0.25, 1]
+
+
+def test_an_event_without_llm_still_needs_its_prediction():
+    assert decode_inference(inference(prediction=...), 0.0).reason == "missing_field"
