@@ -43,7 +43,10 @@ import math
 from bisect import bisect_left
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import numpy as np
+try:  # the SDK alone (a plain install) imports LLMCall without numpy
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
 
 SKETCH_DIM = 16
 PROJECTION_SEED = 20260117

@@ -39,6 +39,7 @@ from confluent_kafka import KafkaError, Producer
 
 from driftline.stream.codec import MAX_ID_CHARS, MODEL_NAME
 from driftline.stream.events import Invalid
+from driftline.stream.llm_event import LLMError, decode_llm
 
 __all__ = ["Publisher", "PublishStats", "encode_inference", "encode_label"]
 
@@ -185,6 +186,53 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
     return _dump(event, "inference", model, max_bytes)
 
 
+def encode_llm_call(*, prediction_id: str, model: str, timestamp: float, call: Mapping[str, Any],
+                    segment: Mapping[str, str] | None = None, model_version: str | None = None,
+                    features: Mapping[str, Any] | None = None, max_bytes: int = MAX_EVENT_BYTES) -> bytes | Invalid:
+    """An LLM call event (contract v1, `llm` field) as bytes, or an `Invalid` with the codec's reason.
+
+    >>> encode_llm_call(prediction_id="c1", model="chat", timestamp=1767225600.0,
+    ...                 call={"input_tokens": 12, "output_tokens": 30, "duration": 0.9, "finish_reason": "stop"})
+    b'{"prediction_id":"c1","model":"chat","timestamp":1767225600.0,"features":{},"llm":{"input_tokens":12,"output_tokens":30,"duration":0.9,"finish_reason":"stop"}}'
+    >>> encode_llm_call(prediction_id="c1", model="chat", timestamp=0.0,
+    ...                 call={"input_tokens": -2, "output_tokens": 30, "duration": 0.9}).reason
+    'out_of_range'
+    """
+    if type(model) is not str or not MODEL_NAME.fullmatch(model):
+        return Invalid("inference", "bad_model_name", f"model must match [A-Za-z0-9_.-]{{1,64}} (got {str(model)[:80]!r})", b"")
+    bad = _prediction_id(prediction_id, "inference", model)
+    if bad is not None:
+        return bad
+    features = _features(features if features is not None else {}, model)
+    if type(features) is Invalid:
+        return features
+    llm = {}
+    for k, v in call.items():
+        if v is None:
+            continue
+        if k == "embedding" and type(v) is not list:
+            tolist = getattr(v, "tolist", None)  # a numpy array
+            v = tolist() if tolist is not None else list(v)
+        elif k == "evaluations":
+            v = {str(n): _plain(x) for n, x in dict(v).items()}
+        elif type(v) not in _SCALAR:
+            v = _plain(v)
+        llm[k] = v
+    checked = decode_llm(llm)
+    if type(checked) is LLMError:
+        return Invalid("inference", checked.reason, checked.detail, b"", model)
+    event = {"prediction_id": prediction_id, "model": model, "timestamp": timestamp, "features": features, "llm": llm}
+    if segment is not None:
+        if not isinstance(segment, Mapping) or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
+            return Invalid("inference", "wrong_type", "segment must map names to strings", b"", model)
+        event["segment"] = segment if type(segment) is dict else dict(segment)
+    if model_version is not None:
+        if type(model_version) is not str:
+            return Invalid("inference", "wrong_type", f"model_version must be a string (got {type(model_version).__name__})", b"", model)
+        event["model_version"] = model_version
+    return _dump(event, "inference", model, max_bytes)
+
+
 def encode_label(*, prediction_id: str | None, label: Any, timestamp: float, model: str | None = None,
                  max_bytes: int = MAX_EVENT_BYTES, request_id: str | None = None) -> bytes | Invalid:
     """A label event (contract v1) as bytes, or an `Invalid`; with `request_id` and no
@@ -310,6 +358,32 @@ class Publisher:
                                    timestamp=self._clock(), score=score, segment=segment,
                                    model_version=model_version, max_bytes=self._max_bytes, request_id=request_id)
             self._send(self._inferences, prediction_id if request_id is None else request_id, raw)
+        except Exception as exc:  # a defect here must still not reach the request
+            self._reject(Invalid("inference", "error", repr(exc), b"", None))
+        return prediction_id
+
+    def log_llm_call(self, *, model: str, input_tokens: int, output_tokens: int, duration: float,
+                     time_to_first_token: float | None = None, finish_reason: str | None = None,
+                     request_model: str | None = None, provider: str | None = None,
+                     evaluations: Mapping[str, float] | None = None, embedding: Any = None,
+                     segment: Mapping[str, str] | None = None, prediction_id: str | None = None,
+                     model_version: str | None = None, features: Mapping[str, Any] | None = None) -> str:
+        """Queues an LLM call (an inference event with `llm`, for a `task: llm` model); returns its
+        prediction_id, to which `log_label(pid, True/False)` later attaches user feedback.
+
+        Never blocks, never raises: an invalid call or a full queue is counted in `stats`.
+        """
+        if prediction_id is None:
+            prediction_id = self._new_id()
+        try:
+            raw = encode_llm_call(prediction_id=prediction_id, model=model, timestamp=self._clock(),
+                                  call={"input_tokens": input_tokens, "output_tokens": output_tokens,
+                                        "duration": duration, "time_to_first_token": time_to_first_token,
+                                        "finish_reason": finish_reason, "request_model": request_model,
+                                        "provider": provider, "evaluations": evaluations, "embedding": embedding},
+                                  segment=segment, model_version=model_version, features=features,
+                                  max_bytes=self._max_bytes)
+            self._send(self._inferences, prediction_id, raw)
         except Exception as exc:  # a defect here must still not reach the request
             self._reject(Invalid("inference", "error", repr(exc), b"", None))
         return prediction_id

@@ -119,6 +119,21 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class OTLPSettings:
+    """`otlp:`: LLM calls read from OpenTelemetry spans (stream/otlp.py, docs/events.md)."""
+
+    enabled: bool = False
+    topic: str = "otlp_spans"
+    encoding: str = "otlp_proto"  # or otlp_json: the Collector Kafka exporter's `encoding`
+    model: str | None = None  # one model name for every call; else read from model_attribute
+    model_attribute: str = "service.name"  # span attribute, else resource attribute
+    # segment attribute name (as in models.<m>.segments) -> span or resource attribute
+    segments: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    embedding_attribute: str = "driftline.embedding"  # a double array attribute of the span
+    group_id: str | None = None  # default: kafka.group_id + ".otlp"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = KafkaSettings()
     models: Mapping[str, ModelSpec] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -127,6 +142,7 @@ class Settings:
     worker: WorkerSettings = WorkerSettings()
     listen: str | None = None
     source: str = "<defaults>"
+    otlp: OTLPSettings = OTLPSettings()
     # Reference profiles named by models' `baseline:` files (model -> profile), read by
     # load_settings(); profiles published to the baselines topic are the worker's business.
     baselines: Mapping[str, BaselineProfile] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -491,6 +507,32 @@ def _llm(r: _Reader, task: str, base: LLMSpec | None) -> LLMSpec | None:
     return spec
 
 
+def _otlp(r: _Reader) -> OTLPSettings:
+    base = OTLPSettings()
+    enabled = r.raw("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"config {r.key('enabled')}: must be true or false (got {enabled!r})")
+    model = r.string("model", None)
+    if model is not None and not MODEL_NAME.fullmatch(model):
+        raise ConfigError(f"config {r.key('model')}: a model name is 1-64 of A-Z a-z 0-9 _ . - (got {model!r})")
+    segs = r.raw("segments", {}) or {}
+    if not isinstance(segs, Mapping) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in segs.items()):
+        raise ConfigError(f"config {r.key('segments')}: must map segment attribute names to span or resource "
+                          f"attributes, e.g. {{route: http.route}} (got {segs!r})")
+    otlp = OTLPSettings(
+        enabled=enabled,
+        topic=r.string("topic", base.topic),
+        encoding=r.choice("encoding", base.encoding, ("otlp_proto", "otlp_json")),
+        model=model,
+        model_attribute=r.string("model_attribute", base.model_attribute),
+        segments=MappingProxyType(dict(segs)),
+        embedding_attribute=r.string("embedding_attribute", base.embedding_attribute),
+        group_id=r.string("group_id", None),
+    )
+    r.done(("enabled", "topic", "encoding", "model", "model_attribute", "segments", "embedding_attribute", "group_id"))
+    return otlp
+
+
 def _kafka(r: _Reader, env: Mapping[str, str]) -> KafkaSettings:
     base = KafkaSettings()
     bootstrap = env.get(ENV_BOOTSTRAP) or r.string("bootstrap", base.bootstrap)
@@ -575,11 +617,13 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
     limits = _limits(top.section("limits"))
     worker = _worker(top.section("worker"))
     listen = top.string("listen", None)
-    top.done(("kafka", "models", "defaults", "limits", "worker", "listen"))
+    otlp = _otlp(top.section("otlp")) if top.has("otlp") else OTLPSettings()
+    top.used.add("otlp")
+    top.done(("kafka", "models", "defaults", "limits", "worker", "listen", "otlp"))
     if len(models) > limits.max_models:
         raise ConfigError(f"config limits.max_models: {limits.max_models} is fewer than the {len(models)} configured models")
     return Settings(kafka=kafka, models=MappingProxyType(models), defaults=defaults, limits=limits,
-                    worker=worker, listen=listen, source=source)
+                    worker=worker, listen=listen, source=source, otlp=otlp)
 
 
 def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:

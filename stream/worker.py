@@ -667,8 +667,16 @@ def run_worker(settings, listen: str) -> int:
     process = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=process)
 
+    bridge = None
+    if settings.otlp.enabled:  # LLM calls from OpenTelemetry spans (stream/otlp.py)
+        from driftline.stream.otlp import OTLPBridge
+
+        bridge = OTLPBridge(settings).start()
+        log.info("reading OTLP spans from %s (%s)", settings.otlp.topic, settings.otlp.encoding)
+
     def metrics() -> bytes:
-        return render(contract.families() + figures.families() + event_time.families()) + generate_latest(process)
+        otlp = bridge.families() if bridge is not None else []
+        return render(contract.families() + figures.families() + event_time.families() + otlp) + generate_latest(process)
 
     server = StatusServer(listen, metrics, worker.readiness).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s", listen)
@@ -677,4 +685,6 @@ def run_worker(settings, listen: str) -> int:
     try:
         return worker.run()
     finally:
+        if bridge is not None:
+            bridge.stop()
         server.stop()
