@@ -6,7 +6,7 @@ import pytest
 
 MODULES = [
     "driftline.detectors.accuracy", "driftline.detectors.baseline", "driftline.detectors.categorical", "driftline.detectors.drift", "driftline.detectors.segments",
-    "driftline.stream.codec", "driftline.stream.settings", "driftline.detectors.llm", "driftline.stream.llm_event",
+    "driftline.stream.codec", "driftline.stream.settings", "driftline.detectors.llm", "driftline.stream.llm_event", "driftline.stream.publish",
 ]
 
 
