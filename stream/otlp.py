@@ -323,6 +323,8 @@ class OTLPBridge:
                 if left:
                     log.warning("%d LLM call events not delivered; the spans will be read again", left)
                     continue
+                if not last:
+                    continue
                 from confluent_kafka import TopicPartition
                 self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in last.items()],
                                      asynchronous=False)

@@ -23,7 +23,7 @@ Observation tuples (also what travels on the observations topic), `key = (model,
     (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
                                                       one request both models scored, graded
     (LLM,       model, segment, prediction_id, timestamp, LLMObservation)   after the INFERENCE
-                of an LLM call (`task: llm`); on the wire the LLMObservation is a list
+                of an LLM call (`task: llm`): the LLMObservation's fields as a plain tuple (a list on the wire)
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ class Intake:
                                       f"llm.embedding has {len(emb)} numbers, model {model}'s embeddings have {dim} "
                                       f"(models.{model}.llm.embedding_dim or its first embedding)", raw, model)
                     return out + self.take_invalid(invalid), invalid
-            call = llm_observation(ev.llm, spec.llm)
+            call = tuple(llm_observation(ev.llm, spec.llm))  # plain: it travels as JSON
         features = ev.features
         segments = router.route(spec, features, ev.segment, ts)
         if router.folded:

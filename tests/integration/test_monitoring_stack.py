@@ -102,6 +102,8 @@ def test_the_shipped_alerts_and_recording_rules():
         "DriftlineWorkerDown", "DriftlineNoWorkers", "DriftlineWorkerLagging", "DriftlineCheckpointStale",
         "DriftlineBaselineDrift", "DriftlineFeatureInvalid", "DriftlineFeatureMissing",
         "DriftlineOutcomeCostOverBudget",
+        "DriftlineLLMLatencyRegression", "DriftlineLLMCostBurn", "DriftlineLLMFeedbackDrop",
+        "DriftlineLLMEmbeddingDrift", "DriftlineLLMTruncation",
     }
     assert {"driftline:accuracy:ratio_rate5m", "driftline:accuracy:ratio_rate30m", "driftline:events:rate5m",
             "driftline:dead_letters:ratio_rate5m", "driftline:label_coverage:ratio_rate30m"} <= RECORDS
