@@ -101,8 +101,8 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases):
     time.sleep(2.0)  # idle expiry and the last fates travel one more hop
     got = w.metrics()
     assert w.terminate() == 0
-    detections = int(total(got, "driftline_drift_detected_total"))
-    events = [orjson.loads(m.value()) for m in consume_all(kafka_bootstrap, topics["drift-events"], detections)]
+    # Detections and explanation refreshes (issue 16) share the drift-events topic, as in replay.
+    events = [orjson.loads(m.value()) for m in consume_all(kafka_bootstrap, topics["drift-events"], len(result.records))]
     return dict(result=result, want=want, got=got, events=events, workers=workers)
 
 
@@ -117,7 +117,12 @@ def compare(run):
         if name == "driftline_accuracy":
             assert got[(name, labels)] == pytest.approx(v, abs=1e-12), labels
     key = lambda d: (d["segment"], d["signal"], d["detector"], d["direction"], d["timestamp"], d["prediction_id"])
-    assert sorted(map(key, run["events"])) == sorted(key(r.to_dict()) for r in run["result"].detections)
+    of_kind = lambda records, kind: [d for d in records if d.get("kind", "detection") == kind]
+    replayed = [r.to_dict() for r in run["result"].records]
+    assert sorted(map(key, of_kind(run["events"], "detection"))) == sorted(map(key, of_kind(replayed, "detection")))
+    refresh = lambda d: (d["segment"], d["timestamp"], d["prediction_id"], d["labelled_after"])
+    assert sorted(map(refresh, of_kind(run["events"], "explanation"))) == \
+        sorted(map(refresh, of_kind(replayed, "explanation")))
     assert run["result"].detections, "the drift must be detected at all"
     # Nothing behind the watermark: the order was never broken.
     assert total(got, "driftline_observations_late_total") == 0
