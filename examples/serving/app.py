@@ -2,7 +2,7 @@
 
 Run it from the repository root (needs the `fastapi` extra: pip install -e '.[fastapi]'):
 
-    DRIFTLINE_BOOTSTRAP=127.0.0.1:9092 .venv/bin/uvicorn --factory examples.serving.app:create_app --port 8080
+    DRIFTLINE_BOOTSTRAP=127.0.0.1:9092 .venv/bin/uvicorn --factory examples.serving.app:create_app --port 8080 --no-access-log
 
     POST /predict   {"tenure": 5, "monthly_charges": 80, "support_calls": 3, "plan": "basic", "region": "eu"}
                  -> {"churn": true, "probability": 0.93, "prediction_id": "..."}  (+ X-Prediction-ID header)
@@ -26,6 +26,10 @@ from examples.serving import churn
 from driftline.stream.publish import Publisher
 from driftline.stream.serving import PredictionLog, PredictionLogger
 
+# The example's own topics (and, in driftline.yml, its own consumer group): nothing else
+# published to the broker shows in its figures.
+TOPIC_PREFIX = "example-churn"
+
 
 class Customer(BaseModel):
     tenure: int = Field(ge=0, le=600, description="months")
@@ -42,8 +46,10 @@ class Outcome(BaseModel):
 
 def create_app(bootstrap: str | None = None, **publisher_options) -> FastAPI:
     """The app; `bootstrap` defaults to $DRIFTLINE_BOOTSTRAP or 127.0.0.1:9092. publisher_options
-    go to `Publisher` (topics, librdkafka settings)."""
+    go to `Publisher` (librdkafka settings; topics, default TOPIC_PREFIX.inferences and .labels)."""
     bootstrap = bootstrap or os.environ.get("DRIFTLINE_BOOTSTRAP", "127.0.0.1:9092")
+    publisher_options = {"inferences_topic": f"{TOPIC_PREFIX}.inferences", "labels_topic": f"{TOPIC_PREFIX}.labels",
+                         **publisher_options}
     registry = CollectorRegistry()
     model = churn.train()
 
