@@ -5,6 +5,7 @@ they fire on stationary data (issue 7, parts 2 and 3).
     .venv/bin/python bench/quality.py --calibrate     # recompute the tables of detectors/calibration.py
     .venv/bin/python bench/quality.py --verify        # long runs: false alarms at budgets of 1e6, 1e7
     .venv/bin/python bench/quality.py --challenger    # champion vs challenger: A/A errors, time to find better
+    .venv/bin/python bench/quality.py --estimate      # label-free accuracy: error with label delays 5m-1d
 
 Every stream is replayed, one value at a time, through the detector objects that production
 runs: `detectors.drift.build_detector` (River's defaults on the raw signal) and
@@ -1136,7 +1137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--slices", action="store_true",
                     help="slice explanations (issue 16): how often the injected slice ranks first (~3 min); "
                          "writes quality-slices.json and .md (--seeds: per feature and drop, default 10)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="label-free accuracy (bench/quality_estimate.py): estimate error and concept-change flagging "
+                         "with label delays of 5 minutes to a day, over --seeds seeds (default 5)")
     args = ap.parse_args(argv)
+    if args.estimate:
+        from bench.quality_estimate import run_estimate
+
+        result = run_estimate(args.out, args.seeds or (1 if args.quick else 5), args.jobs)
+        print((args.out / "quality-estimate.md").read_text())
+        print(f"wrote {args.out}/quality-estimate.json, quality-estimate.md in {result['meta']['seconds']} s")
+        return 0
     if args.challenger:
         from bench.quality_challenger import run_challenger
 

@@ -36,7 +36,8 @@ from driftline.detectors.baseline import ProfileBook, Window, category_key
 from driftline.detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
 from driftline.detectors.categorical import CategorySurprisal
 from driftline.detectors.challenger import ChallengerComparison
-from driftline.detectors.classification import ClassQuality
+from driftline.detectors.classification import ClassQuality, confidence
+from driftline.detectors.estimate import AccuracyEstimate
 from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.slices import SliceAccountant, profile_bins
 from driftline.detectors.llm import LLMObservation, LLMSegment, is_good_feedback
@@ -143,7 +144,8 @@ class SegmentState:
     """
 
     __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
-                 "quality", "challengers", "slices", "llm")
+                 "quality", "challengers", "slices", "llm",
+                 "estimate")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
@@ -165,6 +167,8 @@ class SegmentState:
         self.challengers: dict[str, ChallengerComparison] | None = None
         self.slices: SliceAccountant | None = None  # classification: built with the first outcome
         self.llm: LLMSegment | None = None  # counters and embedding drift of LLM calls
+        # Label-free accuracy from calibrated scores (classification with scores; made on the first).
+        self.estimate: AccuracyEstimate | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
@@ -303,6 +307,11 @@ class DetectorBank:
                     self._update(sig, PREDICTION, x, ctx, found)
         if score is not None:
             self._update(self._signal(state, model, SCORE, False), SCORE, score, ctx, found)
+            if state.accuracy is not None and prediction is not None:
+                spec = self._spec_for(model)
+                if spec.task == "classification":  # not LLM calls: their label is feedback
+                    self._estimate(state, model).predicted(confidence(spec.quality, prediction, score),
+                                                           state.accuracy.window)
         for slot in state.plan:
             name, numeric, sig = slot
             value = features.get(name)
@@ -387,6 +396,9 @@ class DetectorBank:
                 if q is None:
                     q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
                 q.update(spec.quality, spec.accuracy_window, prediction, label, score)
+                if score is not None:
+                    self._estimate(state, model).labelled(confidence(spec.quality, prediction, score), correct,
+                                                          spec.accuracy_window)
             slices = state.slices
             if slices is None:
                 slices = state.slices = self._new_slices(model, segment)
@@ -532,6 +544,12 @@ class DetectorBank:
             self._since_evict = 0
             if self.idle_after is not None:
                 self.evict_idle(self.watermark - self.idle_after)
+
+    def _estimate(self, state: SegmentState, model: str) -> AccuracyEstimate:
+        est = state.estimate
+        if est is None:
+            est = state.estimate = AccuracyEstimate(self._spec_for(model).accuracy_window)
+        return est
 
     def _new_state(self, model: str, segment: str) -> SegmentState:
         state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))

@@ -196,3 +196,11 @@ class ClassQuality:
     @property
     def scored_count(self) -> int:
         return self.pn
+
+
+def confidence(spec: QualitySpec, prediction: object, score: float) -> float:
+    """The model's confidence in the class it predicted, from an event's score."""
+    positive = spec.positive_class
+    if positive is None or spec.score_of == "predicted_class":
+        return score
+    return score if class_name(prediction) == positive else 1.0 - score  # P(positive) of a binary model

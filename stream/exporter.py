@@ -225,8 +225,33 @@ class DriftlineMetrics:
                    "log_loss"),
                   (Family("driftline_calibration_error", "gauge", "Rolling expected calibration error of the "
                           "positive class's probability (10 equal-width bins).", seg), "calibration_error")]
+        estimated = Family("driftline_estimated_accuracy", "gauge", "Label-free accuracy of the last accuracy_window "
+                           "predictions, from their calibrated confidence.", seg)
+        calibrated = Family("driftline_estimate_calibrated", "gauge", "1 once the estimate's calibration is fitted on "
+                            "the first accuracy_window labelled outcomes, 0 while it takes scores as calibrated.", seg)
+        expected = Family("driftline_estimate_expected_accuracy", "gauge", "Accuracy the calibrated scores expected of the "
+                          "last accuracy_window labelled outcomes.", seg)
+        realized = Family("driftline_estimate_realized_accuracy", "gauge", "Accuracy those labelled outcomes had.", seg)
+        bound = Family("driftline_estimate_bound", "gauge", "Error bound of realized minus expected accuracy "
+                       "(3 standard errors).", seg)
+        departure = Family("driftline_estimate_departure", "gauge", "Realized minus expected accuracy in bound units: "
+                           "beyond +-1 the scores no longer mean what they did (concept drift).", seg)
         for bank in banks:
             for key, st in bank.items():
+                est = st.estimate
+                if est is not None:
+                    v = est.estimated()
+                    if v is not None:
+                        estimated.add(key, v)
+                        calibrated.add(key, 1 if est.calibrated else 0)
+                    if est.lab_n:
+                        expected.add(key, est.expected())
+                        realized.add(key, est.realized())
+                        b, d = est.bound(), est.departure()
+                        if b is not None:
+                            bound.add(key, b)
+                        if d is not None:
+                            departure.add(key, d)
                 q = st.quality
                 if q is None:
                     continue
@@ -255,7 +280,8 @@ class DriftlineMetrics:
             costs = spec.quality.costs
             if costs is not None and costs.budget_per_second is not None:
                 budget.add((name,), costs.budget_per_second)
-        return [confusion, folded, cost, value] + [f for f, _ in rolling + scored] + [budget]
+        return ([confusion, folded, cost, value] + [f for f, _ in rolling + scored] + [budget]
+                + [estimated, calibrated, expected, realized, bound, departure])
 
     @staticmethod
     def _challengers(banks: list[DetectorBank], intakes: list[Intake]) -> list[Family]:

@@ -1,4 +1,4 @@
-"""Champion vs challenger through `driftline run` on the real broker: shadow traffic (two models
+"""Champion vs challenger (and the champion's label-free accuracy estimate) through `driftline run` on the real broker: shadow traffic (two models
 scoring every request of River's Phishing data, labels by request_id) gives the same comparison,
 interval and decision per segment in the worker as in `driftline replay`, and the same fates."""
 from __future__ import annotations
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 FAMILIES = ("driftline_challenger_accuracy_delta", "driftline_challenger_accuracy_delta_lower",
             "driftline_challenger_accuracy_delta_upper", "driftline_challenger_decision",
             "driftline_challenger_pairs_total", "driftline_shadow_outcomes_total", "driftline_labeled_total",
-            "driftline_events_total")
+            "driftline_events_total", "driftline_estimated_accuracy", "driftline_estimate_calibrated",
+            "driftline_estimate_expected_accuracy", "driftline_estimate_realized_accuracy", "driftline_estimate_bound",
+            "driftline_estimate_departure")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ CONFIG = """\
 models:
   champ:
     segments: [https]
+    accuracy_window: 300          # the label-free estimate calibrates on the first 300 labels
   chall:
     segments: [https]
     champion: champ
@@ -35,6 +36,7 @@ def shadow_events():
     for i, (x, y) in enumerate(datasets.Phishing()):
         seg = {0.0: "no", 0.5: "mixed", 1.0: "yes"}[float(x["https"])]
         a, b = champ.predict_one(x), chall.predict_one(x)
+        score = champ.predict_proba_one(x).get(True, 0.5)
         a = False if a is None else a
         b = False if b is None else b
         champ.learn_one(x, y)
@@ -43,6 +45,8 @@ def shadow_events():
         for model, pid, p in (("champ", f"a{i}", a), ("chall", f"b{i}", b), ("loner", f"c{i}", a)):
             inferences.append({"prediction_id": pid, "request_id": rid, "model": model, "timestamp": t0 + i,
                                "features": {}, "prediction": p, "segment": {"https": seg}})
+            if model == "champ":
+                inferences[-1]["score"] = score if a else 1 - score  # the confidence in its prediction
         labels.append({"request_id": rid, "label": y, "timestamp": t0 + i + 30})
         rows.append((seg, a == y, b == y))
     # A label naming both ids, which disagree: refused (request_mismatch), the prediction still graded.

@@ -113,3 +113,30 @@ def test_exposition_passes_promtool(run, tmp_path):
     assert "driftline_confusion_total{" in text and "driftline_roc_auc{" in text
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_estimated_accuracy_per_segment_equals_an_isotonic_calibration_by_scikit_learn(run):
+    from sklearn.isotonic import IsotonicRegression
+
+    from driftline.detectors.estimate import BINS, bin_of
+
+    _, rows, s = run
+    checked = 0
+    for segment, seg_rows in by_segment(rows).items():
+        conf = [p if pred else 1 - p for _, pred, _, p in seg_rows]
+        ok = [pred == y for _, pred, y, _ in seg_rows]
+        lv = dict(model="phish", segment=segment)
+        if len(seg_rows) < WINDOW:  # not calibrated yet: the raw confidence (bin centres)
+            expected = np.mean([(bin_of(c) + 0.5) / BINS for c in conf[-WINDOW:]])
+        else:
+            bins = [bin_of(c) for c in conf[:WINDOW]]
+            used = sorted(set(bins))
+            acc = [np.mean([o for b, o in zip(bins, ok) if b == u]) for u in used]
+            ir = IsotonicRegression(out_of_bounds="clip").fit(used, acc, sample_weight=[bins.count(u) for u in used])
+            calib = dict(zip(used, ir.predict(used)))
+            nearest = lambda b: calib[max([u for u in used if u <= b], default=used[0])]
+            expected = np.mean([nearest(bin_of(c)) for c in conf[-WINDOW:]])
+            checked += 1
+            assert total(s, "driftline_estimate_calibrated", **lv) == 1
+        assert total(s, "driftline_estimated_accuracy", **lv) == pytest.approx(expected, abs=1e-9), segment
+    assert checked >= 2
