@@ -36,6 +36,7 @@ from driftline.stream.pipeline import UNKNOWN_MODEL, Intake
 # on `__all__` only: they are for judging how close a signal is to alarm, and a series per
 # feature x segment x detector x statistic would multiply /metrics by ten.
 INTERNAL_SIGNALS = (ERROR, PREDICTION, SCORE)
+TOP_SLICES = 3  # slices per active error drift exported as driftline_slice_* (the page names the first)
 
 
 class Family:
@@ -164,6 +165,13 @@ class DriftlineMetrics:
         ph_stat = Family("driftline_page_hinkley_statistic", "gauge",
                          "Page-Hinkley's cumulative deviation; it alarms above its threshold.", sig3)
         ph_thr = Family("driftline_page_hinkley_threshold", "gauge", "Page-Hinkley's alarm threshold.", sig3)
+        slice_lv = ("model", "segment", "feature", "bin", "rank")
+        contribution = Family("driftline_slice_contribution", "gauge",
+                              "Accuracy points of an active error drift that a slice accounts for (top slices).",
+                              slice_lv)
+        slice_acc = Family("driftline_slice_accuracy", "gauge",
+                           "Accuracy of a top slice of an active error drift, before and after its change point.",
+                           slice_lv + ("window",))
         detections = tally.detections
         exported: set[tuple[str, str, str, str]] = set()
         now = self.clock()
@@ -179,6 +187,15 @@ class DriftlineMetrics:
                     rmse.add(key, st.errors.rmse())
                 hold = bank.spec(model).drift_hold
                 at_all = segment == ALL_SEGMENT
+                sl = st.slices
+                if sl is not None and sl.active and now - sl.last_detection < hold:
+                    # Active error drifts only, TOP_SLICES each: a bounded set of series.
+                    for rank, ev in enumerate(sl.explain(TOP_SLICES).slices, 1):
+                        lv = (model, segment, ev.feature, ev.bin, str(rank))
+                        contribution.add(lv, ev.contribution)
+                        if ev.accuracy_before is not None:
+                            slice_acc.add(lv + ("before",), ev.accuracy_before)
+                        slice_acc.add(lv + ("after",), ev.accuracy_after)
                 for signal, sg in list(st.signals.items()):
                     internals = at_all or signal in INTERNAL_SIGNALS
                     for det, last, way in zip(sg.detectors, sg.last_detection, sg.last_direction):
@@ -201,7 +218,8 @@ class DriftlineMetrics:
                 detected.add(lv, n)
         segments = Family("driftline_segments", "gauge", "Segments with live detector state in this process.")
         segments.add((), n_segments)
-        return [accuracy, mae, rmse, detected, active, direction, width, mean, ph_stat, ph_thr, segments]
+        return [accuracy, mae, rmse, detected, active, direction, width, mean, ph_stat, ph_thr, segments,
+                contribution, slice_acc]
 
 
     def _quality(self, banks: list[DetectorBank]) -> list[Family]:

@@ -245,6 +245,10 @@ def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmana
             f'driftline_segment_inferences_total{{model="shuttle",segment="region=eu"}} {n}\n'
             'driftline_segment_inferences_total{model="shuttle",segment="region=tiny"} 3\n'
             f'driftline_segment_inferences_total{{model="shuttle",segment="__all__"}} {n + 3}\n'
+            "# HELP driftline_slice_contribution Accuracy points of an active error drift that a slice accounts for.\n"
+            "# TYPE driftline_slice_contribution gauge\n"
+            'driftline_slice_contribution{model="shuttle",segment="region=eu",feature="tenure",bin="[48, +inf)",rank="1"} 0.042\n'
+            'driftline_slice_contribution{model="shuttle",segment="region=eu",feature="plan",bin="pro",rank="2"} 0.008\n'
         ).encode()
 
     metrics_stub.body = exposition
@@ -261,6 +265,8 @@ def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmana
                                "severity": "page", "job": "driftline", "instance": metrics_stub.address}
     assert post["path"] == "/alert/page"  # the pager receiver
     assert alert["annotations"]["runbook"] == "docs/alerting.md#driftlineerrordrift"
+    # The page says where to look: the explanation's top slice, queried by Prometheus at evaluation.
+    assert alert["annotations"]["top_slice"] == "tenure in [48, +inf) accounts for 0.042 of the accuracy drop"
     # region=tiny (3 events) is too small to judge; feature drift alone pages nobody.
     active = get_json(f"{alertmanager_url}/api/v2/alerts")
     assert {a["labels"]["segment"] for a in active if a["labels"].get("alertname") == "DriftlineErrorDrift"} == {"region=eu"}

@@ -189,3 +189,44 @@ def test_a_bank_snapshot_keeps_the_accountant():
     restored = DetectorBank.restore(bank.snapshot(), lambda m: SPEC)
     assert restored.get("churn", "__all__").slices.to_state() == bank.get("churn", "__all__").slices.to_state()
     assert restore(snapshot(bank.get("churn", "__all__").slices)).to_state() == bank.get("churn", "__all__").slices.to_state()
+
+
+def test_metrics_carry_the_top_slices_of_active_error_drifts_only():
+    import shutil
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from driftline.stream.exporter import TOP_SLICES, DriftlineMetrics
+    from driftline.stream.settings import parse_settings
+
+    rng = random.Random(21)
+    bank = DetectorBank(lambda m: SPEC)
+    feed_bank(bank, 5000, False, 0, rng)
+    feed_bank(bank, 3000, True, 5000, rng)
+    last = bank.get("churn", "__all__").slices.last_detection
+    settings = parse_settings({}, env={})
+
+    def series(now):
+        body = DriftlineMetrics(settings, banks=lambda: (bank,), clock=lambda: now).render()
+        out = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name.startswith("driftline_slice_"):
+                    out[(s.name, s.labels.get("rank"), s.labels.get("window"))] = (s.labels, s.value)
+        return body, out
+
+    body, active = series(last + 1.0)
+    top, value = active[("driftline_slice_contribution", "1", None)]
+    assert (top["model"], top["segment"], top["feature"]) == ("churn", "__all__", "tenure")
+    assert top["bin"].startswith("[") and value > 0
+    ranks = {r for (name, r, _) in active if name == "driftline_slice_contribution"}
+    listed = len(bank.get("churn", "__all__").slices.explain(TOP_SLICES).slices)
+    assert 1 <= listed <= TOP_SLICES and ranks == {str(i) for i in range(1, listed + 1)}
+    before = active[("driftline_slice_accuracy", "1", "before")][1]
+    after = active[("driftline_slice_accuracy", "1", "after")][1]
+    assert before > 0.8 > 0.5 > after
+    res = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Once the drift hold has passed without another detection, the series leave /metrics.
+    assert series(last + SPEC.drift_hold + 1.0)[1] == {}
