@@ -101,7 +101,7 @@ def test_the_shipped_alerts_and_recording_rules():
         "DriftlineDeadLettersHigh", "DriftlineModelSilent", "DriftlineLabelsStopped",
         "DriftlineWorkerDown", "DriftlineNoWorkers", "DriftlineWorkerLagging", "DriftlineCheckpointStale",
         "DriftlineBaselineDrift", "DriftlineFeatureInvalid", "DriftlineFeatureMissing",
-        "DriftlineOutcomeCostOverBudget", "DriftlineConceptDrift",
+        "DriftlineOutcomeCostOverBudget", "DriftlineConceptDrift", "DriftlineWatermarkStuck",
         "DriftlineLLMLatencyRegression", "DriftlineLLMCostBurn", "DriftlineLLMFeedbackDrop",
         "DriftlineLLMEmbeddingDrift", "DriftlineLLMTruncation",
     }
