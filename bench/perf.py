@@ -191,14 +191,16 @@ def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partition
 
 
 class Workers:
-    def __init__(self, config: Path, n: int, logdir: Path):
+    def __init__(self, config: Path, n: int, logdir: Path, pythonpath: str | None = None):
         self.procs, self.urls = [], []
+        # pythonpath: run another tree's worker (the figure before a change, in the same run).
+        env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
         for i in range(n):
             port = free_port()
             logf = open(logdir / f"worker{i}.log", "wb")
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-                cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
+                cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env))
             self.urls.append(f"http://127.0.0.1:{port}")
 
     def sum(self, name: str, **labels) -> float:
@@ -222,10 +224,10 @@ class Workers:
 
 
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
-                      baseline: bool = False) -> dict:
+                      baseline: bool = False, pythonpath: str | None = None) -> dict:
     group = f"perf-{uuid.uuid4().hex[:8]}"
     cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline)
-    ws = Workers(cfg, k, logdir)
+    ws = Workers(cfg, k, logdir, pythonpath)
     try:
         # Start: the group settled, every worker owning its share (the backlog is already there,
         # so reading begins before that: what was done by then is not counted).
@@ -266,11 +268,16 @@ def all_assigned(ws: "Workers", partitions: int, k: int) -> bool:
             and sum(i for i, _ in owned) == partitions and sum(b for _, b in owned) == partitions)
 
 
-def latency(bootstrap: str, rows: int, rate: float, logdir: Path) -> dict:
+def latency(bootstrap: str, rows: int, rate: float, logdir: Path, live: int | None = None,
+            sparse_every: float = 3.0) -> dict:
+    """publish -> counted at a fixed rate on 4 partitions; with `live`, the load goes to the first
+    `live` partitions only and the others get one event every `sparse_every` s (sparse sources:
+    the watermark waits for them up to worker.idle_timeout)."""
     from confluent_kafka import Producer
 
     group = f"perf-lat-{uuid.uuid4().hex[:8]}"
-    cfg = worker_config(logdir / f"{group}.yml", bootstrap, group, group, 4)
+    n_part = 4
+    cfg = worker_config(logdir / f"{group}.yml", bootstrap, group, group, n_part)
     ws = Workers(cfg, 1, logdir)
     inf, _ = demo_raw(rows)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
@@ -294,11 +301,18 @@ def latency(bootstrap: str, rows: int, rate: float, logdir: Path) -> dict:
                 if now >= t:
                     break
                 time.sleep(min(t - now, 0.002))
-            p.produce(f"{group}.inferences", value=raw, key=str(i).encode())
+            if live is None:
+                p.produce(f"{group}.inferences", value=raw, key=str(i).encode())
+            else:
+                p.produce(f"{group}.inferences", value=raw, key=str(i).encode(), partition=i % live)
+                if i % int(rate * sparse_every) == 0:  # the sparse partitions' occasional event
+                    for q in range(live, n_part):
+                        sent.append(time.perf_counter())
+                        p.produce(f"{group}.inferences", value=raw, key=f"s{i}-{q}".encode(), partition=q)
             p.poll(0)
             sent.append(time.perf_counter())
         p.flush(30)
-        while not seen or seen[-1][1] < len(inf):
+        while not seen or seen[-1][1] < len(sent):
             seen.append((time.perf_counter(), ws.sum("driftline_events_total", kind="inference", outcome="accepted")))
             time.sleep(0.02)
             if time.perf_counter() - start > 600:
@@ -315,7 +329,28 @@ def latency(bootstrap: str, rows: int, rate: float, logdir: Path) -> dict:
     lat.sort()
     pct = lambda q: lat[min(int(q * len(lat)), len(lat) - 1)]  # noqa: E731
     return {"offered_events_per_s": rate, "events": len(sent), "p50_ms": 1000 * pct(0.5), "p99_ms": 1000 * pct(0.99),
-            "scrape_interval_ms": 50}
+            "scrape_interval_ms": 50, "partitions": n_part, "live_partitions": live or n_part}
+
+
+def event_time_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, before: str | None,
+                    quick: bool) -> dict:
+    """What event-time alignment costs (issue 13): backlog throughput of one worker against the
+    tree `before` (the worker without it) in the same run, and publish -> counted at 1,000
+    events/s with every partition live and with half of them sparse."""
+    out: dict = {}
+    runs = [("after", None)] + ([("before", before)] if before else [])
+    for name, tree in runs:
+        r = worker_throughput(bootstrap, prefix, rows, partitions, 1, logdir, pythonpath=tree)
+        out[f"throughput_{name}"] = r["events_per_s"]
+        log(f"event time: 1 worker ({name}): {r['events_per_s']} events/s")
+    if out.get("throughput_before") and out.get("throughput_after"):
+        out["throughput_ratio"] = out["throughput_after"] / out["throughput_before"]
+    n = 8_000 if quick else 20_000
+    out["latency_all_live"] = latency(bootstrap, n, 1000.0, logdir)
+    out["latency_half_sparse"] = latency(bootstrap, n, 1000.0, logdir, live=2)
+    log(f"event time: p99 all live {out['latency_all_live']['p99_ms']:.0f} ms, "
+        f"half sparse {out['latency_half_sparse']['p99_ms']:.0f} ms")
+    return out
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -448,7 +483,12 @@ def main() -> int:
     ap.add_argument("--no-faust", action="store_true")
     ap.add_argument("--slices-only", action="store_true",
                     help="only the slice accountant's per-event cost, merged into perf.json's \"slices\"")
+    ap.add_argument("--only-event-time", action="store_true",
+                    help="only the event-time cost (writes OUT/event_time.json)")
+    ap.add_argument("--before", help="a driftline tree (PYTHONPATH) whose worker is the throughput baseline")
     args = ap.parse_args()
+    if args.only_event_time:
+        return event_time_main(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.slices_only:
@@ -501,6 +541,32 @@ def main() -> int:
     plot(results, out / "perf.png")
     print(table(results))
     return 0
+
+
+def event_time_main(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 20_000 if args.quick else 100_000
+    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+        prefix = f"perf-{uuid.uuid4().hex[:8]}"
+        inf, lab = demo_raw(rows)
+        fill(broker.bootstrap, prefix, 6, inf, lab)
+        r = event_time_cost(broker.bootstrap, prefix, rows, 6, Path(tmp), args.before, args.quick)
+    r |= {"date": time.strftime("%Y-%m-%d"), "rows": rows, "quick": args.quick}
+    (out / "event_time.json").write_text(json.dumps(r, indent=2))
+    print(event_time_table(r))
+    return 0
+
+
+def event_time_table(r: dict) -> str:
+    rows = ["| event-time alignment (bench/perf.py --only-event-time) | figure |", "|---|---|"]
+    if r.get("throughput_ratio"):
+        rows.append(f"| backlog throughput, 1 worker, with / without alignment | {r['throughput_ratio']:.2f} "
+                    f"({r['throughput_after']:,.0f} / {r['throughput_before']:,.0f} events/s) |")
+    for key, what in (("latency_all_live", "4 partitions live"), ("latency_half_sparse", "2 live, 2 with one event per 3 s")):
+        lat = r[key]
+        rows.append(f"| publish -> counted at 1,000 events/s, {what}: p50 / p99 | {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms |")
+    return "\n".join(rows)
 
 
 def versions() -> dict:
