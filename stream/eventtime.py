@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from typing import Iterable
+
+import orjson
 
 from driftline.stream.pipeline import INFERENCE, OUTCOME, PAIR
 
@@ -138,8 +139,8 @@ class WatermarkBuffer:
     """Stage-2 order of one observations partition: hold, then release in ordering-key order.
 
     `sources` is the number of input partitions (every one can feed every bank). Held entries
-    are plain lists, `[key_time, key_order, partition, offset, index, src, obs]`, so the buffer
-    snapshots as plain data. Bounds: at most `max_held` entries and `max_bytes` bytes (as
+    are plain tuples, `(key_time, key_order, partition, offset, index, seq, src, record JSON,
+    size)`, so the buffer snapshots as plain data; `record(entry)` decodes one. Bounds: at most `max_held` entries and `max_bytes` bytes (as
     measured on the wire); past either the oldest is released early and the watermark moves to
     it (what then arrives behind it is late: applied and counted).
     """
@@ -149,7 +150,7 @@ class WatermarkBuffer:
         self.max_held = max_held
         self.max_bytes = max_bytes
         self.marks: dict[int, SourceMark] = {}
-        self.heap: list[list] = []
+        self.heap: list[tuple] = []
         self.held_bytes = 0
         self.floor = -math.inf  # everything at or below it was released: the watermark reached
         self.late = 0  # observations that arrived behind the watermark (applied at once)
@@ -168,11 +169,16 @@ class WatermarkBuffer:
         buf = cls(sources, max_held, max_bytes, now)
         # The bank's clock does not travel: every source gets a fresh grace period.
         buf.marks = {int(p): SourceMark(m[0], m[1], now) for p, m in state["marks"].items()}
-        buf.heap = [list(e) for e in state["heap"]]
+        buf.heap = [tuple(e) if isinstance(e[7], bytes) else (*e[:7], orjson.dumps(e[7]), e[8]) for e in state["heap"]]
         heapq.heapify(buf.heap)
         buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]
         buf.late, buf.early, buf._seq = state["late"], state["early"], state["seq"]
         return buf
+
+    @staticmethod
+    def record(entry: tuple) -> list:
+        """The wire record `[offset, index, *observation]` of a released entry."""
+        return orjson.loads(entry[7])
 
     @property
     def held(self) -> int:
@@ -201,9 +207,40 @@ class WatermarkBuffer:
             self.late += 1
             return False
         self._seq += 1
-        heapq.heappush(self.heap, [key[0], key[1], partition, offset, index, self._seq, src, obs, size])
+        heapq.heappush(self.heap, (key[0], key[1], partition, offset, index, self._seq, src, orjson.dumps(obs), size))
         self.held_bytes += size
         return True
+
+    def add_records(self, partition: int, src: str, recs: list, size: int) -> list:
+        """Hold wire records `[offset, index, *observation]` of one source; returns those to apply
+        at once (counters, and late ones), in arrival order. The hot path: one call per message."""
+        now_apply = []
+        heap, floor, push, dumps = self.heap, self.floor, heapq.heappush, orjson.dumps
+        seq = self._seq
+        held = 0
+        for r in recs:
+            kind = r[2]
+            if kind == INFERENCE:
+                order = 0
+            elif kind == OUTCOME:
+                order = 1
+            else:
+                now_apply.append(r)
+                continue
+            ts = r[6]
+            if ts < floor:
+                self.late += 1
+                now_apply.append(r)
+                continue
+            seq += 1
+            # The record is held as its JSON bytes: a tuple of atomic values is invisible to the
+            # garbage collector, which would otherwise walk every held list and feature dict
+            # on each full collection (measured: a backlog's worker spent most of its time there).
+            push(heap, (ts, order, partition, r[0], r[1], seq, src, dumps(r), size))
+            held += size
+        self._seq = seq
+        self.held_bytes += held
+        return now_apply
 
     # -- output -----------------------------------------------------------------------------------
     def watermark(self, now: float) -> float:
@@ -225,7 +262,7 @@ class WatermarkBuffer:
                 low = mark.progress
         return low
 
-    def release(self, now: float) -> list[list]:
+    def release(self, now: float) -> list[tuple]:
         """Held entries the watermark (or a bound) lets go, in ordering-key order."""
         heap = self.heap
         if not heap:

@@ -25,10 +25,10 @@ import time
 import orjson
 from confluent_kafka import TopicPartition
 
-from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer, ordering_key
+from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer
 
 OBS_FORMAT = 2
-HEARTBEAT_EVERY = 0.1  # seconds between progress heartbeats: the release latency they add
+HEARTBEAT_EVERY = 0.05  # seconds between progress heartbeats: the release latency they add
 ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
 
 
@@ -67,14 +67,19 @@ class EventTimeDriver:
             return WatermarkBuffer(self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
         return WatermarkBuffer.from_state(state, self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
 
-    def assigned(self) -> None:
-        """After an assignment: librdkafka starts every assigned partition unpaused."""
+    def assigned(self, partitions: list) -> None:
+        """After an assignment: every input partition starts unpaused (resumed explicitly, as
+        the pause state of a partition assigned again is the client's business otherwise)."""
         now = self.clock()
         for (topic, p), (since, reason) in self._paused_at.items():
             self._add_paused(topic, p, reason, now - since)
         self._paused_at.clear()
         for ip in self.worker.intakes.values():
             ip.alignment.pausing = {}
+        inputs = set(self.topic_of.values())
+        mine = [tp for tp in partitions if tp.topic in inputs]
+        if mine:
+            self.worker.consumer.resume(mine)
 
     # -- stage 2: one observations message -----------------------------------------------------
     def apply(self, bp, value: bytes, apply_one) -> None:
@@ -91,13 +96,12 @@ class EventTimeDriver:
         buffer = bp.buffer
         if recs:
             size = len(value) // len(recs) + 1
-            for rec in self._fresh(bp, src, recs):
-                key = ordering_key(rec[2:])
-                if key is None or not buffer.add(key, p, rec[0], rec[1], src, rec, size):
-                    apply_one(src, rec)  # a counter, or late: apply now (counted by the buffer)
+            # Counters, and late records (counted by the buffer), apply now; the rest wait.
+            for rec in buffer.add_records(p, src, self._fresh(bp, src, recs), size):
+                apply_one(src, rec)
         buffer.note(p, progress, idle, now)
         for entry in buffer.release(now):
-            apply_one(entry[6], entry[7])
+            apply_one(entry[6], buffer.record(entry))
 
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
@@ -181,7 +185,7 @@ class EventTimeDriver:
     def _release(self, now: float) -> None:
         for bp in self.worker.banks.values():
             for entry in bp.buffer.release(now):
-                self.worker.apply_record(bp, entry[6], entry[7])
+                self.worker.apply_record(bp, entry[6], bp.buffer.record(entry))
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats

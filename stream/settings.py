@@ -112,7 +112,7 @@ class WorkerSettings:
     max_skew: float = 900.0
     # A topic caught up for this long is idle: its progress stops holding back the watermark
     # (what idleness adds to publish -> counted when some partitions are silent).
-    idle_timeout: float = 1.0
+    idle_timeout: float = 0.2
     # Stage-2 buffer bounds per observations partition; past them the oldest are released early.
     max_held: int = 200_000
     max_held_bytes: int = 256 * 1024 * 1024

@@ -569,7 +569,7 @@ class Worker:
                     tp.offset = done if done >= 0 else self._low_watermark(tp)
                     table[tp.partition].positions[tp.topic] = tp.offset
             consumer.assign(partitions)
-            self.event_time.assigned()
+            self.event_time.assigned(partitions)
             if fresh:
                 # Checkpoint new states at once: a successor must never find a partition without
                 # one, or it would start empty at the committed offset and lose what the join held.

@@ -72,7 +72,16 @@ def expected(config, stream):
     return result, samples
 
 
-def run_and_compare(tmp, kafka_bootstrap, stream, phases):
+def fleet_samples(workers) -> dict:
+    """The fleet's /metrics as one: each series is exported by the one worker owning it."""
+    out: dict = {}
+    for w in workers:
+        for k, v in w.metrics().items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1):
     prefix = unique_prefix()
     config = write_config(tmp / "driftline.yml", kafka_bootstrap, prefix, MODELS, partitions=6)
     topics = {k: f"{prefix}.{k}" for k in ("inferences", "labels", "drift-events")}
@@ -85,22 +94,23 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases):
         publish(p, topics["inferences"], infs)
         publish(p, topics["labels"], labs)
         assert p.flush(60) == 0
-        w = WorkerProcess(config, tmp, f"worker-{n}").start()
-        workers.append(w)
+        ws = [WorkerProcess(config, tmp, f"worker-{n}-{k}").start() for k in range(fleet)]
+        workers.append(ws)
         n_inf = sum(len(i) for i, _ in phases[:n + 1])
         n_lab = sum(len(lab) for _, lab in phases[:n + 1])
         wait_for("every event of the phase read", lambda: (
-            total(m := w.metrics(), "driftline_events_total", kind="inference", outcome="accepted") >= n_inf
-            and total(m, "driftline_events_total", kind="label", outcome="accepted") >= n_lab), 240, [w])
+            total(m := fleet_samples(ws), "driftline_events_total", kind="inference", outcome="accepted") >= n_inf
+            and total(m, "driftline_events_total", kind="label", outcome="accepted") >= n_lab), 240, ws)
         if n < len(phases) - 1:
-            assert w.terminate() == 0  # stopped mid-stream; the next phase is published meanwhile
-    w = workers[-1]
+            # Stopped mid-stream; the next phase is published meanwhile.
+            assert [w.terminate() for w in ws] == [0] * fleet
+    ws = workers[-1]
     # Everything read; the last observations leave the stage-2 buffers once all sources are idle.
-    wait_for("every outcome applied", lambda: total(w.metrics(), "driftline_labeled_total", segment="__all__")
-             >= want_labeled and total(w.metrics(), "driftline_observations_held") == 0, 120, [w])
+    wait_for("every outcome applied", lambda: total(m := fleet_samples(ws), "driftline_labeled_total", segment="__all__")
+             >= want_labeled and total(m, "driftline_observations_held") == 0, 120, ws)
     time.sleep(2.0)  # idle expiry and the last fates travel one more hop
-    got = w.metrics()
-    assert w.terminate() == 0
+    got = fleet_samples(ws)
+    assert [w.terminate() for w in ws] == [0] * fleet
     # Detections and explanation refreshes (issue 16) share the drift-events topic, as in replay.
     events = [orjson.loads(m.value()) for m in consume_all(kafka_bootstrap, topics["drift-events"], len(result.records))]
     return dict(result=result, want=want, got=got, events=events, workers=workers)
@@ -142,4 +152,12 @@ def test_catch_up_after_a_stop_agrees_with_replay(tmp_path, kafka_bootstrap, str
     first = ([e for e in stream["inferences"] if e["timestamp"] < half], [e for e in stream["labels"] if e["timestamp"] < half])
     second = ([e for e in stream["inferences"] if e["timestamp"] >= half], [e for e in stream["labels"] if e["timestamp"] >= half])
     run = run_and_compare(tmp_path, kafka_bootstrap, stream, [first, second])
+    compare(run)
+
+
+def test_backlog_shared_by_two_workers_agrees_with_replay(tmp_path, kafka_bootstrap, stream):
+    """Banks and intakes on different workers: progress travels between them only as
+    heartbeats on the observations topic, and the group rebalances while the backlog is read
+    (buffers move with the checkpoints)."""
+    run = run_and_compare(tmp_path, kafka_bootstrap, stream, [(stream["inferences"], stream["labels"])], fleet=2)
     compare(run)

@@ -194,7 +194,7 @@ def test_inference_before_label_at_the_same_instant():
     put(buf, 0, 5.0, 0, kind=OUTCOME)
     put(buf, 0, 5.0, 1, kind=INFERENCE)
     buf.note(0, 6.0, False, 0.0)
-    assert [e[7][2] for e in buf.release(0.0)] == [INFERENCE, OUTCOME]
+    assert [buf.record(e)[2] for e in buf.release(0.0)] == [INFERENCE, OUTCOME]
 
 
 def test_unheard_and_silent_sources():
@@ -232,3 +232,24 @@ def test_buffer_state_round_trips_through_a_snapshot():
     assert back.held == buf.held == 2 and back.floor == buf.floor == 1.5
     back.note(1, 10.0, False, 50.0)
     assert [e[0] for e in first + back.release(50.0)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_metrics_report_watermarks_lag_held_late_and_pauses():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from driftline.stream.exporter import EventTimeMetrics, render
+    from driftline.stream.ordering import EventTimeStats
+
+    st = EventTimeStats()
+    st.intake_progress, st.bank_watermark = {3: 1000.0}, {1: 900.0}
+    st.held, st.late, st.early = {1: (7, 700)}, {1: 2}, {1: 0}
+    st.paused_seconds = {("t.inferences", 3, "align"): 1.5}
+    text = render(EventTimeMetrics(st, clock=lambda: 1060.0).families()).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got[("driftline_watermark_seconds", (("partition", "1"), ("stage", "bank")))] == 900.0
+    assert got[("driftline_event_time_lag_seconds", (("partition", "3"), ("stage", "intake")))] == 60.0
+    assert got[("driftline_observations_held", (("partition", "1"),))] == 7
+    assert got[("driftline_observations_late_total", (("partition", "1"),))] == 2
+    assert got[("driftline_alignment_paused_seconds_total",
+                (("partition", "3"), ("reason", "align"), ("topic", "t.inferences")))] == 1.5
