@@ -52,6 +52,7 @@ MODELS = """\
 
 
 def figures(samples: dict, detections: list[dict], drift_time: float) -> dict:
+    detections = [d for d in detections if d.get("kind", "detection") == "detection"]  # not explanations
     errs = [d for d in detections if d["signal"] == "error" and d["segment"] == "band=high"]
     after = sorted(d["timestamp"] for d in errs if d["timestamp"] >= drift_time)
     return {
@@ -114,8 +115,9 @@ def main() -> int:
         record = {"rows": args.rows, "label_ttl": args.ttl, "partitions": 6, "labels": len(labels),
                   "replay": want, "worker": figures(got, events, drift_time),
                   "worker_same_detections_as_replay": sorted(
-                      (d["segment"], d["signal"], d["detector"], d["timestamp"]) for d in events) == sorted(
-                      (d.segment, d.signal, d.detector, d.timestamp) for d in result.detections),
+                      orjson.dumps({k: v for k, v in d.items() if k != "source"}, option=orjson.OPT_SORT_KEYS)
+                      for d in events) == sorted(orjson.dumps(r.to_dict(), option=orjson.OPT_SORT_KEYS)
+                                                 for r in result.records),
                   "late": total(got, "driftline_observations_late_total"),
                   "paused_seconds": total(got, "driftline_alignment_paused_seconds_total"),
                   "seconds": round(time.monotonic() - started, 1)}

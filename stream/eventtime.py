@@ -30,7 +30,7 @@ import math
 
 import orjson
 
-from driftline.stream.pipeline import INFERENCE, OUTCOME, PAIR
+from driftline.stream.pipeline import INFERENCE, LLM, OUTCOME, PAIR
 
 INFERENCES, LABELS = "inference", "label"
 # A source that sent nothing (no data, no heartbeat) for this long is left out of the
@@ -42,7 +42,7 @@ def ordering_key(obs) -> tuple[float, int] | None:
     """Where `driftline replay` applies an observation: (event time, 0 inference / 1 label), or
     None for counters (fates, folds) whose order does not matter."""
     kind = obs[0]
-    if kind == INFERENCE:
+    if kind == INFERENCE or kind == LLM:  # an LLM call's record follows its inference's
         return (obs[4], 0)
     if kind == OUTCOME or kind == PAIR:  # a pair comes with the label that completed it
         return (obs[4], 1)
@@ -219,10 +219,10 @@ class WatermarkBuffer:
         seq = self._seq
         held = 0
         for r in recs:
-            kind = r[2]
-            if kind == INFERENCE:
+            kind = r[2]  # the same keys as ordering_key(), inlined: one call per record
+            if kind == INFERENCE or kind == LLM:
                 order = 0
-            elif kind == OUTCOME:
+            elif kind == OUTCOME or kind == PAIR:
                 order = 1
             else:
                 now_apply.append(r)

@@ -253,3 +253,16 @@ def test_metrics_report_watermarks_lag_held_late_and_pauses():
     assert got[("driftline_observations_late_total", (("partition", "1"),))] == 2
     assert got[("driftline_alignment_paused_seconds_total",
                 (("partition", "3"), ("reason", "align"), ("topic", "t.inferences")))] == 1.5
+
+
+def test_every_ordered_kind_is_held_and_counters_are_not():
+    from driftline.stream.pipeline import FOLD, LLM, PAIR
+
+    buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
+    recs = [[0, 0, INFERENCE, "m", "s", "id", 5.0], [0, 1, LLM, "m", "s", "id", 5.0], [1, 0, OUTCOME, "m", "s", "id", 4.0],
+            [1, 1, PAIR, "c", "s", "m", 4.0], [1, 2, FATE, "m", "__all__", "label", "duplicate"], [1, 3, FOLD, "m", "__all__", "a"]]
+    now = buf.add_records(0, "src", recs, 10)
+    assert [r[2] for r in now] == [FATE, FOLD] and buf.held == 4
+    assert all(ordering_key(r[2:]) is not None for r in recs[:4]) and ordering_key(recs[4][2:]) is None
+    buf.note(0, 6.0, False, 0.0)
+    assert [buf.record(e)[2] for e in buf.release(0.0)] == [OUTCOME, PAIR, INFERENCE, LLM]
