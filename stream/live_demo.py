@@ -73,6 +73,7 @@ class DemoTimeouts:
     worker_ready: float = 120.0
     accounted: float = 300.0  # after publishing: until the worker has counted every label
     flush: float = 60.0  # the producer's queue at the end
+    drift_events: float = 15.0  # reading the run's drift-events topic for the explanation
     page: float = 90.0  # after the story: until the page is active in Alertmanager
     scrape: float = 2.0  # one /metrics or API request
 
@@ -96,6 +97,7 @@ class LiveReport:
     plot: Path | None = None
     page: PageReport | None = None
     worker_pid: int | None = None  # set when the worker was left running
+    explanation: dict | None = None  # the drifted segment's latest error-drift explanation (drift-events topic)
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, tuple], float]:
@@ -292,6 +294,9 @@ def run_live_demo(bootstrap: str, listen: str, out_dir: str | os.PathLike, rate:
                                f"{timeouts.accounted:.0f} s; the figures below are what it had counted by then")
     if undelivered:
         report.lines.append(f"WARNING: {undelivered:,} messages were not delivered to Kafka within {timeouts.flush:.0f} s")
+    report.explanation = latest_explanation(read_drift_records(bootstrap, prefixed_topics(prefix)["drift_events"],
+                                                               timeouts.drift_events))
+    report.lines += _why_lines(report.explanation)
     if plot:
         report.plot = plot_accuracy(
             out / "demo-live.png", [(s.at, s.accuracy) for s in sampler.samples], sampler.detections(),
@@ -430,6 +435,64 @@ def _page_lines(page: PageReport, prometheus: str | None, alertmanager: str, tim
         lines.append(f"  (in Alertmanager {page.during_story:.1f} s after the first drifted event was published, "
                      f"{page.story_after_drift - page.during_story:.1f} s before the story ended)")
     lines.append(f"  list it:  amtool alert query --alertmanager.url={alertmanager} alertname={PAGE_ALERT}")
+    return lines
+
+
+# ------------------------------------------------------------------------------ why: the explanation
+def read_drift_records(bootstrap: str, topic: str, timeout: float) -> list[dict]:
+    """Every record on the run's drift-events topic (one partition), read to its end, at most
+    `timeout` seconds; [] when Kafka does not answer in time."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-demo-reader",
+                         "enable.auto.commit": False, "log_level": 3})
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=max(timeout / 3, 1.0))
+        if high <= low:
+            return records
+        consumer.assign([TopicPartition(topic, 0, low)])
+        while time.monotonic() < deadline:
+            msg = consumer.poll(min(0.5, max(deadline - time.monotonic(), 0.01)))
+            if msg is not None and msg.error() is None:
+                try:
+                    records.append(orjson.loads(msg.value()))
+                except orjson.JSONDecodeError:
+                    pass
+            (pos,) = consumer.position([TopicPartition(topic, 0)])
+            if pos.offset >= high:  # past the last record (and any transaction marker before it)
+                break
+    except KafkaException:
+        pass
+    finally:
+        consumer.close()
+    return records
+
+
+def latest_explanation(records: list[dict], segment: str = DRIFT_SEGMENT) -> dict | None:
+    """The latest explanation of `segment`'s error drift: from the detection (direction up) or a
+    later `"kind": "explanation"` refresh (docs/explanations.md)."""
+    found = None
+    for rec in records:
+        if rec.get("model") == MODEL and rec.get("segment") == segment and rec.get("signal") == "error" \
+                and isinstance(rec.get("explanation"), dict):
+            found = rec["explanation"]
+    return found
+
+
+def _why_lines(e: dict | None) -> list[str]:
+    if e is None:
+        return []
+    lines = ["", f"why ({DRIFT_SEGMENT}, from the run's drift-events topic; docs/explanations.md): accuracy "
+                 f"{e['accuracy_before']:.3f} -> {e['accuracy_after']:.3f} over {e['labelled_after']:,} labelled events "
+                 f"since the change point"]
+    if not e.get("slices"):
+        return lines + ["  no slice lost accuracy beyond the rest of the traffic (yet)"]
+    for sl in e["slices"][:3]:
+        acc_b = "-" if sl["accuracy_before"] is None else f"{sl['accuracy_before']:.3f}"
+        lines.append(f"  {sl['feature']} {sl['bin']}: accuracy {acc_b} -> {sl['accuracy_after']:.3f}, "
+                     f"share {sl['share_before']:.1%} -> {sl['share_after']:.1%}, contribution {sl['contribution']:.3f}")
     return lines
 
 

@@ -84,6 +84,9 @@ def test_demo_ends_with_the_page_active_in_alertmanager(demo_run):
     # The story, live (not the replay fallback): the drift found in band=high only.
     assert "the story: f7 reads high in band=high, and the worker found the error drift there; " \
            "the other segments stayed quiet" in output, output[-6000:]
+    # ... and why, from the run's drift-events topic: the drifted sensor's slice on top.
+    why = re.search(r"^why \(band=high.*\n  (\S+) ", output, re.M)
+    assert why and why.group(1) == "f7", output[-6000:]
 
     # Alertmanager, through its API: the page for the drifted segment is active (not inhibited,
     # not silenced) within a minute of the demo's end, on the pager route.

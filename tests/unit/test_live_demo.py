@@ -55,3 +55,21 @@ def test_sampler_reads_detections_as_rises_of_the_error_counters():
 def test_sampler_without_a_worker_records_nothing_and_does_not_raise():
     s = MetricsSampler("http://127.0.0.1:1/metrics", started=0.0, timeout=0.5)
     assert s.sample() is None and s.samples == [] and s.drift_seen_at is None
+
+
+def test_the_why_is_the_drifted_segments_latest_explanation():
+    def expl(acc_after, feature):
+        return {"accuracy_before": 0.995, "accuracy_after": acc_after, "labelled_after": 100, "slices": [
+            {"feature": feature, "bin": "[23, 25)", "accuracy_before": 0.98, "accuracy_after": 0.0,
+             "share_before": 0.03, "share_after": 0.16, "contribution": 0.035}]}
+    records = [
+        {"kind": "detection", "model": "shuttle", "segment": "band=high", "signal": "f7", "explanation": None},
+        {"kind": "detection", "model": "shuttle", "segment": "band=high", "signal": "error", "explanation": expl(0.82, "f7")},
+        {"kind": "detection", "model": "shuttle", "segment": "band=low", "signal": "error", "explanation": expl(0.5, "f1")},
+        {"kind": "explanation", "model": "shuttle", "segment": "band=high", "signal": "error", "explanation": expl(0.75, "f7")},
+    ]
+    e = live_demo.latest_explanation(records)
+    assert e["accuracy_after"] == 0.75  # the refresh, not the detection's first look; not band=low's
+    lines = live_demo._why_lines(e)
+    assert lines[2] == "  f7 [23, 25): accuracy 0.980 -> 0.000, share 3.0% -> 16.0%, contribution 0.035"
+    assert live_demo.latest_explanation(records[:1]) is None and live_demo._why_lines(None) == []
