@@ -37,6 +37,10 @@ def shadow_run(kafka_bootstrap, tmp_path_factory):
     topics = load_settings(config).kafka.topics
     for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topics.inferences, topics.labels)]).values():
         f.result()
+    (tmp / "i.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in inferences))
+    (tmp / "l.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in labels))
+    replayed = parse(replay(load_settings(config), tmp / "i.jsonl", tmp / "l.jsonl").exposition().decode())
+    pairs = lambda samples: {k: v for k, v in samples.items() if k[0] == "driftline_challenger_pairs_total"}
     worker = WorkerProcess(config, tmp, "w1").start()
     try:
         wait_for("worker ready", worker.ready, 90, [worker])
@@ -51,14 +55,12 @@ def shadow_run(kafka_bootstrap, tmp_path_factory):
             prod.produce(topics.labels, key=ev["request_id"], value=orjson.dumps(ev))
             prod.poll(0)
         prod.flush(30)
-        wait_for("pairs", lambda: total(worker.metrics(), "driftline_challenger_pairs_total", segment="__all__")
-                 >= len(rows), 180, [worker])
+        # Every segment's pairs, not only __all__'s: segments live on different observations
+        # partitions, and a busy machine applies them at different moments.
+        wait_for("every segment's pairs", lambda: pairs(worker.metrics()) == pairs(replayed), 180, [worker])
         samples = worker.metrics()
     finally:
         worker.terminate()
-    (tmp / "i.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in inferences))
-    (tmp / "l.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in labels))
-    replayed = parse(replay(load_settings(config), tmp / "i.jsonl", tmp / "l.jsonl").exposition().decode())
     return rows, samples, replayed
 
 
