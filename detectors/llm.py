@@ -289,7 +289,7 @@ class LLMSegment:
     <= MAX_FINISH_REASONS counters, <= max_evaluations names, one EmbeddingDrift (~2.5 KB)."""
 
     __slots__ = ("calls", "input_tokens", "output_tokens", "cost", "priced", "duration", "ttft", "finish",
-                 "evaluations", "embedding")
+                 "evaluations", "embedding", "scores")
 
     def __init__(self, spec: LLMSpec, reference: EmbeddingReference | None = None):
         self.calls = 0
@@ -301,6 +301,7 @@ class LLMSegment:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.finish: dict[str, int] = {}
         self.evaluations: set[str] = set()
+        self.scores: dict[str, list] = {}  # evaluation name -> [count, sum of scores] (watched names)
         self.embedding = EmbeddingDrift(reference, spec.embedding_window, spec.embedding_reference)
 
     def observe(self, obs: LLMObservation, spec: LLMSpec) -> list[tuple[str, float | str, bool]]:
@@ -335,6 +336,11 @@ class LLMSegment:
                     if len(names) >= spec.max_evaluations:
                         continue
                     names.add(name)
+                tally = self.scores.get(name)
+                if tally is None:
+                    tally = self.scores[name] = [0, 0.0]
+                tally[0] += 1
+                tally[1] += score
                 out.append((name, float(score), False))
         if obs.sketch is not None:
             v = self.embedding.observe(obs.sketch)

@@ -25,6 +25,11 @@ def llm_families(settings, banks: Iterable[DetectorBank]) -> list[Family]:
                    "(whitened sketch).", seg)
     threshold = Family("driftline_embedding_drift_threshold", "gauge",
                        "Embedding drift distance that stationary traffic exceeds with probability 0.001.", seg)
+    evals = Family("driftline_llm_evaluations", "counter", "LLM calls with a score of the evaluation.",
+                   ("model", "segment", "evaluation"))
+    scores = Family("driftline_llm_evaluation_score", "counter",
+                    "Sum of the evaluation's scores in [0, 1] (divide by driftline_llm_evaluations_total).",
+                    ("model", "segment", "evaluation"))
     found = False
     for bank in banks:
         for key, st in bank.items():
@@ -40,6 +45,9 @@ def llm_families(settings, banks: Iterable[DetectorBank]) -> list[Family]:
                 ttft.rows.append((key, llm.ttft.cumulative(), llm.ttft.total))
             for reason, n in sorted(llm.finish.items()):
                 reasons.add(key + (reason,), n)
+            for name, (n, total) in sorted((getattr(llm, "scores", None) or {}).items()):
+                evals.add(key + (name,), n)
+                scores.add(key + (name,), total)
             d = llm.embedding.distance()
             if d is not None:
                 drift.add(key, d)
@@ -57,6 +65,6 @@ def llm_families(settings, banks: Iterable[DetectorBank]) -> list[Family]:
         trunc.add((name,), spec.llm.truncation_share)
     if not found:
         return []
-    for f in (tokens, cost, reasons, drift, threshold):
+    for f in (tokens, cost, reasons, evals, scores, drift, threshold):
         f.rows.sort()
-    return [tokens, cost, duration, ttft, reasons, drift, threshold, budget, trunc]
+    return [tokens, cost, duration, ttft, reasons, evals, scores, drift, threshold, budget, trunc]

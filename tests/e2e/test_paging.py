@@ -297,7 +297,8 @@ def test_every_dashboard_query_returns_data(run, dashboards):
     values = {"model": "shuttle", "segment": ".*", "instance": ".*"}
     start, end = f"{run['t_start']:.3f}", f"{time.time():.3f}"
     empty = []
-    queries = dashboards.queries()
+    # llm.json needs LLM traffic: tests/integration/test_otlp.py runs its queries on a worker fed with it.
+    queries = [q for q in dashboards.queries() if q.dashboard != "llm.json"]
     assert len({q.dashboard for q in queries}) == 3
     for q in queries:
         if q.kind == "variable":

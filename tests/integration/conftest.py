@@ -318,6 +318,28 @@ def prometheus_url(local_state: Path, alertmanager_url: str, metrics_stub: _Reco
         svc.stop()
 
 
+@pytest.fixture
+def start_prometheus(tmp_path, alertmanager_url: str) -> Iterator[Callable[[list[str]], str]]:
+    """start_prometheus([host:port, ...]) -> the URL of a Prometheus of its own (shipped rules,
+    1 s scrapes) scraping those driftline /metrics addresses; stopped after the test."""
+    started: list[_Service] = []
+
+    def _start(targets: list[str]) -> str:
+        port = free_port()
+        state = tmp_path / f"prometheus-{port}"
+        state.mkdir()
+        cfg = render_prometheus_config(state / "prometheus-test.yml", alertmanager_url.split("://", 1)[1], targets)
+        svc = _Service("prometheus", {"DRIFTLINE_STATE": str(state), "PROMETHEUS_PORT": str(port),
+                                      "PROMETHEUS_CONFIG": str(cfg)})
+        svc.start(SERVICE_START_TIMEOUT)
+        started.append(svc)
+        return f"http://127.0.0.1:{port}"
+
+    yield _start
+    for svc in started:
+        svc.stop()
+
+
 # ---------------------------------------------------------------------------- Grafana dashboards
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
 

@@ -209,7 +209,7 @@ def test_prometheus_and_alertmanager_are_ready_and_connected(prometheus_url, ale
 def test_grafana_dashboard_queries_are_valid_promql(prometheus_url, dashboards):
     """Every panel, annotation and variable query parses (tests/e2e runs them on real data)."""
     queries = dashboards.queries()
-    assert {q.dashboard for q in queries} == {"fleet.json", "model.json", "workers.json"}
+    assert {q.dashboard for q in queries} == {"fleet.json", "model.json", "workers.json", "llm.json"}
     values = {"model": "shuttle", "segment": ".*", "instance": ".*"}
     for q in queries:
         if q.kind == "variable":

@@ -6,11 +6,17 @@ otlp_proto bytes the Collector's Kafka exporter writes), published to the OTLP t
 feedback goes to the labels topic keyed by `<trace id>-<span id>`; a few more calls come through
 `Publisher.log_llm_call`. The worker must account for every call, find the latency regression in
 route=faq and the feedback drop in route=search and nowhere else, and dead-letter the bad ones.
+A real Prometheus scrapes the worker meanwhile, and every query of the LLM dashboard
+(deploy/grafana/dashboards/llm.json) must return data from it.
 """
 from __future__ import annotations
 
+import json
+import math
 import random
 import time
+import urllib.parse
+import urllib.request
 
 import orjson
 import pytest
@@ -38,6 +44,7 @@ MODELS = """\
     segments: [route]
     llm:
       prices: {"gpt-4o-mini": {input: 0.15, output: 0.6}}
+      cost_budget_per_hour: 5
 """
 
 
@@ -59,8 +66,12 @@ def make_spans():
             span = tracer.start_span("chat gpt-4o-mini", start_time=start, attributes={
                 GA.GEN_AI_OPERATION_NAME: "chat", GA.GEN_AI_PROVIDER_NAME: "openai",
                 GA.GEN_AI_REQUEST_MODEL: "gpt-4o-mini", GA.GEN_AI_USAGE_INPUT_TOKENS: in_tok,
-                GA.GEN_AI_USAGE_OUTPUT_TOKENS: out_tok, GA.GEN_AI_RESPONSE_FINISH_REASONS: ["stop"],
-                "app.route": route})
+                GA.GEN_AI_USAGE_OUTPUT_TOKENS: out_tok,
+                GA.GEN_AI_RESPONSE_FINISH_REASONS: ["length" if rng.random() < 0.05 else "stop"],
+                GA.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: seconds * 0.2, "app.route": route,
+                "driftline.embedding": [rng.gauss(0, 1) for _ in range(8)]})
+            span.add_event("gen_ai.evaluation.result", {GA.GEN_AI_EVALUATION_NAME: "relevance",
+                                                        GA.GEN_AI_EVALUATION_SCORE_VALUE: rng.uniform(0.6, 1.0)})
             span.end(end_time=start + int(seconds * 1e9))
             tokens[route] += in_tok
             ctx = span.get_span_context()
@@ -78,7 +89,16 @@ def make_spans():
     return exporter.get_finished_spans(), labels, tokens
 
 
-def test_otlp_spans_through_the_broker_are_monitored(tmp_path, kafka_bootstrap):
+def query_range(prom: str, expr: str, start: float, end: float) -> list[dict]:
+    url = f"{prom}/api/v1/query_range?" + urllib.parse.urlencode(
+        {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1s"})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.load(r)
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def test_otlp_spans_through_the_broker_are_monitored(tmp_path, kafka_bootstrap, start_prometheus, dashboards):
     prefix = unique_prefix()
     otlp_topic = f"{prefix}.otlp_spans"
     config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, MODELS, partitions=3,
@@ -88,12 +108,22 @@ def test_otlp_spans_through_the_broker_are_monitored(tmp_path, kafka_bootstrap):
     worker = WorkerProcess(config, tmp_path, "w0").start()
     try:
         wait_for("worker ready", worker.ready, 120, [worker])
+        prom = start_prometheus([f"127.0.0.1:{worker.port}"])
+        t_start = time.time()
         p = producer(kafka_bootstrap)
-        # Batches of 100 spans per message, as a Collector's exporter batches them.
-        for i in range(0, len(spans), 100):
-            p.produce(otlp_topic, value=encode_spans(spans[i:i + 100]).SerializeToString())
+        # Batches of 100 spans per message, as a Collector's exporter batches them; the calls
+        # before the changes first, then (once Prometheus has seen them) the rest.
+        half = len(spans) // 2
+        for part, (lo, hi) in enumerate(((0, half), (half, len(spans)))):
+            for i in range(lo, hi, 100):
+                p.produce(otlp_topic, value=encode_spans(spans[i:min(i + 100, hi)]).SerializeToString())
+            publish(p, f"{prefix}.labels", labels[lo * len(labels) // len(spans):hi * len(labels) // len(spans)])
+            p.flush(30)
+            if part == 0:
+                wait_for("the first half counted", lambda: fleet_total(
+                    [worker], "driftline_labeled_total", segment="__all__") >= len(labels) // 2 - 10, 120, [worker])
+                time.sleep(3)  # a few scrapes of the state before the changes
         p.produce(otlp_topic, value=b"\x0a\xff\xff\xff\xff\x0f not protobuf but says gen_ai.usage")
-        publish(p, f"{prefix}.labels", labels)
         p.flush(30)
         # And calls from the SDK, in a route of their own.
         sdk_tokens = 0
@@ -103,15 +133,25 @@ def test_otlp_spans_through_the_broker_are_monitored(tmp_path, kafka_bootstrap):
                 pid = pub.log_llm_call(model="assistant", input_tokens=10 + i, output_tokens=5, duration=0.4,
                                        finish_reason="length" if i % 4 == 0 else "stop",
                                        request_model="gpt-4o-mini", segment={"route": "sdk"},
-                                       embedding=[0.1 * i, 1.0, -0.5])
+                                       embedding=[0.1 * i, 1.0, -0.5, 0.0, 0.2, 0.3, -0.1, 0.4])
                 sdk_tokens += 10 + i
                 pub.log_label(pid, i % 2 == 0)
             assert pub.flush(30) == 0
 
         expected_in = sum(tokens.values()) + sdk_tokens
-        wait_for("every call's tokens counted",
-                 lambda: fleet_total([worker], "driftline_llm_tokens_total", segment="__all__", type="input")
-                 == expected_in, 180, [worker])
+        counted = {}
+
+        def all_tokens():
+            m = worker.metrics()
+            counted.update({seg: total(m, "driftline_llm_tokens_total", segment=seg, type="input")
+                            for seg in ("__all__", "route=faq", "route=search", "route=chat", "route=sdk")},
+                           converted=total(m, "driftline_otlp_spans_total", outcome="converted"))
+            return counted["__all__"] == expected_in
+
+        try:
+            wait_for("every call's tokens counted", all_tokens, 180, [worker])
+        except AssertionError:
+            raise AssertionError(f"counted {counted}, expected {tokens} + sdk {sdk_tokens}")
         wait_for("every feedback joined",
                  lambda: fleet_total([worker], "driftline_labeled_total", segment="__all__")
                  == len(labels) + SDK_CALLS, 120, [worker])
@@ -141,5 +181,25 @@ def test_otlp_spans_through_the_broker_are_monitored(tmp_path, kafka_bootstrap):
         dead = consume_all(kafka_bootstrap, f"{prefix}.dead-letters", 2, timeout=30)
         reasons = sorted(orjson.loads(d.value())["reason"] for d in dead)
         assert reasons == ["malformed_otlp", "out_of_range"], reasons
+        # Every query of the LLM dashboard returns data from the Prometheus that scraped it all.
+        time.sleep(12)  # the rate windows ($__rate_interval 10s) reach past the end of the stream
+        end = time.time()
+        values = {"model": "assistant", "segment": ".*", "__range": f"{int(end - t_start) + 1}s"}
+        queries = [q for q in dashboards.queries() if q.dashboard == "llm.json"]
+        assert len(queries) >= 12
+        empty = []
+        for q in queries:
+            if q.kind == "variable":
+                selector, label = dashboards.label_values(q.expr)
+                url = f"{prom}/api/v1/label/{label}/values?" + urllib.parse.urlencode(
+                    {"match[]": dashboards.expand(selector, values), "start": f"{t_start:.3f}", "end": f"{end:.3f}"})
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    if not json.load(r)["data"]:
+                        empty.append(q)
+                continue
+            result = query_range(prom, dashboards.expand(q.expr, values), t_start, end)
+            if not any(not math.isnan(float(v)) for series in result for _, v in series["values"]):
+                empty.append(q)
+        assert not empty, "LLM dashboard queries without data:\n" + "\n".join(f"  {q.where}: {q.expr}" for q in empty)
     finally:
         worker.terminate()

@@ -135,6 +135,10 @@ def test_counters_equal_an_independent_count(run):
         le1 = sum(1 for c in mine if c["duration"] <= 1.28)
         assert value(smp, "driftline_llm_duration_seconds_bucket", model="assistant", segment=seg, le="1.28") == le1
         assert value(smp, "driftline_llm_time_to_first_token_seconds_count", model="assistant", segment=seg) == len(mine)
+        assert value(smp, "driftline_llm_evaluations_total", model="assistant", segment=seg,
+                     evaluation="relevance") == len(mine)
+        assert value(smp, "driftline_llm_evaluation_score_total", model="assistant", segment=seg,
+                     evaluation="relevance") == pytest.approx(sum(c["evaluations"]["relevance"] for c in mine))
         good = value(smp, "driftline_correct_total", model="assistant", segment=seg)
         assert value(smp, "driftline_labeled_total", model="assistant", segment=seg) == len(mine)
         assert 0 < good < len(mine)
