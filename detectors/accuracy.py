@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from array import array
+from driftline.detectors.state import persistent
 
 
+@persistent("accuracy.rolling")
 class RollingAccuracy:
     """Share of correct predictions among the last `window` labelled events.
 
@@ -52,6 +54,7 @@ class RollingAccuracy:
         return self._correct / self._n if self._n else 0.0
 
 
+@persistent("accuracy.rolling_error")
 class RollingError:
     """Mean absolute error and root mean squared error over the last `window` labelled events."""
 

@@ -42,7 +42,7 @@ from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.slices import SliceAccountant, profile_bins
 from driftline.detectors.llm import LLMObservation, LLMSegment, is_good_feedback
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
-from driftline.detectors.state import SnapshotError
+from driftline.detectors.state import SnapshotError, persistent
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.detectors.tally import Tally
@@ -109,6 +109,7 @@ class ExplanationRecord:
                 "labelled_after": self.labelled_after, "explanation": self.explanation}
 
 
+@persistent("bank.signal")
 class SignalState:
     """The detectors on one signal of one segment, with their detection history."""
 
@@ -124,17 +125,33 @@ class SignalState:
         # into z-scores; `feeds` says, per detector, which update to call and whether with z.
         self.std = std
         self.warm = std is None  # once warm, z-detectors are called directly (one call less a value)
-        self.feeds: list[tuple[int, object, bool]] = []
-        for i, det in enumerate(detectors):
+        self.feeds: list[tuple[int, object, bool]] = self._feeds()
+
+    def _feeds(self) -> list[tuple[int, object, bool]]:
+        feeds: list[tuple[int, object, bool]] = []
+        for i, det in enumerate(self.detectors):
             if isinstance(det, CalibratedDetector):
-                if det.takes_z:
-                    self.feeds.append((i, det.update_z, True))
+                if det.takes_z:  # once warm, straight to the inner detector (see DetectorBank._update)
+                    inner = det.inner if self.warm else None
+                    feeds.append((i, inner.update if inner is not None else det.update_z, True))
                 else:
-                    self.feeds.append((i, det.inner.update, False))  # raw ADWIN on a 0/1 stream
+                    feeds.append((i, det.inner.update, False))  # raw ADWIN on a 0/1 stream
             else:
-                self.feeds.append((i, det.update, False))
+                feeds.append((i, det.update, False))
+        return feeds
+
+    # -- state: `feeds` holds bound methods, derived from the detectors: rebuilt, not stored ----
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__ if name != "feeds"}
+
+    def __setstate__(self, state: dict) -> None:
+        for name in self.__slots__:
+            if name != "feeds":
+                setattr(self, name, state[name])
+        self.feeds = self._feeds()
 
 
+@persistent("bank.segment")
 class SegmentState:
     """Everything of one (model, segment) but its counters (those are in the bank's Tally).
 
@@ -206,6 +223,7 @@ def is_correct(prediction: object, label: object) -> bool:
     return prediction == label
 
 
+@persistent("bank")
 class DetectorBank:
     """Detectors, rolling metrics and counters for the (model, segment) keys routed to it.
 

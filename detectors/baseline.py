@@ -57,6 +57,7 @@ import orjson
 
 from driftline.detectors.segments import format_value
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
+from driftline.detectors.state import persistent
 
 FORMAT = "driftline.baseline/1"
 DEFAULT_BINS = 20
@@ -567,6 +568,7 @@ class Binner:
         return self.other if i is None else i
 
 
+@persistent("baseline.window")
 class Window:
     """The last `size` values of one (segment, signal): a ring of slot indices and their counts.
 

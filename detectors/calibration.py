@@ -42,6 +42,7 @@ from typing import Literal
 
 from driftline.detectors.drift import ADWINDetector, PageHinkleyDetector
 from driftline.detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.state import persistent
 
 SignalKind = Literal["numeric", "binary"]
 
@@ -245,6 +246,7 @@ def adwin_arl(delta: float, kind: SignalKind = "numeric") -> float:
     return 1.0 / table[-1][1]
 
 
+@persistent("calibration.standardizer")
 class Standardizer:
     """z = (x - mean) / scale, clipped, with mean and scale frozen after `warmup` values.
 
@@ -340,6 +342,7 @@ class Standardizer:
         self.scale = sd if sd > 0.0 else 1e-9 * max(1.0, abs(self._mean))
 
 
+@persistent("calibration.detector")
 class CalibratedDetector:
     """A River detector whose threshold comes from a per-stream ARL; the `Detector` protocol.
 

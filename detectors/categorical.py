@@ -17,12 +17,14 @@ categories.
 from __future__ import annotations
 
 import math
+from driftline.detectors.state import persistent
 
 # Past this many distinct categories in the reference, the rest share one bucket: a
 # categorical feature with unbounded values (an id) must not grow memory without bound.
 MAX_REFERENCE_CATEGORIES = 1000
 
 
+@persistent("categorical.surprisal")
 class CategorySurprisal:
     __slots__ = ("reference_size", "_counts", "_seen", "_surprisal", "_unseen")
 

@@ -30,6 +30,8 @@ import heapq
 import math
 from typing import Callable, Mapping
 
+from driftline.detectors.state import persistent
+
 # The cap on the betting fraction (the paper suggests 1/2 or 3/4): smaller is more robust to
 # early variance estimates.
 LAMBDA_CAP = 0.5
@@ -47,6 +49,7 @@ class Pair:
     timestamp: float
 
 
+@persistent("challenger.graded")
 class _Graded:
     __slots__ = ("correct", "segments", "paired")
 
@@ -54,6 +57,7 @@ class _Graded:
         self.correct, self.segments, self.paired = correct, segments, False
 
 
+@persistent("challenger.pairs")
 class ShadowPairs:
     """Graded outcomes by request_id until their partner's comes (see the module docstring).
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from driftline.detectors.segments import format_value
 from driftline.detectors.spec import OutcomeCosts, QualitySpec  # noqa: F401 (re-exported)
+from driftline.detectors.state import persistent
 
 OTHER_CLASS = "__other__"
 MAX_CLASS_CHARS = 64  # a longer class name is not a label value anyone can read: `__other__`
@@ -45,6 +46,7 @@ def class_name(value: object) -> str:
     return format_value(value)
 
 
+@persistent("classification.quality")
 class ClassQuality:
     """Confusion counts, cost totals and the rolling positive-class window of one segment."""
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from river import drift as river_drift
 
 from driftline.detectors.spec import ADWINParams, PageHinkleyParams
+from driftline.detectors.state import persistent
 
 
 class Detector(Protocol):
@@ -28,6 +29,7 @@ class Detector(Protocol):
     def statistics(self) -> dict[str, float]: ...
 
 
+@persistent("drift.adwin")
 class ADWINDetector:
     """ADWIN (adaptive windowing): detects a change in the mean of a bounded stream.
 
@@ -79,6 +81,7 @@ class ADWINDetector:
         return {"width": self.width, "mean": self.estimation}
 
 
+@persistent("drift.page_hinkley")
 class PageHinkleyDetector:
     """Page-Hinkley: detects a sustained shift of the mean away from its running average."""
 

@@ -35,13 +35,14 @@ import dataclasses
 import heapq
 from typing import Callable, Literal
 
-from driftline.detectors.state import SnapshotError
+from driftline.detectors.state import SnapshotError, persistent
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 
 Fate = tuple  # (model | None, kind, outcome)
 
 
+@persistent("join.pending")
 @dataclasses.dataclass(frozen=True, slots=True)
 class PendingPrediction:
     """What the join keeps of a prediction: enough to grade it and to place it in its slices
@@ -70,6 +71,7 @@ class Joined:
         return self.label_timestamp - self.prediction.timestamp
 
 
+@persistent("join.held_label")
 @dataclasses.dataclass(frozen=True, slots=True)
 class _HeldLabel:
     label: object
@@ -77,6 +79,7 @@ class _HeldLabel:
     model: str | None
 
 
+@persistent("join.request_label")
 class _RequestLabel:
     """A label that names a request_id: held for its TTL, grading each prediction of the request."""
 
@@ -85,13 +88,8 @@ class _RequestLabel:
     def __init__(self, label: object, timestamp: float, model: str | None):
         self.label, self.timestamp, self.model, self.graded = label, timestamp, model, 0
 
-    def __getstate__(self):
-        return (self.label, self.timestamp, self.model, self.graded)
 
-    def __setstate__(self, state):
-        self.label, self.timestamp, self.model, self.graded = state
-
-
+@persistent("join")
 class LabelJoin:
     def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
         self._ttl_for = ttl_for

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from driftline.detectors.spec import ALL_SEGMENT, OTHER_VALUE, ModelSpec
+from driftline.detectors.state import persistent
 
 
 def format_value(value: object) -> str:
@@ -33,6 +34,7 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+@persistent("segments.router")
 class SegmentRouter:
     __slots__ = ("_values", "folded")
 

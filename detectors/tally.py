@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from driftline.detectors.state import persistent
 
 # Label delay spans seconds (online feedback) to days (chargebacks, churn): log-spaced buckets.
 DELAY_BUCKETS: tuple[float, ...] = (1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
 
 
+@persistent("tally.delays")
 class DelayHistogram:
     """A histogram of label delays in seconds (one per model)."""
 
@@ -39,6 +41,7 @@ class DelayHistogram:
         return out
 
 
+@persistent("tally")
 class Tally:
     __slots__ = ("events", "delays", "folded", "invalid_features", "labeled", "correct", "inferences", "detections")
 

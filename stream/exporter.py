@@ -555,9 +555,14 @@ class WorkerMetrics:
                 out.append(f)
             ckpt = Family("driftline_checkpoints", "counter", "Checkpoint rounds, by outcome.", ("outcome",))
             ckpt.rows = [((o,), n) for o, n in sorted(st.checkpoints.items())]
+            restores = Family("driftline_checkpoint_restores", "counter",
+                              "Partition checkpoints found at assignment, by what became of them: restored, rebuilt "
+                              "(unreadable: replayed from the retained history) or fresh (unreadable, no history left).",
+                              ("outcome",))
+            restores.rows = [((o,), n) for o, n in sorted(st.restores.items())]
             errors = Family("driftline_produce_errors", "counter", "Records Kafka refused, by topic.", ("topic",))
             errors.rows = [((t,), n) for t, n in sorted(st.produce_errors.items())]
-            return out + [ckpt, errors]
+            return out + [ckpt, restores, errors]
 
 
 class EventTimeMetrics:

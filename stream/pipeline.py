@@ -71,17 +71,17 @@ class Intake:
         self.idle: set[str] = set()  # streams with nothing left unread (see set_idle)
         self._since_evict = 0
 
-    # -- snapshot: settings are configuration, not state ----------------------------------------
-    def snapshot(self) -> bytes:
-        return snapshot_state({"router": self.router, "join": self.join, "admitted": self.admitted,
-                               "watermark": self.watermark, "since_evict": self._since_evict,
-                               "inference_time": self.inference_time, "label_time": self.label_time,
-                               "idle": self.idle, "shadow": self.shadow,
-                               "embedding_dims": self.embedding_dims})
+    # -- state: settings are configuration, not state (detectors/state.py) -----------------------
+    def resume_state(self) -> dict:
+        """Plain resume state (for detectors.state.encode_state); `from_resume_state` rebuilds."""
+        return {"router": self.router, "join": self.join, "admitted": self.admitted,
+                "watermark": self.watermark, "since_evict": self._since_evict,
+                "inference_time": self.inference_time, "label_time": self.label_time,
+                "idle": self.idle, "shadow": self.shadow,
+                "embedding_dims": self.embedding_dims}
 
     @classmethod
-    def restore(cls, blob: bytes, settings) -> "Intake":
-        state = restore_state(blob)
+    def from_resume_state(cls, state: dict, settings) -> "Intake":
         if not isinstance(state, dict) or not isinstance(state.get("join"), LabelJoin):
             raise SnapshotError("snapshot does not hold an Intake")
         intake = cls(settings)
@@ -98,6 +98,13 @@ class Intake:
             intake.shadow = state["shadow"].bind(*intake._comparisons(), intake._ttl_for)
         intake.embedding_dims = state.get("embedding_dims", {})
         return intake
+
+    def snapshot(self) -> bytes:
+        return snapshot_state(self.resume_state())
+
+    @classmethod
+    def restore(cls, blob: bytes, settings) -> "Intake":
+        return cls.from_resume_state(restore_state(blob), settings)
 
     def _comparisons(self):
         return comparisons({name: spec.champion for name, spec in self.settings.models.items()

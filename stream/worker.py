@@ -36,8 +36,7 @@ from confluent_kafka import (
 )
 
 from driftline.detectors.bank import DetectorBank
-from driftline.detectors.state import restore as restore_state
-from driftline.detectors.state import snapshot as snapshot_state
+from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
@@ -59,16 +58,19 @@ BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles 
 class IntakePartition:
     """Stage-1 state of input partition p: the intake, and what it has read of each topic."""
 
-    __slots__ = ("intake", "epoch", "positions", "dirty", "checkpointed_at", "last_ts", "read_time", "fate_seq",
-                 "alignment")
+    __slots__ = ("intake", "epoch", "positions", "quiet", "dirty", "checkpointed_at", "last_ts", "read_time",
+                 "fate_seq", "alignment")
 
     def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float, alignment=None,
-                 read_time: dict | None = None, fate_seq: int = 0):
+                 read_time: dict | None = None, fate_seq: int = 0, quiet: dict[str, int] | None = None):
         self.intake = intake
         # A fresh intake gets a fresh epoch: observations carry it, so a bank never confuses
         # offsets of a restarted history with those of an older one.
         self.epoch = epoch
         self.positions = positions  # topic -> next offset to read
+        # topic -> offset: while rebuilding from history (an unreadable checkpoint), what is read
+        # below it only rebuilds the state; its outputs were produced before (see Worker._assign).
+        self.quiet = quiet if quiet is not None else {}
         self.dirty = False
         self.checkpointed_at = now
         self.last_ts: dict[str, float] = {}  # topic -> Kafka timestamp (ms) of the last message read
@@ -78,21 +80,26 @@ class IntakePartition:
         self.alignment = alignment  # eventtime.SourceAlignment: configuration + live decisions
 
     def snapshot(self) -> bytes:
-        return snapshot_state({"intake": self.intake.snapshot(), "epoch": self.epoch, "positions": self.positions,
-                               "read_time": self.read_time, "fate_seq": self.fate_seq})
+        return encode_state({"intake": self.intake.resume_state(), "epoch": self.epoch, "positions": self.positions,
+                             "read_time": self.read_time, "fate_seq": self.fate_seq, "quiet": self.quiet})
 
 
 class BankPartition:
     """Stage-2 state of observations partition q: the bank, de-duplication marks, position."""
 
-    __slots__ = ("bank", "seen", "positions", "dirty", "checkpointed_at", "last_ts", "buffer")
+    __slots__ = ("bank", "seen", "positions", "quiet", "muted", "dirty", "checkpointed_at", "last_ts", "buffer")
 
-    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float, buffer=None):
+    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float, buffer=None,
+                 quiet: dict[str, int] | None = None):
         self.bank = bank
         # (epoch + topic code) -> (offset, index) of the last observation applied from that
         # source: observations an intake replays after a crash are recognised and skipped.
         self.seen = seen
         self.positions = positions
+        # As IntakePartition.quiet; `muted` while the message being read is below it: the
+        # records it releases publish no drift events (they were published before).
+        self.quiet = quiet if quiet is not None else {}
+        self.muted = False
         self.dirty = False
         self.checkpointed_at = now
         self.last_ts: dict[str, float] = {}
@@ -117,8 +124,8 @@ class BankPartition:
         return out
 
     def snapshot(self) -> bytes:
-        return snapshot_state({"bank": self.bank.snapshot(), "seen": self.seen, "positions": self.positions,
-                               "held": self.buffer.to_state()})
+        return encode_state({"bank": self.bank, "seen": self.seen, "positions": self.positions,
+                             "held": self.buffer.to_state(), "quiet": self.quiet})
 
 
 class WorkerStats:
@@ -132,6 +139,9 @@ class WorkerStats:
         self.checkpoint_seconds = 0.0  # duration of the last checkpoint
         self.checkpoint_bytes = 0  # size of the last checkpoint
         self.restore_seconds = 0.0  # duration of the last restore
+        # Checkpoints found at assignment: restored, or unreadable (an older format, another
+        # River) and rebuilt from the retained history, or started fresh when none is left.
+        self.restores = {"restored": 0, "rebuilt": 0, "fresh": 0}
         self.produce_errors: dict[str, int] = {}  # by topic, every written topic from 0
         self.messages = {"intake": 0, "bank": 0}  # messages this process read, by stage
         self.lag_seconds: dict[tuple[str, int], float] = {}
@@ -322,6 +332,8 @@ class Worker:
             else:
                 obs, refused = intake.take_invalid(ev), ev
             offset = msg.offset()
+            if ip.quiet and self._quiet(ip, topic, offset):
+                obs, refused = (), None  # rebuilding: this record's outputs exist already
             if refused is not None:
                 self._produce(t.dead_letters, msg.key(),
                               dead_letter_record(refused, topic=topic, partition=p, offset=offset))
@@ -351,6 +363,17 @@ class Worker:
             for i in range(0, len(recs), OBS_PER_MESSAGE):
                 self._produce(obs_topic, key, orjson.dumps(self._obs_message(src, recs[i:i + OBS_PER_MESSAGE], src_part[src])), dest)
 
+    @staticmethod
+    def _quiet(part, topic: str, offset: int) -> bool:
+        """True while a rebuilding partition reads below the offset its outputs reached before."""
+        until = part.quiet.get(topic)
+        if until is None:
+            return False
+        if offset < until:
+            return True
+        del part.quiet[topic]
+        return False
+
     def _route(self, model: str, segment: str) -> int:
         """The observations partition that owns (model, segment): stable across processes."""
         dest = self._routes[(model, segment)] = zlib.crc32(f"{model}\x1f{segment}".encode()) % self.obs_partitions
@@ -379,8 +402,10 @@ class Worker:
         bp = self.banks.get(msg.partition())
         if bp is None:
             return
-        self.event_time.apply(bp, msg.value(), lambda src, r: self.apply_record(bp, src, r))
         topic = msg.topic()
+        if bp.quiet or bp.muted:
+            bp.muted = self._quiet(bp, topic, msg.offset())
+        self.event_time.apply(bp, msg.value(), lambda src, r: self.apply_record(bp, src, r))
         bp.positions[topic] = msg.offset() + 1
         bp.last_ts[topic] = msg.timestamp()[1]
         bp.dirty = True
@@ -388,6 +413,8 @@ class Worker:
     def apply_record(self, bp: BankPartition, src: str, r: list) -> None:
         """Apply one observation record to its bank; publish the detections it causes."""
         hits = observe(bp.bank, r[2:])
+        if bp.muted:
+            hits = ()  # rebuilding: these drift events were published before
         for rec in hits:
             d = rec.to_dict()
             d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id
@@ -536,6 +563,7 @@ class Worker:
                 return
             now = self.clock()
             fresh: set[str] = set()
+            unreadable: dict[str, Unreadable] = {}
             for key in sorted(wanted):
                 stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
                 table = self.intakes if stage == "intake" else self.banks
@@ -543,31 +571,42 @@ class Worker:
                     continue
                 if key in reuse:
                     table[p] = reuse[key]
-                elif key in blobs:
-                    table[p] = self._restore(stage, blobs[key], now)
-                    log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
-                elif stage == "intake":
-                    table[p] = IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now,
-                                               self.event_time.new_alignment())
-                    fresh.add(key)
-                else:
-                    table[p] = BankPartition(DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle,
-                                                          self.profiles),
-                                             {}, {}, now, self.event_time.new_buffer())
-                    fresh.add(key)
+                    continue
+                if key in blobs:
+                    part = self._restore(stage, blobs[key], now)
+                    if type(part) is not Unreadable:
+                        table[p] = part
+                        self.stats.restores["restored"] += 1
+                        log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
+                        continue
+                    unreadable[key] = part
+                table[p] = self._fresh_partition(stage, now)
+                fresh.add(key)
             for tp in partitions:
-                table = self._stage_of(tp)[1]
-                start = table[tp.partition].positions.get(tp.topic)
+                stage, table = self._stage_of(tp)
+                part = table[tp.partition]
+                start = part.positions.get(tp.topic)
                 done = committed.get((tp.topic, tp.partition), -1)
                 if start is not None:
                     tp.offset = start
                     if done > start:
                         self.stats.replayed += done - start
+                elif self._key(stage, tp.partition) in unreadable:
+                    # The upgrade rule: a checkpoint this driftline cannot read is rebuilt by
+                    # replaying the partition's retained history, quietly up to the committed
+                    # offset (the outputs of that part were produced by the state it replaces).
+                    low = self._low_watermark(tp)
+                    tp.offset = part.positions[tp.topic] = low
+                    if done > low:
+                        part.quiet[tp.topic] = done
+                        self.stats.replayed += done - low
                 else:
                     # A fresh state starts where the group left off (or at the beginning), and
                     # says so in its positions: its first checkpoint must name an offset.
                     tp.offset = done if done >= 0 else self._low_watermark(tp)
-                    table[tp.partition].positions[tp.topic] = tp.offset
+                    part.positions[tp.topic] = tp.offset
+            if unreadable:
+                self._note_rebuilds(unreadable)
             consumer.assign(partitions)
             self.event_time.assigned(partitions)
             if fresh:
@@ -633,17 +672,45 @@ class Worker:
             self._parked.clear()
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
-    def _restore(self, stage: str, blob: bytes, now: float):
-        state = restore_state(blob)
-        if stage == "intake":
-            part = IntakePartition(Intake.restore(state["intake"], self.settings), state["epoch"], state["positions"], now,
-                                   self.event_time.new_alignment(), state.get("read_time"), state.get("fate_seq", 0))
-        else:
-            bank = DetectorBank.restore(state["bank"], self.settings.spec_for, self.profiles)
+    def _restore(self, stage: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
+        state = decode_state(blob)
+        if type(state) is Unreadable:
+            return state
+        try:
+            if stage == "intake":
+                intake = Intake.from_resume_state(state["intake"], self.settings)
+                return IntakePartition(intake, state["epoch"], state["positions"], now, self.event_time.new_alignment(),
+                                       state.get("read_time"), state.get("fate_seq", 0), state.get("quiet"))
+            bank = state["bank"]
+            if not isinstance(bank, DetectorBank):
+                raise TypeError(f"a {type(bank).__name__}, not a DetectorBank")
+            bank.bind(self.settings.spec_for, self.profiles)
             bank.idle_after = self.settings.limits.segment_idle
-            part = BankPartition(bank, state["seen"], state["positions"], now,
-                                 self.event_time.new_buffer(state.get("held")))
-        return part
+            return BankPartition(bank, state["seen"], state["positions"], now,
+                                 self.event_time.new_buffer(state.get("held")), state.get("quiet"))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # readable, but another shape: rebuild too
+            return Unreadable("fields", f"{stage} checkpoint does not hold a partition state: {exc!r}")
+
+    def _fresh_partition(self, stage: str, now: float) -> "IntakePartition | BankPartition":
+        if stage == "intake":
+            # A fresh intake gets a fresh epoch (see IntakePartition).
+            return IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now,
+                                   self.event_time.new_alignment())
+        bank = DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle, self.profiles)
+        return BankPartition(bank, {}, {}, now, self.event_time.new_buffer())
+
+    def _note_rebuilds(self, unreadable: dict[str, "Unreadable"]) -> None:
+        """Count each unreadable checkpoint's fate, and log them in one line per assignment."""
+        done = []
+        for key in sorted(unreadable):
+            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
+            part = (self.intakes if stage == "intake" else self.banks)[p]
+            outcome = "rebuilt" if part.quiet else "fresh"
+            self.stats.restores[outcome] += 1
+            done.append(f"{key} {outcome}" + (f" from offsets {part.positions}" if part.quiet else ""))
+        reasons = sorted({f"{u.reason}: {u.detail}" for u in unreadable.values()})
+        log.warning("%d checkpoints could not be restored (%s); rebuilt from the retained history where there is "
+                    "one, else started fresh: %s", len(unreadable), "; ".join(reasons), ", ".join(done))
 
 
 def run_worker(settings, listen: str) -> int:

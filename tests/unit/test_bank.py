@@ -148,7 +148,7 @@ def test_snapshot_rejects_foreign_bytes():
     with pytest.raises(SnapshotError, match="not a driftline snapshot"):
         restore(b"{}")
     with pytest.raises(SnapshotError, match="corrupt"):
-        restore(b"DLS1garbage")
+        restore(b"DLS2garbage")
 
 
 def test_budgeted_signal_detects_a_level_shift_once_then_learns_the_new_level():
