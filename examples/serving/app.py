@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from examples.serving import churn
-from driftline.stream.publish import Publisher
+from driftline import Publisher
 from driftline.stream.serving import PredictionLog, PredictionLogger
 
 # The example's own topics (and, in driftline.yml, its own consumer group): nothing else
