@@ -34,10 +34,10 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from driftline.stream.events import Invalid
-from driftline.stream.publish import MAX_EVENT_BYTES, PublishStats, encode_inference, encode_label
+from driftline.stream.publish import MAX_EVENT_BYTES, EventCalls, PublishStats
 
 __all__ = ["FaustPublisher"]
 
@@ -47,8 +47,10 @@ log = logging.getLogger("driftline.publish.faust")
 DEFAULT_MAX_IN_FLIGHT = 100_000
 
 
-class FaustPublisher:
+class FaustPublisher(EventCalls):
     """Publishes driftline events through a faust app's producer, never blocking an agent."""
+
+    _logger = log
 
     def __init__(self, app: Any, *, inferences_topic: str = "driftline.inferences",
                  labels_topic: str = "driftline.labels", max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -65,30 +67,7 @@ class FaustPublisher:
         self._sent = self._delivered = self._failed = self._dropped = self._invalid = 0
         self._warned: set[str] = set()
 
-    # ------------------------------------------------------------------ the calls (as Publisher's)
-    def log_prediction(self, *, model: str, features: Mapping[str, Any], prediction: Any, score: float | None = None,
-                       segment: Mapping[str, str] | None = None, prediction_id: str | None = None,
-                       model_version: str | None = None) -> str:
-        """Queues an inference event; returns its prediction_id. Never awaits, never raises."""
-        if prediction_id is None:
-            prediction_id = self._new_id()
-        try:
-            raw = encode_inference(prediction_id=prediction_id, model=model, features=features, prediction=prediction,
-                                   timestamp=self._clock(), score=score, segment=segment,
-                                   model_version=model_version, max_bytes=self._max_bytes)
-            self._send(self._inferences, prediction_id, raw)
-        except Exception as exc:  # a defect here must still not reach the agent
-            self._reject(Invalid("inference", "error", repr(exc), b"", None))
-        return prediction_id
-
-    def log_label(self, prediction_id: str, label: Any, *, model: str | None = None) -> None:
-        """Queues a label event for `prediction_id`. Never awaits, never raises."""
-        try:
-            raw = encode_label(prediction_id=prediction_id, label=label, timestamp=self._clock(), model=model,
-                               max_bytes=self._max_bytes)
-            self._send(self._labels, prediction_id, raw)
-        except Exception as exc:
-            self._reject(Invalid("label", "error", repr(exc), b"", None))
+    # The calls (log_prediction, log_label, log_request_label) are the SDK's: EventCalls.
 
     @property
     def stats(self) -> PublishStats:
@@ -103,7 +82,7 @@ class FaustPublisher:
         return self.stats.queued
 
     # ------------------------------------------------------------------ internals
-    def _send(self, topic: Any, key: str, raw: bytes | Invalid) -> None:
+    def _send(self, topic: Any, key: str, raw: bytes | Invalid) -> None:  # called by EventCalls
         if type(raw) is Invalid:
             self._reject(raw)
             return
@@ -130,9 +109,3 @@ class FaustPublisher:
     def _reject(self, invalid: Invalid) -> None:
         self._invalid += 1
         self._warn_once(f"invalid:{invalid.reason}", f"invalid {invalid.kind} not sent ({invalid.reason}): {invalid.detail}")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        # Once per kind of problem, as the SDK: an agent's loop must not turn into a log flood.
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s (logged once; see FaustPublisher.stats)", message)

@@ -41,7 +41,7 @@ from driftline.stream.codec import MAX_ID_CHARS, MODEL_NAME
 from driftline.stream.events import Invalid
 from driftline.stream.llm_event import LLMError, decode_llm
 
-__all__ = ["Publisher", "PublishStats", "encode_inference", "encode_label"]
+__all__ = ["Publisher", "PublishStats", "EventCalls", "encode_inference", "encode_label"]
 
 log = logging.getLogger("driftline.publish")
 
@@ -294,53 +294,14 @@ class PublishStats:
 FailureCallback = Callable[[str, str, Any], None]
 
 
-class Publisher:
-    """Publishes inference and label events to Kafka without blocking or raising.
+class EventCalls:
+    """The calls of a publisher (`Publisher`, `stream.faust.FaustPublisher`): build the event with
+    the pure builders above, then hand it to the subclass's `_send(topic, key, bytes | Invalid)`.
+    A subclass sets `_inferences`, `_labels` (its topics), `_clock`, `_new_id`, `_max_bytes`,
+    `_warned` (a set) and defines `_send` and `_reject(invalid)`."""
 
-    bootstrap: the brokers ("host:port,..."). kafka_config: librdkafka settings, passed through
-    over `PRODUCER_DEFAULTS` (e.g. ``**{"message.timeout.ms": 60000}``).
-    on_failure(kind, prediction_id, error): called from the delivery thread for each event the
-    broker did not take (error is a confluent_kafka.KafkaError); exceptions in it are logged.
-    registry: a prometheus_client CollectorRegistry to export the counters on (never the global
-    one unless you pass it); clock: event time in Unix seconds; new_id: generated prediction ids
-    (default: 128 random bits as 32 hex digits, uuid4's entropy at a quarter of its cost).
-    Logs go to `driftline.publish` (an outage: once when it starts and once when it ends; an
-    invalid call: once per reason) and librdkafka's to `driftline.publish.kafka`.
+    _logger = log
 
-    Create one per process, in the process that serves requests (after a fork: librdkafka's
-    threads do not survive one), and close it on shutdown; one never closed is closed at exit.
-    """
-
-    def __init__(self, bootstrap: str, *, inferences_topic: str = "driftline.inferences",
-                 labels_topic: str = "driftline.labels", on_failure: FailureCallback | None = None,
-                 registry: Any = None, clock: Callable[[], float] = time.time,
-                 new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
-                 max_event_bytes: int = MAX_EVENT_BYTES, close_timeout: float = 10.0, **kafka_config: Any):
-        self._inferences, self._labels = inferences_topic, labels_topic
-        self._on_failure, self._clock, self._new_id = on_failure, clock, new_id
-        self._max_bytes, self._close_timeout = max_event_bytes, close_timeout
-        self._lock = threading.Lock()
-        self._sent = self._delivered = self._failed = self._dropped = self._invalid = 0
-        self._warned: set[str] = set()
-        self._closed = threading.Event()
-        self._outage: int | None = None  # while kafka is unreachable: `delivered` when it went away
-        config = {**PRODUCER_DEFAULTS, "logger": log.getChild("kafka"), **kafka_config, "bootstrap.servers": bootstrap,
-                  "on_delivery": self._on_delivery, "error_cb": self._on_error,
-                  # Reports for failures only: a Python callback per delivered event would cost
-                  # the interpreter lock ~2 µs per event, and an event stays in the bounded queue
-                  # until its report is served, so a starved report thread would fill the queue.
-                  # Delivered events are counted from the queue instead (see `stats`).
-                  "delivery.report.only.error": True}
-        self._producer = Producer(config)
-        # Failure reports, errors and librdkafka's log lines are served by this thread, so the
-        # request path never calls poll() (and never runs a callback).
-        self._poller = threading.Thread(target=self._poll_loop, name="driftline-publisher", daemon=True)
-        self._poller.start()
-        atexit.register(self.close)  # flush on shutdown even if the application forgets to
-        if registry is not None:
-            registry.register(_StatsCollector(self))
-
-    # ------------------------------------------------------------------ request path
     def log_prediction(self, *, model: str, features: Mapping[str, Any], prediction: Any, score: float | None = None,
                        segment: Mapping[str, str] | None = None, prediction_id: str | None = None,
                        model_version: str | None = None, request_id: str | None = None) -> str:
@@ -406,6 +367,59 @@ class Publisher:
         except Exception as exc:
             self._reject(Invalid("label", "error", repr(exc), b"", None))
 
+    def _warn_once(self, key: str, message: str) -> None:
+        # Once per kind of problem: a request loop must not turn into a log flood.
+        if key not in self._warned:
+            self._warned.add(key)
+            self._logger.warning("%s (logged once; see %s.stats)", message, type(self).__name__)
+
+
+class Publisher(EventCalls):
+    """Publishes inference and label events to Kafka without blocking or raising.
+
+    bootstrap: the brokers ("host:port,..."). kafka_config: librdkafka settings, passed through
+    over `PRODUCER_DEFAULTS` (e.g. ``**{"message.timeout.ms": 60000}``).
+    on_failure(kind, prediction_id, error): called from the delivery thread for each event the
+    broker did not take (error is a confluent_kafka.KafkaError); exceptions in it are logged.
+    registry: a prometheus_client CollectorRegistry to export the counters on (never the global
+    one unless you pass it); clock: event time in Unix seconds; new_id: generated prediction ids
+    (default: 128 random bits as 32 hex digits, uuid4's entropy at a quarter of its cost).
+    Logs go to `driftline.publish` (an outage: once when it starts and once when it ends; an
+    invalid call: once per reason) and librdkafka's to `driftline.publish.kafka`.
+
+    Create one per process, in the process that serves requests (after a fork: librdkafka's
+    threads do not survive one), and close it on shutdown; one never closed is closed at exit.
+    """
+
+    def __init__(self, bootstrap: str, *, inferences_topic: str = "driftline.inferences",
+                 labels_topic: str = "driftline.labels", on_failure: FailureCallback | None = None,
+                 registry: Any = None, clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
+                 max_event_bytes: int = MAX_EVENT_BYTES, close_timeout: float = 10.0, **kafka_config: Any):
+        self._inferences, self._labels = inferences_topic, labels_topic
+        self._on_failure, self._clock, self._new_id = on_failure, clock, new_id
+        self._max_bytes, self._close_timeout = max_event_bytes, close_timeout
+        self._lock = threading.Lock()
+        self._sent = self._delivered = self._failed = self._dropped = self._invalid = 0
+        self._warned: set[str] = set()
+        self._closed = threading.Event()
+        self._outage: int | None = None  # while kafka is unreachable: `delivered` when it went away
+        config = {**PRODUCER_DEFAULTS, "logger": log.getChild("kafka"), **kafka_config, "bootstrap.servers": bootstrap,
+                  "on_delivery": self._on_delivery, "error_cb": self._on_error,
+                  # Reports for failures only: a Python callback per delivered event would cost
+                  # the interpreter lock ~2 µs per event, and an event stays in the bounded queue
+                  # until its report is served, so a starved report thread would fill the queue.
+                  # Delivered events are counted from the queue instead (see `stats`).
+                  "delivery.report.only.error": True}
+        self._producer = Producer(config)
+        # Failure reports, errors and librdkafka's log lines are served by this thread, so the
+        # request path never calls poll() (and never runs a callback).
+        self._poller = threading.Thread(target=self._poll_loop, name="driftline-publisher", daemon=True)
+        self._poller.start()
+        atexit.register(self.close)  # flush on shutdown even if the application forgets to
+        if registry is not None:
+            registry.register(_StatsCollector(self))
+
     def _send(self, topic: str, key: str, raw: bytes | Invalid) -> None:
         if type(raw) is Invalid:
             self._reject(raw)
@@ -434,12 +448,6 @@ class Publisher:
             self._invalid += 1
         self._warn_once(f"invalid:{invalid.reason}", f"invalid {invalid.kind} not sent "
                                                      f"({invalid.reason}): {invalid.detail}")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        # Once per kind of problem: a request loop must not turn into a log flood.
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s (logged once; see Publisher.stats)", message)
 
     # ------------------------------------------------------------------ delivery thread
     def _poll_loop(self) -> None:
