@@ -47,6 +47,7 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from driftline.detectors.baseline import category_key, psi
+from driftline.detectors.state import persistent
 
 BLOCK = 250  # labelled events per reference block: how finely the change point is placed
 BLOCKS = 16  # blocks kept before a drift: 4,000 labelled events of history for the reference
@@ -229,6 +230,7 @@ def quantile_edges(values: Sequence[float], bins: int = NUMERIC_BINS) -> tuple[f
     return tuple(float(e) for e in edges)
 
 
+@persistent("slices.accountant")
 class SliceAccountant:
     """Per-bin labelled/correct counters of one (model, segment), and its explanations.
 
