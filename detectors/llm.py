@@ -43,6 +43,8 @@ import math
 from bisect import bisect_left
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from driftline.detectors.state import persistent
+
 try:  # the SDK alone (a plain install) imports LLMCall without numpy
     import numpy as np
 except ImportError:  # pragma: no cover
@@ -169,6 +171,7 @@ def chi2_quantile(p: float, k: int) -> float:
     return k * (1 - c + z * math.sqrt(c)) ** 3
 
 
+@persistent("llm.embedding_reference")
 @dataclasses.dataclass(frozen=True)
 class EmbeddingReference:
     """Mean and whitening of the sketch over a reference (plain lists: profile JSON, snapshots)."""
@@ -203,6 +206,7 @@ class EmbeddingReference:
         return cls(mean, w, int(d.get("count", 0)))
 
 
+@persistent("llm.embedding_drift")
 class EmbeddingDrift:
     """Per segment: the reference (given, or learnt from the first calls) and the live centroid."""
 
@@ -262,6 +266,7 @@ class EmbeddingDrift:
         return math.sqrt(chi2_quantile(EMBEDDING_QUANTILE, SKETCH_DIM) * a / (2 - a))
 
 
+@persistent("llm.histogram")
 class Histogram:
     """Fixed-bucket histogram (bucket counts, sum)."""
 
@@ -284,6 +289,7 @@ class Histogram:
         return out
 
 
+@persistent("llm.segment")
 class LLMSegment:
     """One segment's LLM counters, histograms and embedding drift. Bounded: two histograms,
     <= MAX_FINISH_REASONS counters, <= max_evaluations names, one EmbeddingDrift (~2.5 KB)."""

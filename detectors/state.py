@@ -21,6 +21,7 @@ TREE is JSON; what JSON lacks is a one-key object whose key starts with "$":
     {"$s": [...]}   a set                                    {"$c": [k, n, ...]}  a Counter
     {"$b": "base64"}  bytes    {"$ba": "base64"}  bytearray   {"$f": "inf" | "-inf" | "nan"}
     {"$a": ["d", "base64"]}    an array.array (little-endian)
+    {"$nd": ["<f8", [16, 16], "base64"]}  a numpy array (numpy scalars are stored as Python values)
     {"$o": NAME, "v": VERSION, "id": N, "f": {field: TREE}}  a registered object
     {"$r": N}       the same object again (shared objects stay shared; cycles are fine)
     {"$river": ["0.26.1", "base64"]}  a River object, in River's own serialisation
@@ -38,8 +39,8 @@ How to add a state object (issues 16, 17, 19: slices, LLM sketches, confusion ma
 1. Decorate the class with `@persistent("bank.my_thing")`. The name is forever: never reuse or
    rename it; moving or renaming the class is free.
 2. Its fields are captured by name: every `__slots__` entry (or `__dict__` entry) must hold
-   plain values (None, bool, int, float, str, bytes, list, tuple, dict, set, Counter, array) or
-   other persistent objects. Configuration (spec lookups, callables, settings) is not state:
+   plain values (None, bool, int, float, str, bytes, list, tuple, dict, set, Counter, array,
+   numpy arrays) or other persistent objects. Configuration (spec lookups, callables, settings) is not state:
    leave it out with `__getstate__` / `__setstate__` (a dict of fields), as DetectorBank does,
    and bind it again after the restore.
 3. Adding a field later: give it a default, `@persistent("bank.my_thing", defaults={"new": 0})`,
@@ -172,7 +173,16 @@ class _Encoder:
         name = _NAME_OF.get(t)
         if name is not None:
             return self.obj(v, name)
-        if t.__module__.split(".")[0] == "river":
+        top = t.__module__.split(".")[0]
+        if top == "numpy":
+            import numpy as np
+
+            if t is np.ndarray:
+                a = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<"))
+                return {"$nd": [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode()]}
+            if isinstance(v, np.generic):  # a numpy scalar: its Python value
+                return self.enc(v.item())
+        if top == "river":
             import river
 
             return {"$river": [river.__version__, base64.b64encode(pickle.dumps(v, protocol=4)).decode()]}
@@ -284,6 +294,12 @@ class _Decoder:
             return a
         if tag == "$r":
             return self.objects[x]
+        if tag == "$nd":
+            import numpy as np
+
+            dtype, shape, data = x
+            return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).astype(
+                np.dtype(dtype).newbyteorder("="))
         if tag == "$river":
             return self.river(x)
         raise _Incompatible("corrupt", f"unknown tag {tag!r}")

@@ -204,6 +204,12 @@ def test_plain_values_round_trip_and_unregistered_objects_are_refused():
     assert back == value and type(back["c"]) is Counter and type(back["a"]) is array.array
     nan = decode_state(encode_state([float("nan")]))[0]
     assert nan != nan
+    import numpy as np
+
+    m = np.arange(6, dtype=np.float64).reshape(2, 3)
+    back = decode_state(encode_state({"m": m, "i": np.arange(3, dtype=np.int32), "x": np.float64(2.5)}))
+    assert back["m"].shape == (2, 3) and (back["m"] == m).all() and back["m"].dtype == np.float64
+    assert back["i"].dtype == np.int32 and back["x"] == 2.5
 
     class Stray:
         pass
