@@ -138,6 +138,7 @@ class ShadowPairs:
                     self.count(model, "unpaired")
 
 
+@persistent("challenger.comparison")
 class ChallengerComparison:
     """Paired accuracy difference of one challenger segment against its champion, with an
     anytime-valid confidence sequence (module docstring). O(1) time and ~100 bytes per segment."""

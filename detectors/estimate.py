@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from array import array
 
+from driftline.detectors.state import persistent
+
 BINS = 20
 Z = 3.0  # standard errors in the bound: ~0.3% of windows beyond it by chance on a stable model
 
@@ -63,6 +65,7 @@ def isotonic(counts: list[int], correct: list[int]) -> list[float]:
     return out
 
 
+@persistent("estimate.accuracy")
 class AccuracyEstimate:
     """See the module docstring. `window` and `reference` are the model's accuracy_window."""
 
