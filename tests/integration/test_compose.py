@@ -112,7 +112,7 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
     home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(path + "/") and (REPO / "deploy/grafana/dashboards" / home[len(path) + 1:]).is_file()
     dashboards = sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
-    assert {d.name for d in dashboards} == {"fleet.json", "model.json", "workers.json"}
+    assert {d.name for d in dashboards} == {"fleet.json", "llm.json", "model.json", "workers.json"}
     uids = set()
     for path in dashboards:
         dash = json.loads(path.read_text())
