@@ -237,6 +237,8 @@ class BaselineProfile:
     bins: int
     slices: Mapping[str, SliceProfile]  # "__all__" and "attr=value"
     source: str = ""  # what it was built from (a file name)
+    # LLM models: per slice label, {"embedding": EmbeddingReference dict, "calls": n} (detectors/llm.py)
+    llm: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def key(self) -> str:
@@ -260,7 +262,8 @@ class BaselineProfile:
         return {"format": FORMAT, "model": self.model, "model_version": self.model_version,
                 "environment": self.environment, "created": format_time(self.created), "task": self.task,
                 "bins": self.bins, "source": self.source,
-                "segments": {label: s.to_dict() for label, s in self.slices.items()}}
+                "segments": {label: s.to_dict() for label, s in self.slices.items()},
+                **({"llm": {k: dict(v) for k, v in self.llm.items()}} if self.llm else {})}
 
     def to_json(self, indent: bool = True) -> bytes:
         opts = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
@@ -284,8 +287,8 @@ class BaselineProfile:
             if not valid_name(d.get(key)):
                 raise ProfileError(f"{key}: must be 1-64 of A-Z a-z 0-9 _ . - (got {d.get(key)!r})")
         task = d.get("task")
-        if task not in ("classification", "regression"):
-            raise ProfileError(f"task: must be classification or regression (got {task!r})")
+        if task not in ("classification", "regression", "llm"):
+            raise ProfileError(f"task: must be classification, regression or llm (got {task!r})")
         bins = d.get("bins")
         if type(bins) is not int or not 2 <= bins <= MAX_BINS:
             raise ProfileError(f"bins: must be an integer from 2 to {MAX_BINS} (got {bins!r})")
@@ -297,7 +300,26 @@ class BaselineProfile:
             created=parse_time(d.get("created"), "created"), task=task, bins=bins,
             slices=MappingProxyType({str(k): SliceProfile.from_dict(v, f"segments.{k}") for k, v in segs.items()}),
             source=str(d.get("source", "")),
+            llm=_llm_section(d.get("llm")),
         )
+
+
+def _llm_section(raw: Any) -> Mapping[str, Mapping[str, Any]] | None:
+    """The `llm` section of a profile: each slice's embedding reference, checked."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProfileError("llm: must map segment labels to {embedding, calls}")
+    from driftline.detectors.llm import EmbeddingReference
+
+    out = {}
+    for label, entry in raw.items():
+        try:
+            ref = EmbeddingReference.from_dict(entry["embedding"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"llm.{label}.embedding: not an embedding reference ({exc})") from None
+        out[str(label)] = MappingProxyType({"embedding": ref.to_dict(), "calls": int(entry.get("calls", ref.count))})
+    return MappingProxyType(out)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -445,12 +467,18 @@ class ProfileBuilder:
         self.rows = 0
         self._all = _Slice(spec, 0)
         self._segments: dict[str, dict[str, _Slice]] = {attr: {} for attr in spec.segments}
+        # LLM models: sketch sums of the calls' embeddings per slice label (bounded: 16 + 256 numbers).
+        self._embeddings: dict[str, Any] = {}
 
     def add(self, features: Mapping[str, object], prediction: object = None, score: object = None,
-            label: object = None, segment: Mapping[str, object] | None = None) -> None:
-        """One row; segment attributes are read from `segment`, else from `features` (as live)."""
+            label: object = None, segment: Mapping[str, object] | None = None,
+            embedding: list | None = None) -> None:
+        """One row; segment attributes are read from `segment`, else from `features` (as live);
+        `embedding`: an LLM call's, for the embedding reference of each of its slices."""
         self.rows += 1
         self._all.add(features, prediction, score, label)
+        if embedding:
+            self._embed(ALL_SEGMENT, embedding)
         for attr, slices in self._segments.items():
             raw = segment.get(attr) if segment is not None and attr in segment else features.get(attr)
             if raw is None:
@@ -462,6 +490,16 @@ class ProfileBuilder:
                     continue
                 acc = slices[value] = _Slice(self.spec, 7919 * (len(slices) + 1))
             acc.add(features, prediction, score, label)
+            if embedding:
+                self._embed(f"{attr}={value}", embedding)
+
+    def _embed(self, label: str, embedding: list) -> None:
+        from driftline.detectors.llm import EmbeddingSums
+
+        sums = self._embeddings.get(label)
+        if sums is None:
+            sums = self._embeddings[label] = EmbeddingSums()
+        sums.add(embedding)
 
     def build(self, model_version: str, environment: str, created: float, source: str = "") -> BaselineProfile:
         slices = {ALL_SEGMENT: self._all.build(self.bins)}
@@ -470,8 +508,11 @@ class ProfileBuilder:
             for value, acc in ranked[:self.spec.max_segments]:
                 if acc.rows >= self.min_segment_rows:
                     slices[f"{attr}={value}"] = acc.build(self.bins)
+        llm = {label: MappingProxyType({"embedding": sums.reference().to_dict(), "calls": sums.n})
+               for label, sums in sorted(self._embeddings.items())
+               if (label in slices) and sums.n >= self.min_segment_rows}
         return BaselineProfile(self.spec.name, model_version, environment, float(created), self.spec.task,
-                               self.bins, MappingProxyType(slices), source)
+                               self.bins, MappingProxyType(slices), source, MappingProxyType(llm) if llm else None)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -660,6 +701,18 @@ class CompiledProfile:
         if s.score is not None:
             out.append(Binner(SCORE, SCORE_SOURCE, s.score, tol))
         return out
+
+    def embedding_reference(self, segment: str):
+        """The segment's embedding reference (LLM models), else `__all__`'s, else None."""
+        llm = self.profile.llm
+        if not llm:
+            return None
+        entry = llm.get(segment) or llm.get(ALL_SEGMENT)
+        if entry is None:
+            return None
+        from driftline.detectors.llm import EmbeddingReference
+
+        return EmbeddingReference.from_dict(entry["embedding"])
 
     def binners(self, segment: str) -> list[Binner]:
         """The binners of a live segment: its own slice's, or `__all__`'s (without checks)."""

@@ -206,6 +206,26 @@ class EmbeddingReference:
         return cls(mean, w, int(d.get("count", 0)))
 
 
+class EmbeddingSums:
+    """Running sums of sketches, for a reference built offline (`driftline baseline build`)."""
+
+    __slots__ = ("n", "total", "outer")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = np.zeros(SKETCH_DIM)
+        self.outer = np.zeros((SKETCH_DIM, SKETCH_DIM))
+
+    def add(self, embedding: Sequence[float]) -> None:
+        x = np.asarray(sketch(embedding))
+        self.n += 1
+        self.total += x
+        self.outer += np.outer(x, x)
+
+    def reference(self) -> EmbeddingReference:
+        return EmbeddingReference.from_sums(self.n, self.total, self.outer)
+
+
 @persistent("llm.embedding_drift")
 class EmbeddingDrift:
     """Per segment: the reference (given, or learnt from the first calls) and the live centroid."""

@@ -48,6 +48,7 @@ class Row:
     segment: dict[str, Any] | None = None
     model: str | None = None
     model_version: str | None = None
+    embedding: list | None = None  # an LLM call's (`llm.embedding` of an event)
 
 
 @dataclasses.dataclass
@@ -101,8 +102,20 @@ def _object_row(obj: dict) -> Row:
         return Row(features={k: _no_nan(v) for k, v in feats.items()}, prediction=_no_nan(obj.get("prediction")),
                    score=_no_nan(obj.get("score")), label=_no_nan(obj.get("label")),
                    segment=seg if isinstance(seg, dict) else None, model=obj.get("model"),
-                   model_version=obj.get("model_version"))
+                   model_version=obj.get("model_version"), embedding=_embedding(obj))
+    if isinstance(obj.get("llm"), dict):  # an LLM call event without features
+        seg = obj.get("segment")
+        return Row(features={}, label=_no_nan(obj.get("label")), segment=seg if isinstance(seg, dict) else None,
+                   model=obj.get("model"), model_version=obj.get("model_version"), embedding=_embedding(obj))
     return _flat_row(obj)
+
+
+def _embedding(obj: dict) -> list | None:
+    llm = obj.get("llm")
+    emb = llm.get("embedding") if isinstance(llm, dict) else None
+    if isinstance(emb, list) and emb and all(type(x) in (int, float) and math.isfinite(x) for x in emb):
+        return emb
+    return None
 
 
 def read_rows(path: str | os.PathLike, spec: ModelSpec, fmt: str | None = None,
@@ -170,7 +183,7 @@ def build_profile(spec: ModelSpec, data: str | os.PathLike, model_version: str |
             continue
         if row.model_version is not None:
             report.versions.add(str(row.model_version))
-        builder.add(row.features, row.prediction, row.score, row.label, row.segment)
+        builder.add(row.features, row.prediction, row.score, row.label, row.segment, row.embedding)
         report.rows += 1
     if not report.rows:
         raise ValueError(f"{str(data)!r} holds no rows of model {spec.name!r}")

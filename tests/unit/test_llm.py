@@ -221,3 +221,31 @@ def test_duration_buckets_are_the_otel_genai_ones():
 def test_bad_llm_config_is_refused_naming_the_key(block, key):
     with pytest.raises(ConfigError, match=f"config {key}:"):
         parse_settings({"models": {"a": block}}, env={})
+
+
+def test_baseline_build_learns_the_embedding_reference_and_replay_uses_it(tmp_path):
+    """`driftline baseline build` on reference calls (the stream before the changes) gives each
+    route its embedding reference; with it, replay watches embeddings from the first call on."""
+    from driftline.stream.baselines import build_profile, write_profile
+
+    config, infs, labels, change, calls = write_calls(tmp_path)
+    reference = [c for c in calls if c["timestamp"] < change]
+    (tmp_path / "reference.jsonl").write_bytes(b"\n".join(orjson.dumps(c) for c in reference) + b"\n")
+    settings = load_settings(config)
+    profile, report = build_profile(settings.spec_for("assistant"), tmp_path / "reference.jsonl")
+    assert report.rows == len(reference) and profile.task == "llm"
+    per_route = Counter(c["segment"]["route"] for c in reference)
+    for route, n in per_route.items():
+        assert profile.llm[f"route={route}"]["calls"] == n
+    write_profile(profile, tmp_path / "assistant.json")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["models"]["assistant"]["baseline"] = "assistant.json"
+    config.write_text(yaml.safe_dump(cfg))
+    result = replay(load_settings(config), infs, labels)
+    for route in ("faq", "search", "chat"):
+        emb = result.bank.get("assistant", f"route={route}").llm.embedding
+        assert emb.reference.count == per_route[route]  # the profile's, not a warm-up's
+        assert emb.live_count == N  # every call was compared with it, none spent on learning
+    hits = [d for d in result.detections if d.signal == "embedding" and d.segment != "__all__"]
+    assert hits and {d.segment for d in hits} == {"route=chat"}
+    assert min(d.timestamp for d in hits) >= change
