@@ -519,6 +519,103 @@ def slice_cost(rows: int = 20_000, repeats: int = 3) -> dict:
             "note": "in process, intake + bank, demo config (4 features; each label feeds __all__ and its band)"}
 
 
+LLM_CONFIG = """
+models:
+  assistant:
+    task: llm
+    segments: [route]
+    llm: {prices: {"*": {input: 2.5, output: 10}}}
+"""
+
+
+def llm_cost(calls: int = 20_000, dim: int = 384, spans: int = 2_000, repeats: int = 3) -> dict:
+    """LLM calls (issue 17), in process: events per second through an intake and a bank (3 routes,
+    so every call feeds __all__ and its route) without and with a `dim`-number embedding; the
+    OTLP decode cost per span (real SDK spans, OpenTelemetry's encoder, batches of 100); and the
+    memory of one LLM segment's state (tracemalloc)."""
+    import random
+    import tracemalloc
+
+    import yaml
+
+    from driftline.detectors.bank import DetectorBank
+    from driftline.stream.codec import decode_inference
+    from driftline.stream.pipeline import Intake, feed
+    from driftline.stream.settings import parse_settings
+
+    settings = parse_settings(yaml.safe_load(LLM_CONFIG), env={})
+    rng = random.Random(1)
+
+    def events(with_embedding: bool) -> list:
+        out = []
+        for i in range(calls):
+            llm = {"input_tokens": rng.randint(50, 500), "output_tokens": rng.randint(10, 300),
+                   "duration": rng.lognormvariate(0, 0.3), "time_to_first_token": 0.2, "finish_reason": "stop",
+                   "request_model": "m", "evaluations": {"relevance": rng.random()}}
+            if with_embedding:
+                llm["embedding"] = [rng.gauss(0, 1) for _ in range(dim)]
+            raw = orjson.dumps({"prediction_id": f"c{i}", "model": "assistant", "timestamp": 1.7e9 + i,
+                                "segment": {"route": f"r{i % 3}"}, "llm": llm})
+            out.append(raw)
+        return out
+
+    def once(raws: list) -> tuple[float, DetectorBank]:
+        intake, bank = Intake(settings), DetectorBank(settings.spec_for)
+        t0 = time.perf_counter()
+        for raw in raws:  # decode included: what a worker's stage 1 and 2 do per call, less Kafka
+            obs, _ = intake.take_inference(decode_inference(raw, 0.0))
+            feed(bank, obs)
+        return len(raws) / (time.perf_counter() - t0), bank
+
+    plain, embedded = events(False), events(True)
+    best = {"without": 0.0, "with": 0.0}
+    for _ in range(repeats):
+        best["without"] = max(best["without"], once(plain)[0])
+        best["with"] = max(best["with"], once(embedded)[0])
+    # Memory of the bank alone (the intake's join holds every unlabelled call: not segment state).
+    intake = Intake(settings)
+    observations = [intake.take_inference(decode_inference(raw, 0.0))[0] for raw in embedded]
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    bank = DetectorBank(settings.spec_for)
+    for obs in observations:
+        feed(bank, obs)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    segments = len(bank)
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from driftline.stream.otlp import decode_spans
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("bench")
+    for i in range(spans):
+        tracer.start_span("chat", attributes={"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 100,
+                                              "gen_ai.usage.output_tokens": 20, "gen_ai.request.model": "m",
+                                              "gen_ai.response.finish_reasons": ["stop"], "app.route": "r"}).end()
+    done = exporter.get_finished_spans()
+    messages = [encode_spans(done[i:i + 100]).SerializeToString() for i in range(0, len(done), 100)]
+    otlp = settings.otlp
+    per_span = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for m in messages:
+            decode_spans(m, "otlp_proto", otlp)
+        per_span = min(per_span, (time.perf_counter() - t0) / len(done))
+    return {"calls": calls, "embedding_dim": dim, "calls_per_s_without_embedding": best["without"],
+            "calls_per_s_with_embedding": best["with"], "otlp_proto_decode_us_per_span": per_span * 1e6,
+            "bytes_per_llm_segment": grown / segments, "segments": segments,
+            "note": "in process (decode + intake + bank, one core), 3 routes: each call feeds __all__ and its "
+                    "route; memory: the bank's growth (detectors, rolling windows, LLM state) over its segments, embeddings on"}
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -531,11 +628,23 @@ def main() -> int:
     ap.add_argument("--only-event-time", action="store_true",
                     help="only the event-time cost (writes OUT/event_time.json)")
     ap.add_argument("--before", help="a driftline tree (PYTHONPATH) whose worker is the throughput baseline")
+    ap.add_argument("--llm-only", action="store_true",
+                    help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
     if args.only_event_time:
         return event_time_main(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.llm_only:
+        path = out / "perf.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results["llm"] = llm_cost(5_000 if args.quick else 20_000) | {"date": time.strftime("%Y-%m-%d")}
+        ceiling_rate = results.get("ceiling", {}).get("events_per_s")
+        if ceiling_rate:  # the consume ceiling of perf.json's last full run (the same machine)
+            results["llm"]["ratio_to_ceiling_with_embedding"] = results["llm"]["calls_per_s_with_embedding"] / ceiling_rate
+        path.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["llm"], indent=2))
+        return 0
     if args.slices_only:
         path = out / "perf.json"
         results = json.loads(path.read_text()) if path.exists() else {}
@@ -555,6 +664,9 @@ def main() -> int:
     results["scrape"] = scrape_cost((10_000, 100_000))
     results["slices"] = slice_cost(5_000 if args.quick else 20_000)
     log(f"slice accountant: {results['slices']['ratio']:.2f}x the per-event cost without it")
+    results["llm"] = llm_cost(5_000 if args.quick else 20_000)
+    log(f"LLM calls: {results['llm']['calls_per_s_without_embedding']:,.0f}/s without, "
+        f"{results['llm']['calls_per_s_with_embedding']:,.0f}/s with a 384-number embedding")
     with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
         prefix = f"perf-{uuid.uuid4().hex[:8]}"
@@ -563,6 +675,7 @@ def main() -> int:
         fill(broker.bootstrap, prefix, partitions, inf, lab)
         wall, cpu = ceiling(broker.bootstrap, prefix, 2 * rows)
         results["ceiling"] = {"events_per_s": wall, "events_per_cpu_s": cpu}
+        results["llm"]["ratio_to_ceiling_with_embedding"] = results["llm"]["calls_per_s_with_embedding"] / wall
         log(f"ceiling {wall:,.0f} events/s")
         if not args.no_faust:
             results["faust"] = {"events_per_s": faust_ceiling(broker.bootstrap, prefix, 2 * rows, partitions)}
