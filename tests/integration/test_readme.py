@@ -67,7 +67,10 @@ def test_readme_example_block_runs_as_written(tmp_path):
         # the worker line reads the config's bootstrap (127.0.0.1:9092): point it at this stack's
         "DRIFTLINE_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
     })
-    proc = subprocess.Popen(["bash", "-c", "set -eo pipefail\n" + script], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+    # If a line fails, `set -e` ends the block before its `kill` line: the trap still stops the
+    # background jobs, which would otherwise hold the output pipes open until the timeout.
+    prologue = "set -eo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
+    proc = subprocess.Popen(["bash", "-c", prologue + script], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=600)
