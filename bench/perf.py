@@ -9,17 +9,26 @@ a ceiling measured in the same run on the same machine: these machines are share
 - ceiling: a bare confluent-kafka `consume(1000)` + `orjson.loads` loop over the same topics
   and events the workers read (the inference and label events of the demo stream);
 - faust: the same loop as a faust-streaming agent (the runtime the design first named);
+- quix: a quix-streams app on both topics: decode, and a per-key count in its changelog-backed
+  state store (the `bench` extra installs it);
+- River floor: in process, `orjson.loads` of the same events and exactly the River detector
+  updates the demo config's bank makes for them (recorded from a real intake + bank, replayed on
+  fresh clones of its detectors): what one process could do if everything but River were free;
 - workers: 1, 2 and 3 `driftline run` processes in one consumer group, demo config, reading the
   same backlog; events/s from the first partition assignment to the last label accounted for;
 - latency: publish time -> the event counted on /metrics, at a fixed offered load, one worker;
 - memory: RSS growth of one process per monitored segment (1k and 10k segments);
 - scrape: /metrics render time and size at 10k and 100k series.
 
-Writes OUT/perf.json and OUT/perf.png, and prints a markdown table for the README.
+Writes OUT/perf.json and OUT/perf.png, and prints a markdown table for the README. perf.json's
+top level carries the figures of this one run: `ceiling_events_per_s`, `river_floor_events_per_s`,
+`worker_events_per_s` (one worker, demo config, backlog) and the ratios `worker_to_floor`,
+`worker_to_ceiling`, `floor_to_ceiling`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -37,13 +46,14 @@ import uuid
 from pathlib import Path
 
 import orjson
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from driftline.stream.demo import DEMO_CONFIG, demo_events  # noqa: E402
 from driftline.stream.live_demo import scrape, total  # noqa: E402  (the live demo's /metrics reader)
-from driftline.stream.settings import prefixed_topics  # noqa: E402
+from driftline.stream.settings import parse_settings, prefixed_topics  # noqa: E402
 
 
 def free_port() -> int:
@@ -170,6 +180,48 @@ def faust_ceiling(bootstrap: str, prefix: str, n: int, partitions: int) -> float
     if m:
         return float(m.group(1))
     log(f"faust run failed: {out.stderr[-500:]}")
+    return None
+
+
+QUIX = r"""
+import os, sys, time, uuid, orjson
+from quixstreams import Application
+bootstrap, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+app = Application(broker_address=bootstrap, consumer_group="quix-" + uuid.uuid4().hex[:8], auto_offset_reset="earliest",
+                  state_dir=os.environ["QUIX_STATE_DIR"], loglevel="WARNING")
+st = {"n": 0, "t0": None}
+
+def count(value, state):
+    # decode, and a per-key count in the changelog-backed store (the key is the prediction_id)
+    if st["t0"] is None:
+        st["t0"] = time.perf_counter()
+    orjson.loads(value)
+    state.set("n", state.get("n", 0) + 1)
+    st["n"] += 1
+    if st["n"] == n:
+        st["took"] = time.perf_counter() - st["t0"]
+        app.stop()
+
+for name in ("inferences", "labels"):
+    topic = app.topic(prefix + "." + name, key_deserializer="bytes", value_deserializer="bytes")
+    app.dataframe(topic).update(count, stateful=True)
+app.run()
+print(f"RESULT={st['n'] / st['took']:.1f}", flush=True)
+"""
+
+
+def quix_ceiling(bootstrap: str, prefix: str, n: int) -> float | None:
+    import importlib.util
+
+    if importlib.util.find_spec("quixstreams") is None:  # the `bench` extra
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([sys.executable, "-c", QUIX, bootstrap, prefix, str(n)], capture_output=True, text=True,
+                             timeout=900, env={**os.environ, "QUIX_STATE_DIR": d})
+    m = re.search(r"RESULT=([0-9]+(?:\.[0-9]+)?)", out.stdout)
+    if m:
+        return float(m.group(1))
+    log(f"quix-streams run failed: {out.stderr[-800:]}")
     return None
 
 
@@ -616,6 +668,117 @@ def llm_cost(calls: int = 20_000, dim: int = 384, spans: int = 2_000, repeats: i
                     "route; memory: the bank's growth (detectors, rolling windows, LLM state) over its segments, embeddings on"}
 
 
+# ------------------------------------------------------------------------------------ River floor
+@dataclasses.dataclass(frozen=True)
+class FloorPlan:
+    """The River calls one worker makes for a stream, recorded from a real intake + bank.
+
+    `events` pairs each raw event (as on the topic) with the River detector updates the bank made
+    for it: (River detector, value) in the bank's order. The detectors are fresh clones of the
+    bank's (same parameters), reset before each timed pass, so a pass repeats the bank's River work
+    exactly: same objects per (segment, signal, detector), same values, same detections.
+    """
+
+    events: tuple[tuple[bytes, tuple], ...]
+    detectors: tuple  # the clones, to reset between passes
+    inferences: int
+    labels: int
+    inference_updates: int
+    label_updates: int
+    per_inference: int  # updates of an inference event once every signal is warm (the most seen)
+    per_label: int
+    signals: dict  # (model, segment) of __all__: signal -> detectors on it (what the bank built)
+
+
+def river_plan(settings, inf: list[bytes], lab: list[bytes]) -> FloorPlan:
+    """Run the demo config's intake + bank over the events in event-time order, recording every
+    River detector update (the classes driftline.detectors.drift builds on, patched for the pass)."""
+    from river import drift as river_drift
+
+    from driftline.detectors.bank import DetectorBank
+    from driftline.stream.codec import decode_inference, decode_label
+    from driftline.stream.pipeline import Intake, feed
+
+    calls: list[tuple] = []
+    classes = (river_drift.ADWIN, river_drift.PageHinkley)  # what detectors/drift.py wraps
+    originals = {cls: cls.update for cls in classes}
+
+    def recording(update):
+        def record(self, x):
+            calls.append((self, x))
+            return update(self, x)
+        return record
+
+    stream = sorted([(orjson.loads(r)["timestamp"], 0, r) for r in inf] + [(orjson.loads(r)["timestamp"], 1, r) for r in lab],
+                    key=lambda t: t[:2])
+    intake, bank = Intake(settings), DetectorBank(settings.spec_for)
+    recorded: list[tuple[bytes, int, tuple]] = []
+    try:
+        for cls in classes:
+            cls.update = recording(originals[cls])
+        for _, kind, raw in stream:
+            ev = decode_inference(raw, 0.0) if kind == 0 else decode_label(raw, 0.0)
+            obs, invalid = intake.take_inference(ev, raw) if kind == 0 else intake.take_label(ev, raw)
+            if invalid is not None:
+                raise RuntimeError(f"the floor's stream has an invalid event: {invalid.reason}")
+            feed(bank, obs)
+            recorded.append((raw, kind, tuple(calls)))
+            calls.clear()
+    finally:
+        for cls in classes:
+            cls.update = originals[cls]
+    clones: dict[int, object] = {}
+    keep = []  # the bank's detectors stay alive until mapped: ids are not reused meanwhile
+    events = []
+    for raw, kind, made in recorded:
+        mapped = []
+        for det, x in made:
+            c = clones.get(id(det))
+            if c is None:
+                c = clones[id(det)] = det.clone()
+                keep.append(det)
+            mapped.append((c, x))
+        events.append((raw, tuple(mapped)))
+    n_inf = sum(1 for _, k, _ in recorded if k == 0)
+    upd_inf = sum(len(m) for _, k, m in recorded if k == 0)
+    signals = {}
+    for (model, segment), state in bank.items():
+        if segment == "__all__":
+            signals = {name: [d.name for d in sig.detectors] for name, sig in state.signals.items()}
+    return FloorPlan(events=tuple(events), detectors=tuple(clones.values()), inferences=n_inf,
+                     labels=len(recorded) - n_inf, inference_updates=upd_inf,
+                     label_updates=sum(len(m) for _, k, m in recorded if k == 1),
+                     per_inference=max((len(m) for _, k, m in recorded if k == 0), default=0),
+                     per_label=max((len(m) for _, k, m in recorded if k == 1), default=0), signals=signals)
+
+
+def river_floor(plan: FloorPlan, passes: int = 3) -> dict:
+    """Events/s of decoding each event with orjson and making its River updates (each followed by
+    the `drift_detected` read the wrappers make), nothing else: the most one process can do with
+    River detecting. The median of `passes` timed passes, each on freshly reset detectors."""
+    loads = orjson.loads
+    runs = []
+    for _ in range(passes):
+        for det in plan.detectors:
+            det._reset()
+        t0 = time.perf_counter()
+        for raw, updates in plan.events:
+            loads(raw)
+            for det, x in updates:
+                det.update(x)
+                det.drift_detected
+        runs.append(len(plan.events) / (time.perf_counter() - t0))
+    runs.sort()
+    return {"events_per_s": runs[len(runs) // 2], "passes_events_per_s": runs, "events": len(plan.events),
+            "inference_events": plan.inferences, "label_events": plan.labels,
+            "updates_per_inference": plan.per_inference, "updates_per_label": plan.per_label,
+            "mean_updates_per_inference": plan.inference_updates / max(plan.inferences, 1),
+            "mean_updates_per_label": plan.label_updates / max(plan.labels, 1),
+            "signals_at_all": plan.signals,
+            "note": "orjson.loads + the River updates (and drift_detected reads) the demo config's bank made for "
+                    "these events, recorded from a real intake + bank; in process, no Kafka"}
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -623,6 +786,9 @@ def main() -> int:
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--no-faust", action="store_true")
+    ap.add_argument("--no-quix", action="store_true")
+    ap.add_argument("--readme", action="store_true",
+                    help="only rewrite README.md's generated table from OUT/perf.json (no measuring)")
     ap.add_argument("--slices-only", action="store_true",
                     help="only the slice accountant's per-event cost, merged into perf.json's \"slices\"")
     ap.add_argument("--only-event-time", action="store_true",
@@ -644,6 +810,9 @@ def main() -> int:
             results["llm"]["ratio_to_ceiling_with_embedding"] = results["llm"]["calls_per_s_with_embedding"] / ceiling_rate
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps(results["llm"], indent=2))
+        return 0
+    if args.readme:
+        readme(json.loads((out / "perf.json").read_text()), REPO / "README.md")
         return 0
     if args.slices_only:
         path = out / "perf.json"
@@ -680,6 +849,16 @@ def main() -> int:
         if not args.no_faust:
             results["faust"] = {"events_per_s": faust_ceiling(broker.bootstrap, prefix, 2 * rows, partitions)}
             log(f"faust {results['faust']['events_per_s']}")
+        if not args.no_quix:
+            results["quix"] = {"events_per_s": quix_ceiling(broker.bootstrap, prefix, 2 * rows)}
+            log(f"quix-streams {results['quix']['events_per_s']}")
+        log("River floor: recording the demo config's River updates (in process)")
+        plan = river_plan(parse_settings(yaml.safe_load(DEMO_CONFIG), env={}), inf, lab)
+        results["river_floor"] = river_floor(plan)
+        del plan
+        log(f"River floor {results['river_floor']['events_per_s']:,.0f} events/s "
+            f"({results['river_floor']['updates_per_inference']} updates per inference, "
+            f"{results['river_floor']['updates_per_label']} per label)")
         results["workers"] = []
         for k in (1, 2, 3):
             r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir)
@@ -688,6 +867,15 @@ def main() -> int:
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
             results["workers"].append(r)
             log(f"{k} worker(s): {r['events_per_s']:,.0f} events/s, {r['ratio_to_ceiling_per_worker']:.1%} of the ceiling per worker")
+        one = next((w for w in results["workers"] if w["workers"] == 1), None)
+        floor = results["river_floor"]["events_per_s"]
+        # The issue's three figures, from this one run, and their ratios.
+        results["ceiling_events_per_s"] = wall
+        results["river_floor_events_per_s"] = floor
+        results["worker_events_per_s"] = one["events_per_s"] if one else None
+        results["worker_to_floor"] = one["events_per_s"] / floor if one else None
+        results["worker_to_ceiling"] = one["events_per_s"] / wall if one else None
+        results["floor_to_ceiling"] = floor / wall
         r = worker_throughput(broker.bootstrap, prefix, rows, partitions, 1, logdir, baseline=True)
         if r["events_per_s"] is not None:
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
@@ -737,8 +925,13 @@ def event_time_table(r: dict) -> str:
 def versions() -> dict:
     import importlib.metadata as md
 
-    return {p: md.version(p) for p in ("confluent-kafka", "river", "prometheus-client", "orjson")
-            } | {"kafka": "3.9.1", "librdkafka": __import__("confluent_kafka").libversion()[0]}
+    out = {p: md.version(p) for p in ("confluent-kafka", "river", "prometheus-client", "orjson")}
+    for p in ("faust-streaming", "quixstreams"):  # the peer rows' runtimes (the `bench` extra)
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out | {"kafka": "3.9.1", "librdkafka": __import__("confluent_kafka").libversion()[0]}
 
 
 def table(r: dict) -> str:
@@ -750,9 +943,21 @@ def table(r: dict) -> str:
     if r.get("faust", {}).get("events_per_s"):
         f = r["faust"]["events_per_s"]
         lines.append(f"| faust-streaming agent, same loop | {f:,.0f} events/s | {f / c:.1%} |")
+    if r.get("quix", {}).get("events_per_s"):
+        q = r["quix"]["events_per_s"]
+        lines.append(f"| quix-streams app, same consume + decode and a per-key count in its changelog-backed state | "
+                     f"{q:,.0f} events/s | {q / c:.1%} |")
+    fl = r.get("river_floor")
+    if fl:
+        lines.append(f"| River floor: orjson decode + the demo config's River updates ({fl['updates_per_inference']} per "
+                     f"inference, {fl['updates_per_label']} per label), in process | {fl['events_per_s']:,.0f} events/s | "
+                     f"{fl['events_per_s'] / c:.1%} |")
     for w in r["workers"]:
         lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
                      f"({w['events_per_s_per_worker']:,.0f} per worker) | {w['ratio_to_ceiling_per_worker']:.1%} per worker |")
+    if r.get("worker_to_floor") is not None:
+        lines.append(f"| 1 worker against the River floor (same run) | {r['worker_events_per_s']:,.0f} / "
+                     f"{r['river_floor_events_per_s']:,.0f} events/s | **{r['worker_to_floor']:.1%} of the floor** |")
     b = r.get("worker_with_baseline")
     if b:
         lines.append(f"| 1 worker, demo config with its baseline profile (PSI/JS/KS, data quality) | "
@@ -769,6 +974,20 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- bench/perf.py --readme: begin (generated from bench/results/perf.json; do not edit) -->"
+README_END = "<!-- bench/perf.py --readme: end -->"
+
+
+def readme(r: dict, path: Path) -> None:
+    """Put `table(r)` between the README's markers: its figures are the results file's, never typed."""
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path}: no generated-table markers ({README_BEGIN!r} ... {README_END!r})")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_BEGIN}\n{table(r)}\n{README_END}{tail}")
+
+
 def plot(r: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -778,13 +997,15 @@ def plot(r: dict, path: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    c = r["ceiling"]["events_per_s"]
-    names = ["ceiling"] + (["faust"] if r.get("faust", {}).get("events_per_s") else []) + \
-        [f"{w['workers']} worker(s)" for w in r["workers"]]
-    vals = [c] + ([r["faust"]["events_per_s"]] if len(names) > 1 + len(r["workers"]) else []) + \
-        [w["events_per_s"] for w in r["workers"]]
-    ax[0].bar(names, vals, color=["grey"] + ["tab:orange"] * (len(names) - 1 - len(r["workers"]))
-              + ["tab:blue"] * len(r["workers"]))
+    bars = [("ceiling", r["ceiling"]["events_per_s"], "grey")]
+    for key, label in (("faust", "faust"), ("quix", "quix-streams")):
+        if r.get(key, {}).get("events_per_s"):
+            bars.append((label, r[key]["events_per_s"], "tab:orange"))
+    if r.get("river_floor"):
+        bars.append(("River floor", r["river_floor"]["events_per_s"], "tab:green"))
+    bars += [(f"{w['workers']} worker(s)", w["events_per_s"], "tab:blue") for w in r["workers"]]
+    ax[0].bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    ax[0].tick_params(axis="x", labelrotation=30)
     ax[0].set_ylabel("events/s")
     ax[0].set_title("throughput (same topics, same run)")
     s = r["scrape"]
