@@ -7,6 +7,12 @@ Two topics, because snapshots can be large and a restore must not read every old
 - `driftline.checkpoint-data` (time retention): the snapshot bytes in chunks of at most
   `CHUNK_BYTES` (under every broker's default message size limit).
 
+With exactly-once (the default), the worker passes its transactional producer: chunks and
+manifests are written inside the transaction that also carries the outputs and the input
+offsets, and readers read committed records only, so a manifest, its chunks and the offsets it
+covers become visible together or never (a writer killed between chunks and manifest, or a
+zombie fenced by the group generation, leaves nothing a reader sees).
+
 A restore reads the whole manifest topic (one small record per key after compaction), then
 fetches only the chunks of the wanted manifests by offset. The writer publishes chunks first
 and the manifest last, each batch flushed before the next: a manifest never names a chunk
@@ -16,6 +22,8 @@ that is not stored. The worker re-checkpoints every partition at least every
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import time
 import uuid
 import zlib
@@ -24,7 +32,12 @@ from typing import Iterable
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+log = logging.getLogger("driftline.checkpoint")
+
 CHUNK_BYTES = 512 * 1024
+# Fault injection for tests: while this file exists, a write pauses between its chunks and its
+# manifests (so that a test can kill the writer exactly there).
+ENV_FAULT_PAUSE = "DRIFTLINE_FAULT_PAUSE_BEFORE_MANIFEST"
 MAX_CHECKPOINT_AGE = 3600.0  # seconds; see the module docstring
 DATA_RETENTION_MS = 3 * 86_400_000  # far longer than MAX_CHECKPOINT_AGE: a margin for long outages
 
@@ -59,12 +72,19 @@ class CheckpointStore:
         self.client_config = dict(client_config)
         self.manifests_topic = manifests_topic
         self.data_topic = data_topic
-        # A producer of its own: flushing it waits for checkpoint records only.
+        # A producer of its own (flushing it waits for checkpoint records only), or the worker's
+        # transactional one, whose transaction this store's writes then join.
+        self._owns_producer = producer is None
         self._producer = producer or Producer({
-            "bootstrap.servers": bootstrap, **self.client_config,
+            "bootstrap.servers": bootstrap, "logger": logging.getLogger("driftline.kafka"), **self.client_config,
             "acks": "all", "enable.idempotence": True, "linger.ms": 5,
             "compression.type": "lz4", "message.max.bytes": CHUNK_BYTES + 64 * 1024,
         })
+
+    def use_producer(self, producer: Producer) -> None:
+        """Write through `producer` from now on (the worker replaced its transactional one)."""
+        self._producer = producer
+        self._owns_producer = False
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, items: Iterable[tuple[str, bytes]], timeout: float = 30.0) -> list[Manifest]:
@@ -91,6 +111,7 @@ class CheckpointStore:
                 self._produce(self.data_topic, f"{key}#{version}#{i}".encode(), blob[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES],
                               lambda err, msg, k=key, i=i: on_chunk(err, msg, k, i))
         self._flush(timeout, errors)
+        self._fault_pause(len(items))
         now = time.time()
         manifests = []
         for key, (version, blob) in versions.items():
@@ -100,6 +121,13 @@ class CheckpointStore:
                           lambda err, msg, k=key: errors.append(f"{k} manifest: {err}") if err else None)
         self._flush(timeout, errors)
         return manifests
+
+    @staticmethod
+    def _fault_pause(n: int) -> None:
+        path = os.environ.get(ENV_FAULT_PAUSE)
+        if path and os.path.exists(path):
+            log.warning("fault injection: chunks of %d checkpoints written, pausing before their manifests", n)
+            time.sleep(120)
 
     def _produce(self, topic, key, value, callback) -> None:
         while True:
@@ -180,6 +208,9 @@ class CheckpointStore:
                 for msg in consumer.consume(1000, 0.5):
                     if msg.error():
                         if msg.error().code() == KafkaError._PARTITION_EOF:
+                            # The end of what is committed: under read_committed the last offsets
+                            # are transaction markers (or an open transaction), never delivered.
+                            done.add(msg.partition())
                             continue
                         raise CheckpointError(f"reading {self.manifests_topic}: {msg.error()}")
                     key = msg.key().decode() if msg.key() else ""
@@ -195,9 +226,10 @@ class CheckpointStore:
 
     def _consumer(self) -> Consumer:
         return Consumer({
-            "bootstrap.servers": self.bootstrap, **self.client_config,
+            "bootstrap.servers": self.bootstrap, "logger": logging.getLogger("driftline.kafka"), **self.client_config,
             "group.id": "driftline-checkpoint-reader", "enable.auto.commit": False,
-            "enable.partition.eof": False, "auto.offset.reset": "earliest",
+            "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",  # records of aborted or open transactions: never
             "fetch.max.bytes": 8 * CHUNK_BYTES, "max.partition.fetch.bytes": 2 * CHUNK_BYTES,
         })
 
@@ -209,10 +241,13 @@ class CheckpointStore:
             if msg is None:
                 continue
             if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    continue  # behind an open transaction: its outcome decides what follows
                 raise CheckpointError(f"reading {what}: {msg.error()}")
             return msg
         raise CheckpointError(f"reading {what} timed out after {timeout:.0f} s")
 
     def close(self) -> None:
-        self._producer.flush(10)
+        if self._owns_producer:
+            self._producer.flush(10)
 

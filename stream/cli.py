@@ -69,18 +69,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from driftline.stream.admin import ProvisioningError
-    from driftline.stream.http import parse_listen
+    from driftline.stream.clients import check_client_config
+    from driftline.stream.http import check_listen
     from driftline.stream.settings import load_settings
     from driftline.stream.worker import run_worker
 
+    from driftline.stream.logs import install as rate_limit_logs
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rate_limit_logs()  # a broker outage must not bury the log in repeats
     settings = load_settings(args.config)
     listen = args.listen or os.environ.get("DRIFTLINE_LISTEN") or settings.listen or "127.0.0.1:8000"
     try:
-        parse_listen(listen)
+        check_listen(listen)  # before any topic is created or any group joined
     except ValueError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
         return 2
+    check_client_config(settings)  # librdkafka names a setting it refuses (ConfigError: exit 2)
     try:
         return run_worker(settings, listen)
     except ProvisioningError as exc:

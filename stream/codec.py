@@ -45,6 +45,7 @@ REASONS = {
     "too_many_models": "the event's model would exceed limits.max_models",
     "bad_embedding": "llm.embedding is not an array of finite numbers of the model's embedding_dim",
     "malformed_otlp": "an OTLP message of topic otlp_spans does not decode",
+    "wrong_key": "the message key is not the event's prediction_id (with worker.miskeyed: dead_letter)",
 }
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -96,7 +97,10 @@ def _load(raw: bytes | None, kind: str, limits: DecodeLimits) -> dict | Invalid:
         msg = str(exc)
         if "UTF-8" in msg:
             return Invalid(kind, "not_utf8", "message is not valid UTF-8", raw)
-        if "infinity" in msg or b"NaN" in raw or b"Infinity" in raw:
+        # Only a NaN/Infinity literal where the parser stopped: the text "NaN" inside a string of
+        # otherwise malformed JSON is malformed_json.
+        at = raw[getattr(exc, "pos", 0) or 0:][:9].lstrip(b"-")
+        if "infinity" in msg or at.startswith((b"NaN", b"Infinity")):
             return Invalid(kind, "not_finite", f"numbers must be finite: {msg}", raw)
         if "depth" in msg:
             return Invalid(kind, "too_deep", f"JSON nested deeper than {limits.max_depth}", raw)

@@ -534,10 +534,15 @@ class WorkerMetrics:
             read = Family("driftline_worker_messages", "counter", "Kafka messages this process read, by stage.",
                           ("stage",))
             read.rows = [((stage,), n) for stage, n in sorted(st.messages.items())]
-            out = [parts, lag, behind, read]
+            rekeyed = Family("driftline_events_rekeyed", "counter",
+                             "Events whose message key was not their prediction_id, published again keyed by it.",
+                             ("kind",))
+            rekeyed.rows = [((kind,), n) for kind, n in sorted(getattr(st, "rekeyed", {}).items())]
+            out = [parts, lag, behind, read, rekeyed]
             for name, kind, doc, value in (
                 ("driftline_checkpoint_age_seconds", "gauge",
-                 "Age of the oldest owned state not yet checkpointed (0 when all are).", st.checkpoint_age),
+                 "Seconds since the last successful checkpoint round (one with nothing to write counts; "
+                 "process start before the first).", st.checkpoint_age),
                 ("driftline_checkpoint_duration_seconds", "gauge", "Duration of the last checkpoint round.",
                  st.checkpoint_seconds),
                 ("driftline_checkpoint_size_bytes", "gauge", "Bytes written by the last checkpoint round.",
@@ -545,7 +550,11 @@ class WorkerMetrics:
                 ("driftline_restore_duration_seconds", "gauge",
                  "Duration of the last partition assignment, restores included.", st.restore_seconds),
                 ("driftline_events_replayed", "counter",
-                 "Events read again after taking a partition over from its last checkpoint.", st.replayed),
+                 "Events read again after taking a partition over from its last checkpoint, or after a rewind.",
+                 st.replayed),
+                ("driftline_transaction_rewinds", "counter",
+                 "Aborted transactions (exactly-once): owned state rewound to its last committed checkpoint.",
+                 st.rewinds),
                 ("driftline_observations_deduplicated", "counter",
                  "Observations skipped because a replay had applied them already.", st.deduplicated),
                 ("driftline_rebalances", "counter", "Partition assignments received.", st.rebalances),

@@ -176,9 +176,13 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
             return Invalid("inference", "out_of_range", f"score must be a number in [0, 1] (got {score!r})"[:200], b"", model)
         event["score"] = score
     if segment is not None:
-        if not isinstance(segment, Mapping) or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
+        if not isinstance(segment, Mapping) or any(not isinstance(k, str) or not isinstance(v, str)
+                                                   for k, v in segment.items()):
             return Invalid("inference", "wrong_type", "segment must map names to strings", b"", model)
-        event["segment"] = segment if type(segment) is dict else dict(segment)
+        if type(segment) is not dict or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
+            # str subclasses (numpy.str_, enum.StrEnum, ...) as plain strings, as for features
+            segment = {str.__str__(k): str.__str__(v) for k, v in segment.items()}
+        event["segment"] = segment
     if model_version is not None:
         if type(model_version) is not str:
             return Invalid("inference", "wrong_type", f"model_version must be a string (got {type(model_version).__name__})", b"", model)

@@ -96,12 +96,29 @@ class WorkerSettings:
     """How a `driftline run` process batches, checkpoints and commits."""
 
     batch: int = 2000  # messages per poll: larger amortises per-call costs, smaller cuts latency
-    # Seconds between checkpoints of changed partition state. A crashed worker's successor
-    # replays at most this much traffic (see docs/guarantees.md); each checkpoint costs time
-    # in proportion to the state's size, so the worker waits at least 10x the last one's
-    # duration (checkpointing takes at most ~10% of its time).
-    checkpoint_interval: float = 10.0
-    commit_interval: float = 1.0  # seconds between offset commits (lag and replay accounting)
+    # Seconds between checkpoints of changed partition state. With exactly_once each checkpoint
+    # is a Kafka transaction that also commits the outputs and the input offsets, so this is
+    # also how long outputs wait before readers see them. Each checkpoint costs time in
+    # proportion to the state's size, so the worker waits at least 10x the last one's duration
+    # (checkpointing takes at most ~10% of its time). See docs/guarantees.md.
+    checkpoint_interval: float = 1.0
+    # Without exactly_once: seconds between offset commits (lag and replay accounting).
+    commit_interval: float = 1.0
+    # Kafka transactions: outputs, checkpoints and input offsets commit together (exact counts
+    # after a crash). Off: at-least-once outputs with replay de-duplication (docs/guarantees.md).
+    # Default off for now: with it on, the e2e paging test, the live demo test and the re-key test
+    # did not pass yet (transaction markers vs lag, output latency); see docs/guarantees.md.
+    exactly_once: bool = False
+    # A broker outage shorter than this keeps the worker's partitions; a dead worker's
+    # partitions move to the others after this long.
+    session_timeout: float = 30.0
+    # A transaction open longer than this is aborted by the broker (a killed worker's), and
+    # readers of the topics it wrote wait at most this long behind it.
+    transaction_timeout: float = 30.0
+    # Events whose message key is not their prediction_id land on a partition where their
+    # prediction or label is not: `rekey` publishes them again keyed by prediction_id (they
+    # join where they belong), `dead_letter` refuses them with reason wrong_key.
+    miskeyed: str = "rekey"
     # Event-time alignment (docs/guarantees.md, "Event time"). The two topics of an input
     # partition are read within `align_window` of event time of each other (the one ahead is
     # paused): a bound on what the join holds. Input partitions stay within `max_skew` of the
@@ -168,8 +185,35 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------- parsing
+# Allowed ranges of durations, in seconds: outside them a setting cannot work (an infinite
+# checkpoint interval never checkpoints, a 1 ms idle bound evicts every segment at once).
+DURATION_RANGES = {
+    "label_ttl": (1.0, 365 * 86400.0),
+    "drift_hold": (1.0, 365 * 86400.0),
+    "segment_idle": (60.0, 365 * 86400.0),
+    "checkpoint_interval": (0.1, 3600.0),  # at most stream.checkpoint.MAX_CHECKPOINT_AGE
+    "commit_interval": (0.01, 3600.0),
+    "session_timeout": (6.0, 1800.0),  # the broker's default group.{min,max}.session.timeout.ms
+    "transaction_timeout": (1.0, 900.0),  # the broker's default transaction.max.timeout.ms
+}
+DEFAULT_DURATION_RANGE = (0.001, 365 * 86400.0)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from `90`, `"90s"`, `"10m"`, `"3d"`, ..."""
+    """Seconds from `90`, `"90s"`, `"10m"`, `"3d"`, ..., within the key's allowed range.
+
+    >>> parse_duration(float("inf"), "worker.checkpoint_interval")
+    Traceback (most recent call last):
+    ...
+    driftline.stream.settings.ConfigError: config worker.checkpoint_interval: must be from 100ms to 1h (got inf)
+    """
     if isinstance(value, bool):
         raise ConfigError(f"config {key}: must be a duration like 30s, 10m, 3d (got {value!r})")
     if isinstance(value, (int, float)):
@@ -181,6 +225,9 @@ def parse_duration(value: Any, key: str) -> float:
         seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
     if not seconds > 0:
         raise ConfigError(f"config {key}: must be more than zero (got {value!r})")
+    low, high = DURATION_RANGES.get(key.rsplit(".", 1)[-1], DEFAULT_DURATION_RANGE)
+    if not low <= seconds <= high:  # also refuses .inf and .nan
+        raise ConfigError(f"config {key}: must be from {_span(low)} to {_span(high)} (got {value!r})")
     return seconds
 
 
@@ -233,6 +280,12 @@ class _Reader:
             span = " and ".join(s for s in (lo, hi) if s)
             raise ConfigError(f"config {self.key(name)}: must be a number{' ' + span if span else ''} (got {v!r})")
         return float(v)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        v = self.raw(name, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"config {self.key(name)}: must be true or false (got {v!r})")
+        return v
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         v = self.raw(name, default)
@@ -586,7 +639,15 @@ def _worker(r: _Reader) -> WorkerSettings:
         idle_timeout=r.duration("idle_timeout", base.idle_timeout),
         max_held=r.integer("max_held", base.max_held, 1000, 100_000_000),
         max_held_bytes=r.integer("max_held_bytes", base.max_held_bytes, 1 << 20, 1 << 40),
+        exactly_once=r.boolean("exactly_once", base.exactly_once),
+        session_timeout=r.duration("session_timeout", base.session_timeout),
+        transaction_timeout=r.duration("transaction_timeout", base.transaction_timeout),
+        miskeyed=r.choice("miskeyed", base.miskeyed, ("rekey", "dead_letter")),
     )
+    if ws.exactly_once and ws.transaction_timeout < 3 * ws.checkpoint_interval:
+        raise ConfigError(f"config worker.transaction_timeout: must be at least 3x worker.checkpoint_interval "
+                          f"({_span(3 * ws.checkpoint_interval)}), since a transaction stays open for one interval "
+                          f"(got {_span(ws.transaction_timeout)})")
     r.done()
     return ws
 
@@ -631,9 +692,14 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
 
     try:
         with open(path, "rb") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: not valid YAML: {exc}") from exc
+    if data is None:
+        # An empty file is a mistake (a wrong path, a truncated write), not a wish for every
+        # default: those would run against localhost:9092 in group `driftline`.
+        raise ConfigError(f"config {path}: the file is empty; write at least `kafka: {{bootstrap: HOST:PORT}}` "
+                          f"(see docs/config.md)")
     settings = parse_settings(data, env, source=str(path))
     models, profiles = dict(settings.models), {}
     for name, spec in settings.models.items():
@@ -652,6 +718,27 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         return settings
     return dataclasses.replace(settings, models=MappingProxyType(models), baselines=MappingProxyType(profiles),
                                _unconfigured={})
+
+
+def _unique_key_loader():
+    """A YAML SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping below reports it
+                if first is not key_node:
+                    raise ConfigError(f"config {key}: given twice (lines {first.start_mark.line + 1} and "
+                                      f"{key_node.start_mark.line + 1}); keep one")
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def load_profile(path: str | os.PathLike, spec: ModelSpec, key: str) -> BaselineProfile:

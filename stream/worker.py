@@ -12,12 +12,20 @@ needs. Each partition's state (the `Intake` of stage 1, the `DetectorBank` of st
 checkpointed with the offsets it covers (stream/checkpoint.py) and restored by whichever worker
 is assigned the partition next; see docs/guarantees.md for what that gives each number.
 
-Offsets: processed positions are committed every `worker.commit_interval` (lag, and the count
-of events a successor replays); on restore a partition starts from its checkpoint's offsets.
+Exactly-once (`worker.exactly_once`, the default): every checkpoint is one Kafka transaction
+holding the outputs written since the last one, the snapshots of the changed partition states,
+and the input offsets they cover (stream/transactions.py). A crash or an abort loses the open
+transaction as a whole; the partitions rewind to their last committed checkpoint, whose offsets
+are the group's committed offsets, and replay from there: nothing is counted twice.
+
+Without it, processed positions are committed every `worker.commit_interval` (lag, and the
+count of events a successor replays); on restore a partition starts from its checkpoint's
+offsets, and the banks skip replayed observations they already applied.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,11 +47,13 @@ from driftline.detectors.bank import DetectorBank
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
+from driftline.stream.clients import consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS
 from driftline.stream.ordering import EventTimeDriver
 from driftline.stream.pipeline import Intake, observe
+from driftline.stream.transactions import TransactionAborted, TransactionFatal, Transactions
 
 log = logging.getLogger("driftline.worker")
 
@@ -51,6 +61,7 @@ log = logging.getLogger("driftline.worker")
 OBS_PER_MESSAGE = 500
 # Sources remembered per bank for de-duplication (an entry per intake epoch and topic).
 MAX_SOURCES = 256
+ENV_HTTP_UNBOUNDED = "DRIFTLINE_BENCH_UNBOUNDED_HTTP"
 LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
 BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles change rarely)
 
@@ -147,7 +158,16 @@ class WorkerStats:
         self.lag_seconds: dict[tuple[str, int], float] = {}
         self.lag: dict[tuple[str, int], int] = {}
         self.partitions = {"intake": 0, "bank": 0}
-        self.checkpoint_age = 0.0
+        self.rekeyed = {"inference": 0, "label": 0}  # events published again keyed by prediction_id
+        self.checkpoint_ok_at = time.monotonic()  # the last successful checkpoint (process start before one)
+        self.rewinds = 0  # aborted transactions: state rewound to the last committed checkpoint
+        self.ownership = 0  # bumped whenever the owned states change (assign, revoke, lost, rewind)
+
+    @property
+    def checkpoint_age(self) -> float:
+        """Seconds since the last successful checkpoint round, read at scrape time: it grows
+        while checkpoints fail or do not run, whatever the reason."""
+        return time.monotonic() - self.checkpoint_ok_at
 
 
 class Worker:
@@ -184,37 +204,19 @@ class Worker:
         group = settings.kafka.group_id
         self._key_prefix = f"{group}/"
         kafka = settings.kafka
-        user = dict(kafka.client_config)
-        # Tunables first (the user's kafka.config overrides them), then what correctness needs.
-        self.consumer = Consumer({
-            "session.timeout.ms": 10_000,  # a dead worker's partitions move after 10 s, not 45
-            "heartbeat.interval.ms": 2_000,
-            "fetch.wait.max.ms": 100,
-            **user,
-            "bootstrap.servers": kafka.bootstrap,
-            "group.id": group,
-            "client.id": f"driftline-{uuid.uuid4().hex[:6]}",
-            # range: partition p of every subscribed topic goes to the same member when the
-            # topics have equal partition counts: the join needs inferences-p with labels-p.
-            "partition.assignment.strategy": "range",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-        })
-        self.producer = Producer({
-            "linger.ms": 20,
-            "compression.type": "lz4",
-            **user,
-            "bootstrap.servers": kafka.bootstrap,
-            "enable.idempotence": True,  # ordered, no duplicates from retries
-            "acks": "all",
-            # Never give up on a record: while the broker is away the local queue fills and
-            # produce() blocks the loop (back pressure), and nothing is dropped.
-            "message.timeout.ms": 0,
-        })
+        # Client settings (stream/clients.py): the same that `driftline run` checked at start.
+        self.consumer = Consumer(consumer_config(settings, f"driftline-{uuid.uuid4().hex[:6]}"))
+        eos = settings.worker.exactly_once
+        self.producer = Producer(producer_config(settings, transactional_id(settings) if eos else None))
+        # With exactly-once, checkpoints travel in the worker's transaction (its producer).
+        self.txn = Transactions(self.producer, self.consumer, settings.worker.transaction_timeout,
+                                new_producer=lambda: Producer(producer_config(settings, transactional_id(settings)))
+                                ) if eos else None
+        self._doomed: str | None = None  # why the open transaction cannot commit (a failed delivery)
+        self._ends: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset where it last reached its end
         self.event_time = EventTimeDriver(self, self.source_partitions)
         self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
-                                     self.topics.checkpoint_data)
+                                     self.topics.checkpoint_data, producer=self.producer if eos else None)
 
     # -- state lookup, for the collector -----------------------------------------------------------
     def bank_objects(self) -> list[DetectorBank]:
@@ -232,6 +234,12 @@ class Worker:
     def run(self) -> int:
         t = self.topics
         self.baseline_topic.start()  # before any bank exists: the first events meet their profiles
+        if self.txn is not None:
+            try:
+                self.txn.init(self.stopping.is_set)
+                self.txn.begin()
+            except TransactionFatal as exc:
+                self.fatal = str(exc)
         self._next_baselines = time.monotonic() + BASELINES_EVERY
         self.consumer.subscribe([t.inferences, t.labels, t.observations], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -246,7 +254,10 @@ class Worker:
                         self._process(msgs)
                 self.producer.poll(0)
                 now = time.monotonic()
-                if now >= self._next_commit:
+                if self._doomed is not None:
+                    with self.lock:
+                        self._rewind(self._doomed)
+                if now >= self._next_commit and self.txn is None:
                     self._commit(asynchronous=True)
                     self._next_commit = now + self.settings.worker.commit_interval
                 if now >= self._next_lag:
@@ -279,7 +290,10 @@ class Worker:
                     self._checkpoint(force=True, timeout=10.0)
                 except Exception as exc:
                     log.warning("final checkpoint failed: %s", exc)
-            self._commit(asynchronous=False)
+            if self.txn is None:
+                self._commit(asynchronous=False)
+            else:
+                self._abort_open()  # whatever the final checkpoint did not commit
         try:
             self.consumer.close()  # leaves the group: the others rebalance at once
         except KafkaException as exc:
@@ -297,10 +311,16 @@ class Worker:
         batches: dict[tuple, list] = {}
         route = self._routes
         wall = None
-        n_source = 0
+        n_source = n_other = 0
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    # The end of what is committed: past the last transaction marker, which no
+                    # message position ever reaches (so lag is measured to here).
+                    self._ends[(msg.topic(), msg.partition())] = msg.offset()
+                    n_other += 1
+                    continue
                 self._consumer_error(err)
                 continue
             topic = msg.topic()
@@ -323,6 +343,20 @@ class Worker:
             else:
                 code, decode, take = "l", decode_label, intake.take_label
             ev = decode(raw, default_ts, self.limits)
+            offset = msg.offset()
+            if type(ev) is not Invalid:
+                key = msg.key()
+                # The join key: request_id when the event has one (a request's predictions and
+                # its label meet on one partition), else prediction_id.
+                join_key = ev.request_id or ev.prediction_id
+                if join_key is not None and (key is None or key != join_key.encode()):
+                    ev = self._miskeyed(topic, code, ev, raw, key, join_key)
+                if ev is None:  # re-published keyed by prediction_id: counted where it lands
+                    ip.positions[topic] = offset + 1
+                    ip.last_ts[topic] = ts_ms
+                    ip.dirty = True
+                    n_source += 1
+                    continue
             if type(ev) is not Invalid:
                 obs, refused = take(ev, raw)
                 kind = INFERENCES if code == "i" else LABELS
@@ -354,7 +388,7 @@ class Worker:
             ip.dirty = True
             n_source += 1
         self.stats.messages["intake"] += n_source
-        self.stats.messages["bank"] += len(msgs) - n_source
+        self.stats.messages["bank"] += len(msgs) - n_source - n_other
         # One message per (source, destination partition), in source order: a bank sees each
         # source's observations in offset order, which its de-duplication relies on.
         src_part = {ip.epoch + c: p for p, ip in self.intakes.items() for c in "il"}
@@ -373,6 +407,21 @@ class Worker:
             return True
         del part.quiet[topic]
         return False
+
+    def _miskeyed(self, topic: str, code: str, ev, raw: bytes, key: bytes | None, join_key: str):
+        """An event whose message key is not its prediction_id sits on a partition its pair may
+        never reach. Re-publish it keyed by prediction_id (None: done here), or refuse it."""
+        kind = "inference" if code == "i" else "label"
+        if self.settings.worker.miskeyed == "dead_letter":
+            shown = "null" if key is None else repr(key[:64])
+            return Invalid(kind, "wrong_key", f"message key {shown} is not the prediction_id {join_key[:64]!r}: "
+                                              "key events by prediction_id (request_id when they carry one), "
+                                              "or set worker.miskeyed: rekey", raw, ev.model)
+        self.stats.rekeyed[kind] += 1
+        # The producer's partitioner places it with its pair (kafka.config.partitioner must match
+        # the serving producers': librdkafka's consistent_random by default, as the driftline SDK).
+        self._produce(topic, join_key.encode(), raw)
+        return None
 
     def _route(self, model: str, segment: str) -> int:
         """The observations partition that owns (model, segment): stable across processes."""
@@ -422,13 +471,15 @@ class Worker:
         bp.dirty = True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+        if self._doomed is not None:
+            return  # the open transaction will abort: its records would be discarded anyway
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, partition=partition, on_delivery=self._delivered)
                 return
             except BufferError:  # the local queue is full (broker slow or away): wait, never drop
                 self.producer.poll(0.1)
-                if self.stopping.is_set() and self.fatal is not None:
+                if (self.stopping.is_set() and self.fatal is not None) or self._doomed is not None:
                     return
 
     def _delivered(self, err, msg) -> None:
@@ -436,6 +487,11 @@ class Worker:
             return
         topic = msg.topic()
         self.stats.produce_errors[topic] = self.stats.produce_errors.get(topic, 0) + 1
+        if self.txn is not None and not err.fatal():
+            # The transaction holding this record cannot commit: abort it and rewind the state to
+            # the last commit (the loop does it), so the record's effect is replayed, not lost.
+            self._doomed = self._doomed or f"delivery to {topic} failed: {err}"
+            return
         # With infinite retries only a fatal or permanent error lands here. The state already
         # holds this record's effect, so checkpointing it would lose the record for good: stop,
         # and let the successor replay from the last checkpoint (crash-only).
@@ -458,6 +514,9 @@ class Worker:
         return "intake", self.intakes
 
     def _checkpoint(self, force: bool = False, only: set[str] | None = None, timeout: float = 30.0) -> None:
+        if self.txn is not None:
+            self._commit_transaction(force, timeout, only)
+            return
         started = time.monotonic()
         now = self.clock()
         items, owners = [], []
@@ -469,7 +528,6 @@ class Worker:
                 if force or part.dirty or now - part.checkpointed_at > MAX_CHECKPOINT_AGE:
                     items.append((key, part.snapshot()))
                     owners.append(part)
-        self._update_checkpoint_age(now)
         if items:
             try:
                 # Outputs of everything a checkpoint covers must be durable before it is.
@@ -490,15 +548,139 @@ class Worker:
             self.stats.checkpoints["ok"] += 1
             self.stats.checkpoint_bytes = sum(len(b) for _, b in items)
             self._commit(asynchronous=True)
+        self._checkpointed(started, bool(items))
+
+    def _checkpointed(self, started: float, wrote: bool) -> None:
+        """A successful round (or one with nothing to write): the age restarts, the next is due."""
         took = time.monotonic() - started
-        if items:
+        if wrote:
             self.stats.checkpoint_seconds = took
-        self._update_checkpoint_age(now)
+        self.stats.checkpoint_ok_at = time.monotonic()
         self._next_checkpoint = time.monotonic() + max(self.settings.worker.checkpoint_interval, 10 * took)
 
-    def _update_checkpoint_age(self, now: float) -> None:
-        parts = list(self.intakes.values()) + list(self.banks.values())
-        self.stats.checkpoint_age = max((now - p.checkpointed_at for p in parts if p.dirty), default=0.0)
+    def _commit_transaction(self, force: bool, timeout: float, only: set[str] | None = None,
+                            rewind: bool = True) -> bool:
+        """Exactly-once: snapshots of every changed state join the open transaction with the
+        offsets of every owned partition, and the transaction commits (stream/transactions.py).
+        On an abort the partitions rewind to their last commit (or, with rewind=False, the
+        caller drops them). Returns whether everything owned is now committed."""
+        started = time.monotonic()
+        now = self.clock()
+        if self._doomed is not None:
+            self._failed(self._doomed, rewind)
+            return False
+        items, owners = [], []
+        for stage, table in (("intake", self.intakes), ("bank", self.banks)):
+            for p, part in table.items():
+                key = self._key(stage, p)
+                # Every changed state, always: the transaction holds the outputs of all of them.
+                if ((force and (only is None or key in only)) or part.dirty
+                        or now - part.checkpointed_at > MAX_CHECKPOINT_AGE):
+                    items.append((key, part.snapshot()))
+                    owners.append(part)
+        if not items:  # nothing read since the last commit, so nothing written either
+            self._checkpointed(started, False)
+            return True
+        try:
+            self.store.write(items, timeout=timeout)
+            if self._doomed is not None:
+                raise TransactionAborted(self._doomed)
+            self.txn.commit(self._positions(), self.stopping.is_set, timeout)
+        except CheckpointError as exc:
+            # Not delivered in time (broker away): the transaction stays open and the next round
+            # writes newer snapshots into it; it aborts if it outlives the transaction timeout.
+            self.stats.checkpoints["failed"] += 1
+            log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
+            if not rewind or time.monotonic() - self.txn.started > self.txn.timeout:
+                self._failed(f"transaction open longer than {self.txn.timeout:.0f} s: {exc}"
+                             if rewind else str(exc), rewind)
+            self._next_checkpoint = time.monotonic() + self.settings.worker.checkpoint_interval
+            return False
+        except TransactionAborted as exc:
+            self.stats.checkpoints["failed"] += 1
+            self._failed(str(exc), rewind)
+            return False
+        except TransactionFatal as exc:
+            self.stats.checkpoints["failed"] += 1
+            self.fatal = str(exc)
+            return False
+        for part in owners:
+            part.dirty = False
+            part.checkpointed_at = now
+        self.stats.checkpoints["ok"] += 1
+        self.stats.checkpoint_bytes = sum(len(b) for _, b in items)
+        self._begin()
+        self._checkpointed(started, True)
+        return True
+
+    def _failed(self, why: str, rewind: bool) -> None:
+        if rewind:
+            self._rewind(why)
+            return
+        # A revoke: the caller drops the revoked states; any others rewind from the loop.
+        log.warning("transaction failed at a revoke (%s): the revoked partitions restart from their last checkpoint",
+                    why)
+        self._abort_open(bounded=False)
+        self._doomed = None
+        self._begin()
+        for table in (self.intakes, self.banks):
+            for part in table.values():
+                part.dirty = True  # none of them may be parked: their state is ahead of the commit
+
+    def _begin(self) -> None:
+        try:
+            if self.txn.stuck:
+                # librdkafka will never finish a call it started: carry on with a new producer
+                # (the old one's transaction expires at the broker; nothing of it is ever read).
+                log.warning("the transactional producer is stuck: replacing it")
+                self.producer = self.txn.replace_producer(self.stopping.is_set)
+                self.store.use_producer(self.producer)
+            self.txn.begin()
+        except (KafkaException, TransactionFatal) as exc:
+            self.fatal = f"begin transaction: {exc}"
+
+    def _abort_open(self, bounded: bool = True) -> None:
+        try:
+            # bounded: one attempt (at shutdown; the coordinator aborts it after its timeout)
+            self.txn.abort((lambda: True) if bounded else self.stopping.is_set)
+        except TransactionFatal as exc:
+            log.warning("%s", exc)
+
+    def _rewind(self, why: str) -> None:
+        """Abort the open transaction and reload every owned partition from its last committed
+        checkpoint, reading again from the checkpoint's offsets (the partitions stay ours)."""
+        with self.lock:
+            self._rewind_locked(why)
+
+    def _rewind_locked(self, why: str) -> None:
+        log.warning("transaction aborted (%s): rewinding %d partitions to their last checkpoint",
+                    why, len(self.intakes) + len(self.banks))
+        self.stats.rewinds += 1
+        self.stats.ownership += 1
+        try:
+            self.txn.abort(self.stopping.is_set)
+        except TransactionFatal as exc:
+            self.fatal = str(exc)
+            return
+        self._doomed = None
+        assigned = [tp for tp in self.consumer.assignment()]
+        before = {(tp.topic, tp.partition): off for tp in self._positions() for off in [tp.offset]}
+        self.intakes.clear()
+        self.banks.clear()
+        self._parked.clear()
+        self._ends.clear()
+        if self._load(assigned) is None:
+            return
+        for tp in assigned:
+            try:
+                self.consumer.seek(tp)
+            except KafkaException:  # not fetching yet: an assignment sets the positions instead
+                self.consumer.assign(assigned)
+            done = before.get((tp.topic, tp.partition), tp.offset)
+            if done > tp.offset:
+                self.stats.replayed += done - tp.offset
+        self.event_time.assigned(assigned)
+        self._begin()
 
     def _positions(self) -> list[TopicPartition]:
         out = []
@@ -508,6 +690,8 @@ class Worker:
         return out
 
     def _commit(self, asynchronous: bool) -> None:
+        if self.txn is not None:
+            return  # offsets move only inside transactions, with the checkpoints they belong to
         offsets = self._positions()
         if not offsets:
             return
@@ -529,7 +713,8 @@ class Worker:
                         continue
                     if high < 0:
                         continue
-                    lag[(topic, p)] = n = max(high - off, 0)
+                    end = self._ends.get((topic, p), -1)
+                    lag[(topic, p)] = n = max(high - max(off, end), 0)
                     # Seconds behind: how old the last message read is, while more are waiting.
                     ts = part.last_ts.get(topic)
                     behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
@@ -548,78 +733,133 @@ class Worker:
         started = time.monotonic()
         with self.lock:
             self.stats.rebalances += 1
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in consumer.committed(partitions, timeout=30)}
-            wanted = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
-            # Parked states come back only if nobody committed past them since they were parked.
-            reuse = {}
-            for key, part in self._parked.items():
-                if key in wanted and all(committed.get((topic, int(key.rsplit("/", 1)[1])), -1) == off
-                                         for topic, off in part.positions.items()):
-                    reuse[key] = part
-            self._parked.clear()
-            blobs = self._read_checkpoints(wanted - set(reuse))
-            if blobs is None:
+            fresh = self._load(partitions)
+            if fresh is None:
                 return
-            now = self.clock()
-            fresh: set[str] = set()
-            unreadable: dict[str, Unreadable] = {}
-            for key in sorted(wanted):
-                stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
-                table = self.intakes if stage == "intake" else self.banks
-                if p in table:
-                    continue
-                if key in reuse:
-                    table[p] = reuse[key]
-                    continue
-                if key in blobs:
-                    part = self._restore(stage, blobs[key], now)
-                    if type(part) is not Unreadable:
-                        table[p] = part
-                        self.stats.restores["restored"] += 1
-                        log.info("restored %s from its checkpoint (%d bytes)", key, len(blobs[key]))
-                        continue
-                    unreadable[key] = part
-                table[p] = self._fresh_partition(stage, now)
-                fresh.add(key)
-            for tp in partitions:
-                stage, table = self._stage_of(tp)
-                part = table[tp.partition]
-                start = part.positions.get(tp.topic)
-                done = committed.get((tp.topic, tp.partition), -1)
-                if start is not None:
-                    tp.offset = start
-                    if done > start:
-                        self.stats.replayed += done - start
-                elif self._key(stage, tp.partition) in unreadable:
-                    # The upgrade rule: a checkpoint this driftline cannot read is rebuilt by
-                    # replaying the partition's retained history, quietly up to the committed
-                    # offset (the outputs of that part were produced by the state it replaces).
-                    low = self._low_watermark(tp)
-                    tp.offset = part.positions[tp.topic] = low
-                    if done > low:
-                        part.quiet[tp.topic] = done
-                        self.stats.replayed += done - low
-                else:
-                    # A fresh state starts where the group left off (or at the beginning), and
-                    # says so in its positions: its first checkpoint must name an offset.
-                    tp.offset = done if done >= 0 else self._low_watermark(tp)
-                    part.positions[tp.topic] = tp.offset
-            if unreadable:
-                self._note_rebuilds(unreadable)
             consumer.assign(partitions)
             self.event_time.assigned(partitions)
             if fresh:
                 # Checkpoint new states at once: a successor must never find a partition without
                 # one, or it would start empty at the committed offset and lose what the join held.
-                self._checkpoint(force=True, only=fresh)
+                if self.txn is not None:
+                    self._commit_transaction(True, 30.0, only=fresh, rewind=False)
+                else:
+                    self._checkpoint(force=True, only=fresh)
             self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+            self.stats.ownership += 1
             self.assigned_once = True
             self.rebalancing = False
             self.stats.restore_seconds = time.monotonic() - started
             log.info("assigned %d partitions (%d intake, %d bank) in %.2f s; %d events to replay",
                      len(partitions), len(self.intakes), len(self.banks), self.stats.restore_seconds,
                      self.stats.replayed)
+
+    def _load(self, partitions: list[TopicPartition]) -> set[str] | None:
+        """The state of each of `partitions` (parked, restored or fresh) into the tables, and the
+        offset to read each from into `tp.offset`; returns the keys of fresh states (None: fatal)."""
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in self.consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            self._ends.pop((tp.topic, tp.partition), None)
+        wanted = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
+        # Parked states come back only if nobody committed past them since they were parked.
+        reuse = {}
+        for key, part in self._parked.items():
+            if key in wanted and all(committed.get((topic, int(key.rsplit("/", 1)[1])), -1) == off
+                                     for topic, off in part.positions.items()):
+                reuse[key] = part
+        self._parked.clear()
+        restored = self._read_states(wanted - set(reuse), committed)
+        if restored is None:
+            return None
+        now = self.clock()
+        fresh: set[str] = set()
+        unreadable: dict[str, Unreadable] = {}
+        for key in sorted(wanted):
+            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
+            table = self.intakes if stage == "intake" else self.banks
+            if p in table:
+                continue
+            if key in reuse:
+                table[p] = reuse[key]
+                continue
+            if key in restored:
+                part = restored[key]
+                if type(part) is not Unreadable:
+                    table[p] = part
+                    self.stats.restores["restored"] += 1
+                    log.info("restored %s from its checkpoint at offsets %s", key, part.positions)
+                    continue
+                unreadable[key] = part
+            table[p] = self._fresh_partition(stage, now)
+            fresh.add(key)
+        for tp in partitions:
+            stage, table = self._stage_of(tp)
+            part = table[tp.partition]
+            start = part.positions.get(tp.topic)
+            done = committed.get((tp.topic, tp.partition), -1)
+            if start is not None:
+                tp.offset = start
+                if done > start:
+                    self.stats.replayed += done - start
+            elif self._key(stage, tp.partition) in unreadable:
+                # The upgrade rule: a checkpoint this driftline cannot read is rebuilt by
+                # replaying the partition's retained history, quietly up to the committed
+                # offset (the outputs of that part were produced by the state it replaces).
+                low = self._low_watermark(tp)
+                tp.offset = part.positions[tp.topic] = low
+                if done > low:
+                    part.quiet[tp.topic] = done
+                    self.stats.replayed += done - low
+            else:
+                # A fresh state starts where the group left off (or at the beginning), and
+                # says so in its positions: its first checkpoint must name an offset.
+                tp.offset = done if done >= 0 else self._low_watermark(tp)
+                part.positions[tp.topic] = tp.offset
+        if unreadable:
+            self._note_rebuilds(unreadable)
+        return fresh
+
+    def _read_states(self, keys: set[str], committed: dict[tuple[str, int], int]) -> dict[str, Any] | None:
+        """Restored states of `keys` that have a checkpoint. With exactly-once, a checkpoint and
+        the group's committed offsets come from one transaction, so they must agree: one that is
+        behind them means a newer manifest waits behind another writer's open transaction (read
+        committed stops there), which resolves within the transaction timeout: read again."""
+        deadline = time.monotonic() + 2 * self.settings.worker.transaction_timeout + 10
+        while True:
+            blobs = self._read_checkpoints(keys)
+            if blobs is None:
+                return None
+            now = self.clock()
+            states = {key: self._restore(key.rsplit("/", 2)[-2], blob, now) for key, blob in blobs.items()}
+            stale = self._stale(keys, states, committed) if self.txn is not None else []
+            if not stale:
+                return states
+            if time.monotonic() > deadline:
+                # Offsets committed outside a transaction (a run without exactly_once, a tool):
+                # the replay from the checkpoint is at-least-once for these, and counted.
+                log.warning("checkpoints of %s stay behind the committed offsets; replaying from the checkpoints",
+                            ", ".join(sorted(stale)))
+                return states
+            log.info("checkpoints of %s are behind the committed offsets (an open transaction ahead?): "
+                     "reading again", ", ".join(sorted(stale)))
+            time.sleep(1.0)
+
+    def _stale(self, keys: set[str], states: dict[str, Any], committed: dict[tuple[str, int], int]) -> list[str]:
+        t = self.topics
+        out = []
+        for key in keys:
+            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
+            topics = (t.inferences, t.labels) if stage == "intake" else (t.observations,)
+            part = states.get(key)
+            if type(part) is Unreadable:
+                continue  # rebuilt from the retained history, not resumed
+            for topic in topics:
+                done = committed.get((topic, p), -1)
+                if done >= 0 and (part is None or part.positions.get(topic, -1) != done):
+                    out.append(key)
+                    break
+        return out
 
     def _low_watermark(self, tp: TopicPartition, attempts: int = 10) -> int:
         """The first offset still stored in `tp`, retrying while a new topic's leader settles."""
@@ -653,7 +893,10 @@ class Worker:
         with self.lock:
             self.rebalancing = True
             keys = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
-            if self.fatal is None:
+            if self.fatal is None and self.txn is not None:
+                # Still the old generation: this commit is accepted, a later one would be fenced.
+                self._commit_transaction(True, 30.0, only=keys, rewind=False)
+            elif self.fatal is None:
                 self._checkpoint(force=True, only=keys)
                 self._commit(asynchronous=False)
             for tp in partitions:
@@ -662,6 +905,7 @@ class Worker:
                 if part is not None and not part.dirty:
                     self._parked[self._key(stage, tp.partition)] = part
             self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+            self.stats.ownership += 1
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own these already: drop our state, keep nothing parked.
@@ -670,6 +914,14 @@ class Worker:
             for tp in partitions:
                 self._stage_of(tp)[1].pop(tp.partition, None)
             self._parked.clear()
+            self.stats.ownership += 1
+            if self.txn is not None:
+                # Its offsets would be refused (an old generation): abort it, and rewind any
+                # state that stays ours, since it holds effects of the aborted records.
+                self._abort_open(bounded=False)
+                self._begin()
+                if self.intakes or self.banks:
+                    self._doomed = "partitions lost"
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
     def _restore(self, stage: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
@@ -745,7 +997,13 @@ def run_worker(settings, listen: str) -> int:
         otlp = bridge.families() if bridge is not None else []
         return render(contract.families() + figures.families() + event_time.families() + otlp) + generate_latest(process)
 
-    server = StatusServer(listen, metrics, worker.readiness).start()
+    if os.environ.get(ENV_HTTP_UNBOUNDED) == "1":
+        # bench/scrape_load.py's "before" figures only: a render per scrape, no connection cap,
+        # no socket timeout (what /metrics did before it was bounded).
+        server = StatusServer(listen, metrics, worker.readiness, max_connections=1_000_000, timeout=None,
+                              cache_age=None).start()
+    else:
+        server = StatusServer(listen, metrics, worker.readiness, version=lambda: worker.stats.ownership).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s", listen)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

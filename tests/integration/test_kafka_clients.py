@@ -1,5 +1,6 @@
 """Both Kafka clients that driftline uses work against the broker that deploy/local/kafka runs:
-confluent-kafka (publishing SDK, admin) and aiokafka through faust-streaming (the worker)."""
+confluent-kafka (the worker, the publishing SDK, admin) and aiokafka through faust-streaming
+(the runtime of the faust integration and of bench/perf.py's faust figure)."""
 from __future__ import annotations
 
 import json

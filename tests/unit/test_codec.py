@@ -121,8 +121,9 @@ def test_future_bound_is_relative_to_the_clock_and_configurable():
 
 def test_every_reason_of_the_decoder_is_exercised():
     seen = {reason for _, reason in BAD_INFERENCES}
-    # decided by the intake, or by the OTLP decoder (tests/unit/test_otlp.py)
-    decoder_reasons = set(REASONS) - {"model_mismatch", "request_mismatch", "too_many_models", "malformed_otlp"}
+    # decided by the intake, the worker (wrong_key), or the OTLP decoder (tests/unit/test_otlp.py)
+    decoder_reasons = set(REASONS) - {"model_mismatch", "request_mismatch", "too_many_models", "malformed_otlp",
+                                      "wrong_key"}
     assert decoder_reasons <= seen
 
 
@@ -177,3 +178,21 @@ def test_llm_call_decodes_without_prediction_or_features():
 
 def test_an_event_without_llm_still_needs_its_prediction():
     assert decode_inference(inference(prediction=...), 0.0).reason == "missing_field"
+
+
+def test_nan_text_in_malformed_json_is_malformed_json_not_not_finite():
+    # "NaN" inside a string of a message broken elsewhere: the break is the reason.
+    broken = b'{"prediction_id": "NaN-7", "model": "m", "features": {}, "prediction": 1,,}'
+    assert decode_inference(broken, 1.0).reason == "malformed_json"
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        raw = b'{"prediction_id": "a", "model": "m", "features": {}, "prediction": ' + literal + b"}"
+        assert decode_inference(raw, 1.0).reason == "not_finite", literal
+
+
+def test_negative_rfc3339_timestamps_are_refused_like_negative_numbers():
+    for ts in (-5, "1960-01-01T00:00:00Z", "1969-12-31T23:59:59+00:00"):
+        raw = orjson.dumps({"prediction_id": "a", "model": "m", "features": {}, "prediction": 1, "timestamp": ts})
+        assert decode_inference(raw, 1.0).reason == "bad_timestamp", ts
+    ok = orjson.dumps({"prediction_id": "a", "model": "m", "features": {}, "prediction": 1,
+                       "timestamp": "2026-01-01T00:00:00Z"})
+    assert decode_inference(ok, 1.0).timestamp == 1767225600.0

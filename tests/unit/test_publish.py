@@ -240,8 +240,7 @@ def test_stats_is_a_plain_snapshot(offline):
 # Starlette 1.x asks for httpx2 in its TestClient; httpx still works, and is what the example uses.
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_fastapi_dependency_logs_and_returns_the_id():
-    pytest.importorskip("fastapi")
-    from fastapi import Depends, FastAPI
+    from fastapi import Depends, FastAPI  # the test extra installs it: missing must fail, not skip
     from fastapi.testclient import TestClient
 
     from driftline.stream.serving import HEADER, PredictionLog, PredictionLogger
@@ -286,3 +285,17 @@ def test_the_sdk_needs_no_web_framework():
     code = "import sys, driftline.stream.publish; print(sorted(m for m in ('fastapi', 'starlette', 'httpx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_segment_values_may_be_str_subclasses_like_feature_values():
+    import enum
+
+    class Region(str, enum.Enum):
+        EU = "eu"
+
+    raw = encode_inference(model="m", prediction_id="p1", features={"x": 1.0}, prediction=1, timestamp=1.0,
+                           segment={"region": np.str_("us"), np.str_("tier"): Region.EU})
+    ev = decode_inference(raw, 0.0)
+    assert isinstance(ev, Inference) and ev.segment == {"region": "us", "tier": "eu"}
+    assert encode_inference(model="m", prediction_id="p2", features={}, prediction=1, timestamp=1.0,
+                            segment={"region": 3}).reason == "wrong_type"

@@ -148,3 +148,81 @@ def test_false_alarm_budget_is_the_default_and_can_be_turned_off():
     assert s.models["b"].false_alarm_budget == 1e9 and s.models["b"].warmup == 200
     assert s.models["c"].false_alarm_budget is None and s.models["c"].page_hinkley.threshold == 9
     assert s.spec_for("unconfigured").false_alarm_budget == 1e7
+
+
+# ------------------------------------------------------------------ what cannot work is refused at start
+@pytest.mark.parametrize("section, key, value, allowed", [
+    ("worker", "checkpoint_interval", float("inf"), "from 100ms to 1h"),
+    ("worker", "checkpoint_interval", "0.5ms", "from 100ms to 1h"),
+    ("worker", "commit_interval", float("inf"), "from 10ms to 1h"),
+    ("worker", "session_timeout", "2s", "from 6s to 30m"),
+    ("limits", "segment_idle", "1ms", "from 1m to 365d"),
+    ("defaults", "label_ttl", float("inf"), "from 1s to 365d"),
+    ("defaults", "drift_hold", float("inf"), "from 1s to 365d"),
+    ("defaults", "drift_hold", float("nan"), "more than zero"),
+])
+def test_infinite_and_absurd_durations_are_refused_with_the_allowed_range(section, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        parse_settings({section: {key: value}}, env={})
+    assert f"config {section}.{key}:" in str(err.value) and allowed in str(err.value)
+
+
+def test_transaction_timeout_must_outlast_the_checkpoint_interval():
+    with pytest.raises(ConfigError, match="worker.transaction_timeout: must be at least 3x"):
+        parse_settings({"worker": {"exactly_once": True, "checkpoint_interval": "10s", "transaction_timeout": "20s"}},
+                       env={})
+    ws = parse_settings({"worker": {"exactly_once": False, "checkpoint_interval": "10s",
+                                    "transaction_timeout": "20s"}}, env={}).worker
+    assert ws.exactly_once is False  # without transactions the timeout does not matter
+
+
+def test_exactly_once_is_a_setting():
+    ws = parse_settings({"worker": {"exactly_once": True}}, env={}).worker
+    assert ws.exactly_once is True and ws.transaction_timeout >= 3 * ws.checkpoint_interval
+    with pytest.raises(ConfigError, match="worker.exactly_once: must be true or false"):
+        parse_settings({"worker": {"exactly_once": "yes please"}}, env={})
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("kafka:\n  bootstrap: a:9092\n  group_id: g\n  bootstrap: b:9092\n")
+    with pytest.raises(ConfigError, match=r"config bootstrap: given twice \(lines 2 and 4\)"):
+        load_settings(path, env={})
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    for text in ("", "# only a comment\n"):
+        path = tmp_path / "c.yml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="the file is empty"):
+            load_settings(path, env={})
+
+
+def test_librdkafka_names_a_setting_it_refuses():
+    from driftline.stream.clients import check_client_config
+
+    s = parse_settings({"kafka": {"config": {"socket.timeout.mss": 100}}}, env={})
+    with pytest.raises(ConfigError, match=r"config kafka.config.socket.timeout.mss: librdkafka refuses it"):
+        check_client_config(s)
+    s = parse_settings({}, env={"DRIFTLINE_KAFKA_COMPRESSION_TYPE": "zip"})
+    with pytest.raises(ConfigError, match=r"kafka.config.compression.type: .*DRIFTLINE_KAFKA_COMPRESSION_TYPE"):
+        check_client_config(s)
+    check_client_config(parse_settings({"kafka": {"config": {"socket.timeout.ms": 30000}}}, env={}))
+
+
+def test_an_unresolvable_or_taken_listen_address_is_refused():
+    import socket
+
+    from driftline.stream.http import check_listen
+
+    with pytest.raises(ValueError, match="does not resolve"):
+        check_listen("256.1.1.1:8000")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ValueError, match="cannot listen there"):
+            check_listen(f"127.0.0.1:{taken.getsockname()[1]}")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert check_listen(f"127.0.0.1:{port}") == ("127.0.0.1", port)

@@ -1,0 +1,150 @@
+"""One Kafka transaction at a time for the worker's read-process-write loop (exactly-once).
+
+Everything the worker writes between two checkpoints (observations, dead letters, drift events,
+and the checkpoint chunks and manifests) goes into one transaction, together with the input
+offsets it covers (`send_offsets_to_transaction` with the consumer's group metadata). Either
+all of it becomes visible to read_committed readers, or none of it does.
+
+Zombies are fenced by the group generation (KIP-447): a worker that lost its partitions sends
+offsets with a generation the group coordinator no longer accepts, so its transaction cannot
+commit, and its checkpoints with it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+log = logging.getLogger("driftline.transactions")
+
+
+class TransactionAborted(RuntimeError):
+    """The open transaction cannot commit: it was aborted; state must rewind to the last commit."""
+
+
+class TransactionFatal(RuntimeError):
+    """The producer is fenced or broken for good: the process must stop (crash-only)."""
+
+
+class TransactionStuck(TransactionAborted):
+    """A transactional call did not return long after its timeout (librdkafka issues #5456 and
+    #5511: send_offsets_to_transaction can block for good after the group coordinator went away,
+    e.g. a broker restart). The producer is abandoned (its open transaction expires at the
+    broker); the caller builds a new one and rewinds."""
+
+
+STUCK_GRACE = 15.0  # seconds past a call's own timeout before it counts as stuck
+
+
+class Transactions:
+    def __init__(self, producer: Producer, consumer: Consumer, timeout: float,
+                 new_producer: Callable[[], Producer] | None = None):
+        self.producer = producer
+        self.new_producer = new_producer  # builds a replacement for a stuck producer
+        self.consumer = consumer
+        self.timeout = timeout  # the transaction timeout: the longest a commit may keep retrying
+        self.open = False
+        self.started = 0.0  # monotonic time the open transaction began
+        self.commits = 0
+        self.aborts = 0
+        self.stuck = False  # a call never returned: the producer must be replaced
+
+    def init(self, stopping: Callable[[], bool]) -> None:
+        """Register the transactional id (aborting what a predecessor with the same id left open)."""
+        self._retry("init", lambda t: self.producer.init_transactions(t), stopping, deadline=None)
+
+    def begin(self) -> None:
+        if not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+            self.started = time.monotonic()
+
+    def commit(self, offsets: list[TopicPartition], stopping: Callable[[], bool], timeout: float) -> None:
+        """Add the offsets and commit. Retriable failures (broker away) are retried until the
+        transaction timeout; an abortable one aborts (TransactionAborted); fencing is fatal."""
+        deadline = self.started + self.timeout
+        if offsets:
+            meta = self.consumer.consumer_group_metadata()
+            self._retry("send offsets", lambda t: self.producer.send_offsets_to_transaction(offsets, meta, t),
+                        stopping, deadline, step=timeout)
+        self._retry("commit", lambda t: self.producer.commit_transaction(t), stopping, deadline, step=timeout)
+        self.open = False
+        self.commits += 1
+
+    def abort(self, stopping: Callable[[], bool]) -> None:
+        if not self.open or self.stuck:
+            return
+        try:
+            self._retry("abort", lambda t: self.producer.abort_transaction(t), stopping, deadline=None)
+        finally:
+            self.open = False
+            self.aborts += 1
+
+    def replace_producer(self, stopping: Callable[[], bool]) -> Producer:
+        """A new producer (new transactional id) for a stuck one; returns it, transactions inited."""
+        if self.new_producer is None:
+            raise TransactionFatal("the transactional producer is stuck and cannot be replaced")
+        self.producer = self.new_producer()
+        self.open = False
+        self.stuck = False
+        self.init(stopping)
+        return self.producer
+
+    def _retry(self, what: str, call: Callable[[float], None], stopping: Callable[[], bool],
+               deadline: float | None, step: float = 10.0) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._bounded(what, call, step)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal():
+                    raise TransactionFatal(f"transaction {what}: {err.str()}") from exc
+                if err.txn_requires_abort():
+                    if what == "abort":
+                        raise TransactionFatal(f"transaction abort: {err.str()}") from exc
+                    self._abort_quietly(stopping)
+                    raise TransactionAborted(f"transaction {what}: {err.str()}") from exc
+                if not err.retriable():
+                    raise TransactionFatal(f"transaction {what}: {err.str()}") from exc
+                attempt += 1
+                if stopping() or (deadline is not None and time.monotonic() > deadline):
+                    if what in ("abort", "init"):
+                        raise TransactionFatal(f"transaction {what} gave up: {err.str()}") from exc
+                    self._abort_quietly(stopping)
+                    raise TransactionAborted(f"transaction {what} did not finish in time: {err.str()}") from exc
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("transaction %s (attempt %d, retrying): %s", what, attempt, err.str())
+
+    def _bounded(self, what: str, call: Callable[[float], None], step: float) -> None:
+        """`call(step)` in a helper thread, waited for step + STUCK_GRACE at most."""
+        result: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call(step)
+                result.append(None)
+            except BaseException as exc:  # handed to the caller's thread
+                result.append(exc)
+
+        t = threading.Thread(target=run, name=f"driftline-txn-{what.replace(' ', '-')}", daemon=True)
+        t.start()
+        t.join(step + STUCK_GRACE)
+        if not result:
+            self.open = False  # this producer's transaction is left to expire at the broker
+            self.stuck = True
+            raise TransactionStuck(f"transaction {what} did not return within {step + STUCK_GRACE:.0f} s")
+        if result[0] is not None:
+            raise result[0]
+
+    def _abort_quietly(self, stopping: Callable[[], bool]) -> None:
+        try:
+            self.abort(stopping)
+        except TransactionStuck as exc:
+            log.warning("%s", exc)  # the caller sees `stuck` and replaces the producer
+        except TransactionFatal as exc:
+            log.warning("%s", exc)
