@@ -175,19 +175,8 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
         if type(score) not in (float, int) or not 0.0 <= score <= 1.0:  # NaN fails the range too
             return Invalid("inference", "out_of_range", f"score must be a number in [0, 1] (got {score!r})"[:200], b"", model)
         event["score"] = score
-    if segment is not None:
-        if not isinstance(segment, Mapping) or any(not isinstance(k, str) or not isinstance(v, str)
-                                                   for k, v in segment.items()):
-            return Invalid("inference", "wrong_type", "segment must map names to strings", b"", model)
-        if type(segment) is not dict or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
-            # str subclasses (numpy.str_, enum.StrEnum, ...) as plain strings, as for features
-            segment = {str.__str__(k): str.__str__(v) for k, v in segment.items()}
-        event["segment"] = segment
-    if model_version is not None:
-        if type(model_version) is not str:
-            return Invalid("inference", "wrong_type", f"model_version must be a string (got {type(model_version).__name__})", b"", model)
-        event["model_version"] = model_version
-    return _dump(event, "inference", model, max_bytes)
+    bad = _segment_and_version(event, segment, model_version, model)
+    return bad if bad is not None else _dump(event, "inference", model, max_bytes)
 
 
 def encode_llm_call(*, prediction_id: str, model: str, timestamp: float, call: Mapping[str, Any],
@@ -226,15 +215,8 @@ def encode_llm_call(*, prediction_id: str, model: str, timestamp: float, call: M
     if type(checked) is LLMError:
         return Invalid("inference", checked.reason, checked.detail, b"", model)
     event = {"prediction_id": prediction_id, "model": model, "timestamp": timestamp, "features": features, "llm": llm}
-    if segment is not None:
-        if not isinstance(segment, Mapping) or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
-            return Invalid("inference", "wrong_type", "segment must map names to strings", b"", model)
-        event["segment"] = segment if type(segment) is dict else dict(segment)
-    if model_version is not None:
-        if type(model_version) is not str:
-            return Invalid("inference", "wrong_type", f"model_version must be a string (got {type(model_version).__name__})", b"", model)
-        event["model_version"] = model_version
-    return _dump(event, "inference", model, max_bytes)
+    bad = _segment_and_version(event, segment, model_version, model)
+    return bad if bad is not None else _dump(event, "inference", model, max_bytes)
 
 
 def encode_label(*, prediction_id: str | None, label: Any, timestamp: float, model: str | None = None,
@@ -267,6 +249,23 @@ def encode_label(*, prediction_id: str | None, label: Any, timestamp: float, mod
     if model is not None:
         event["model"] = model
     return _dump(event, "label", model, max_bytes)
+
+
+def _segment_and_version(event: dict, segment: Any, model_version: Any, model: str) -> Invalid | None:
+    """Adds an inference's optional `segment` and `model_version` to `event`, or says why not."""
+    if segment is not None:
+        if not isinstance(segment, Mapping) or any(not isinstance(k, str) or not isinstance(v, str)
+                                                   for k, v in segment.items()):
+            return Invalid("inference", "wrong_type", "segment must map names to strings", b"", model)
+        if type(segment) is not dict or any(type(k) is not str or type(v) is not str for k, v in segment.items()):
+            # str subclasses (numpy.str_, enum.StrEnum, ...) as plain strings, as for features
+            segment = {str.__str__(k): str.__str__(v) for k, v in segment.items()}
+        event["segment"] = segment
+    if model_version is not None:
+        if type(model_version) is not str:
+            return Invalid("inference", "wrong_type", f"model_version must be a string (got {type(model_version).__name__})", b"", model)
+        event["model_version"] = model_version
+    return None
 
 
 def _dump(event: dict, kind: str, model: str | None, max_bytes: int) -> bytes | Invalid:

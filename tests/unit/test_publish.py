@@ -299,3 +299,15 @@ def test_segment_values_may_be_str_subclasses_like_feature_values():
     assert isinstance(ev, Inference) and ev.segment == {"region": "us", "tier": "eu"}
     assert encode_inference(model="m", prediction_id="p2", features={}, prediction=1, timestamp=1.0,
                             segment={"region": 3}).reason == "wrong_type"
+
+
+def test_llm_calls_take_str_subclass_segment_values_like_predictions():
+    """One rule for an inference's segment, whichever call makes it (numpy.str_ is a str subclass)."""
+    import orjson
+
+    from driftline.stream.publish import encode_llm_call
+
+    raw = encode_llm_call(prediction_id="c1", model="chat", timestamp=1767225600.0,
+                          call={"input_tokens": 1, "output_tokens": 2, "duration": 0.5},
+                          segment={np.str_("route"): np.str_("faq")})
+    assert orjson.loads(raw)["segment"] == {"route": "faq"}
