@@ -30,6 +30,7 @@ from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, Wate
 OBS_FORMAT = 2
 HEARTBEAT_EVERY = 0.05  # seconds between progress heartbeats: the release latency they add
 ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
+PAUSE_REASONS = ("align", "skew")  # what SourceAlignment.decide gives as a pause's reason
 
 
 class EventTimeStats:
@@ -191,6 +192,11 @@ class EventTimeDriver:
         st = self.stats
         st.intake_progress = {}
         for p, ip in self.worker.intakes.items():
+            # Every owned partition's pause counters exist from the start (at 0), so that a rate
+            # over them reads 0, not "no data", until a first pause.
+            for topic in self.topic_of.values():
+                for reason in PAUSE_REASONS:
+                    st.paused_seconds.setdefault((topic, p, reason), 0.0)
             progress, _ = ip.alignment.progress(ip.read_time, now)
             if progress is not None:
                 st.intake_progress[p] = progress
