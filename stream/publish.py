@@ -151,12 +151,7 @@ def encode_inference(*, prediction_id: str, model: str, features: Mapping[str, A
     >>> encode_inference(prediction_id="p1", model="churn", features={}, prediction=1, timestamp=0.0, score=7).detail
     'score must be a number in [0, 1] (got 7)'
     """
-    if type(model) is not str or not MODEL_NAME.fullmatch(model):
-        return Invalid("inference", "bad_model_name", f"model must match [A-Za-z0-9_.-]{{1,64}} (got {str(model)[:80]!r})", b"")
-    bad = _prediction_id(prediction_id, "inference", model)
-    if bad is not None:
-        return bad
-    features = _features(features, model)
+    features = _inference_head(model, prediction_id, features)
     if type(features) is Invalid:
         return features
     prediction = _scalar("prediction", prediction, "inference", model)
@@ -191,12 +186,7 @@ def encode_llm_call(*, prediction_id: str, model: str, timestamp: float, call: M
     ...                 call={"input_tokens": -2, "output_tokens": 30, "duration": 0.9}).reason
     'out_of_range'
     """
-    if type(model) is not str or not MODEL_NAME.fullmatch(model):
-        return Invalid("inference", "bad_model_name", f"model must match [A-Za-z0-9_.-]{{1,64}} (got {str(model)[:80]!r})", b"")
-    bad = _prediction_id(prediction_id, "inference", model)
-    if bad is not None:
-        return bad
-    features = _features(features if features is not None else {}, model)
+    features = _inference_head(model, prediction_id, features if features is not None else {})
     if type(features) is Invalid:
         return features
     llm = {}
@@ -249,6 +239,17 @@ def encode_label(*, prediction_id: str | None, label: Any, timestamp: float, mod
     if model is not None:
         event["model"] = model
     return _dump(event, "label", model, max_bytes)
+
+
+def _inference_head(model: Any, prediction_id: Any, features: Any) -> dict | Invalid:
+    """What every inference call checks first: the model name, then the prediction_id, then the
+    features (returned as plain values), or the first `Invalid`."""
+    if type(model) is not str or not MODEL_NAME.fullmatch(model):
+        return Invalid("inference", "bad_model_name", f"model must match [A-Za-z0-9_.-]{{1,64}} (got {str(model)[:80]!r})", b"")
+    bad = _prediction_id(prediction_id, "inference", model)
+    if bad is not None:
+        return bad
+    return _features(features, model)
 
 
 def _segment_and_version(event: dict, segment: Any, model_version: Any, model: str) -> Invalid | None:
