@@ -39,6 +39,7 @@ from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality, confidence
 from driftline.detectors.estimate import AccuracyEstimate
 from driftline.detectors.drift import Detector, build_detector
+from driftline.detectors.segments import SegmentGuard, attribute_of
 from driftline.detectors.slices import SliceAccountant, profile_bins
 from driftline.detectors.llm import LLMObservation, LLMSegment, is_good_feedback
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
@@ -241,6 +242,8 @@ class DetectorBank:
         self.idle_after = idle_after
         self.tally = Tally()
         self._segments: dict[tuple[str, str], SegmentState] = {}
+        # The cardinality guard of the (model, attribute)s this bank owns (derived from _segments).
+        self.guard = SegmentGuard()
         self.watermark = 0.0
         self._since_evict = 0
 
@@ -254,6 +257,7 @@ class DetectorBank:
         self.profiles = None
         self.tally = state["tally"]
         self._segments = state["segments"]
+        self.guard = SegmentGuard(self._segments)
         self.idle_after = state["idle_after"]
         self.watermark = state["watermark"]
         self._since_evict = state["since_evict"]
@@ -491,6 +495,16 @@ class DetectorBank:
         """An event that fed no detector: invalid, duplicate, unmatched or expired."""
         self.tally.events[(model, kind, outcome)] += n
 
+    def admit(self, model: str, segment: str, inference: bool) -> str:
+        """The segment an observation of `segment` counts in (the cardinality guard, see
+        detectors/segments.py): itself, or `attr=__other__` past `max_segments` values of its
+        attribute. A folded inference is counted in `driftline_segments_folded_total`."""
+        admitted = self.guard.admit(model, segment, self._spec_for(model).max_segments,
+                                    (model, segment) in self._segments)
+        if inference and admitted != segment:
+            self.tally.folded[(model, attribute_of(segment))] += 1
+        return admitted
+
     def observe_fold(self, model: str, attribute: str, n: int = 1) -> None:
         """An event whose `attribute` value folded into `__other__` (cardinality guard)."""
         self.tally.folded[(model, attribute)] += n
@@ -500,6 +514,7 @@ class DetectorBank:
         stale = [key for key, st in self._segments.items() if st.last_seen < older_than]
         for key in stale:
             del self._segments[key]
+            self.guard.removed(*key)
             self.tally.forget_segment(*key)
         return stale
 
@@ -553,6 +568,16 @@ class DetectorBank:
             pos += 1
             w.pos = 0 if pos == w.size else pos
 
+    def drop_segments(self, foreign: Callable[[str, str], bool]) -> list[tuple[str, str]]:
+        """Drop the segments `foreign(model, segment)` says this bank does not own (a restored
+        checkpoint of an older routing); their series leave /metrics with them."""
+        gone = [key for key in self._segments if foreign(*key)]
+        for key in gone:
+            del self._segments[key]
+            self.guard.removed(*key)
+            self.tally.forget_segment(*key)
+        return gone
+
     # -- internals -----------------------------------------------------------------------------
     def _tick(self, timestamp: float) -> None:
         if timestamp > self.watermark:
@@ -571,6 +596,7 @@ class DetectorBank:
 
     def _new_state(self, model: str, segment: str) -> SegmentState:
         state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))
+        self.guard.added(model, segment)
         return state
 
     def _signal(self, state: SegmentState, model: str, signal: str, categorical: bool) -> SignalState:

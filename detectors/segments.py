@@ -1,20 +1,25 @@
-"""Route an event to its segments, with a guard on cardinality.
+"""Route an event to its segments, and the guard on their cardinality.
 
 A model's config names segment attributes; each value of an attribute is a segment labelled
-`attr=value`, and all of a model's traffic is `__all__`. Past `max_segments` distinct values of
-one attribute, new values fold into `attr=__other__` and are counted, so a segment label never
-carries an unbounded id. Values idle for longer than the caller's horizon can be forgotten,
-freeing their slot.
+`attr=value`, and all of a model's traffic is `__all__`. Stage 1 (`SegmentRouter`) only names
+an event's segments. The guard (`SegmentGuard`) sits in the detector bank that owns every value
+of a (model, attribute): the worker routes all of an attribute's segments to one observations
+partition, so one bank sees all of its values, whichever input partition their events came
+from. It admits the first `max_segments` distinct values it sees (in event-time order, the
+order `driftline replay` uses); the observations of any other value are counted in
+`attr=__other__`, all of them, and each such inference is counted as folded. A value's slot is
+freed when its segment is evicted idle.
 
 >>> from driftline.detectors.spec import ModelSpec
 >>> spec = ModelSpec(name="churn", segments=("region",), max_segments=1)
->>> router = SegmentRouter()
->>> router.route(spec, {"region": "eu"}, None, 0.0)
-('__all__', 'region=eu')
->>> router.route(spec, {"region": "us"}, None, 1.0)
-('__all__', 'region=__other__')
->>> router.folded
-[('churn', 'region')]
+>>> SegmentRouter().route(spec, {"region": "us"}, None, 0.0)
+('__all__', 'region=us')
+>>> guard = SegmentGuard()
+>>> guard.admit("churn", "region=eu", 1)
+'region=eu'
+>>> guard.added("churn", "region=eu")  # the bank made its state
+>>> guard.admit("churn", "region=us", 1)
+'region=__other__'
 """
 from __future__ import annotations
 
@@ -34,22 +39,22 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+def attribute_of(segment: str) -> str:
+    """The attribute of a segment label (`__all__` for `__all__`): what the worker routes by."""
+    return segment.partition("=")[0]
+
+
 @persistent("segments.router")
 class SegmentRouter:
-    __slots__ = ("_values", "folded")
+    """Names an event's segments (stateless: the cardinality guard is the bank's `SegmentGuard`)."""
 
-    def __init__(self):
-        # (model, attribute) -> {value: last event time}
-        self._values: dict[tuple[str, str], dict[str, float]] = {}
-        # (model, attribute) of each fold since the caller last drained it.
-        self.folded: list[tuple[str, str]] = []
+    __slots__ = ()
 
     def __getstate__(self) -> dict:
-        return {"values": self._values}
+        return {}
 
     def __setstate__(self, state: dict) -> None:
-        self._values = state["values"]
-        self.folded = []
+        pass  # snapshots before the fleet-wide guard held per-partition values: no longer used
 
     def route(
         self,
@@ -67,30 +72,49 @@ class SegmentRouter:
             if raw is None:
                 continue  # a missing attribute puts the event in __all__ only
             value = raw if type(raw) is str else format_value(raw)
-            seen = self._values.get((spec.name, attr))
-            if seen is None:
-                seen = self._values[(spec.name, attr)] = {}
-            if value in seen or len(seen) < spec.max_segments:
-                seen[value] = timestamp
-            else:
-                self.folded.append((spec.name, attr))
-                value = OTHER_VALUE
             keys.append(f"{attr}={value}")
         return tuple(keys)
 
-    def evict_idle(self, older_than: float) -> int:
-        """Forget values last seen before `older_than`; returns how many slots were freed."""
-        freed = 0
-        for seen in self._values.values():
-            stale = [v for v, t in seen.items() if t < older_than]
-            for v in stale:
-                del seen[v]
-            freed += len(stale)
-        return freed
 
-    def forget_model(self, model: str) -> None:
-        for key in [k for k in self._values if k[0] == model]:
-            del self._values[key]
+class SegmentGuard:
+    """Admitted values per (model, attribute) of one bank: derived from the bank's segments
+    (`added` when a segment's state is made, `removed` when it is evicted), so it holds no state
+    of its own and a restored bank rebuilds it from its segments."""
+
+    __slots__ = ("_admitted",)
+
+    def __init__(self, segments=()):
+        self._admitted: dict[tuple[str, str], int] = {}
+        for model, segment in segments:
+            self.added(model, segment)
+
+    def admit(self, model: str, segment: str, max_segments: int, known: bool = False) -> str:
+        """The segment an observation of `segment` counts in: itself when its value holds a slot
+        (`known`: its state exists) or one of the `max_segments` is free, else `attr=__other__`."""
+        if known or segment == ALL_SEGMENT:
+            return segment
+        attr, _, value = segment.partition("=")
+        if value == OTHER_VALUE or self._admitted.get((model, attr), 0) < max_segments:
+            return segment
+        return f"{attr}={OTHER_VALUE}"
+
+    def added(self, model: str, segment: str) -> None:
+        if segment != ALL_SEGMENT:
+            attr, _, value = segment.partition("=")
+            if value != OTHER_VALUE:
+                key = (model, attr)
+                self._admitted[key] = self._admitted.get(key, 0) + 1
+
+    def removed(self, model: str, segment: str) -> None:
+        if segment != ALL_SEGMENT:
+            attr, _, value = segment.partition("=")
+            key = (model, attr)
+            if value != OTHER_VALUE and key in self._admitted:
+                n = self._admitted[key] - 1
+                if n > 0:
+                    self._admitted[key] = n
+                else:
+                    del self._admitted[key]
 
     def value_count(self, model: str, attribute: str) -> int:
-        return len(self._values.get((model, attribute), ()))
+        return self._admitted.get((model, attribute), 0)

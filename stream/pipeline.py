@@ -3,10 +3,13 @@
 Two halves, because the Kafka worker runs them on different partitions (the join is
 partitioned by prediction_id, the detectors by (model, segment)):
 
-- `Intake` admits models (cardinality guard), routes an event to its segments, joins labels
-  to predictions, and emits observations: plain tuples, one per segment an event reaches, plus
-  the fates of events that reach no detector (invalid, duplicate, expired, unmatched, folded).
-- `feed()` applies observations to a `DetectorBank` and returns the drift records they caused.
+- `Intake` admits models (cardinality guard), routes an event to its segments (their raw
+  values), joins labels to predictions, and emits observations: plain tuples, one per segment
+  an event reaches, plus the fates of events that reach no detector (invalid, duplicate,
+  expired, unmatched).
+- `feed()` applies observations to a `DetectorBank` and returns the drift records they caused;
+  the bank folds segment values past `max_segments` into `attr=__other__` (the worker routes
+  every value of a (model, attribute) to one bank, so the guard holds fleet-wide).
 
 `driftline replay` runs both in one loop; the worker puts the observations topic between them.
 Both are deterministic: the same events in the same order give the same observations, which is
@@ -19,7 +22,8 @@ Observation tuples (also what travels on the observations topic), `key = (model,
         values: the monitored features in the spec's order; segments: the prediction's segment
         labels, at `__all__` only (else None); both feed the slice accountant (detectors/slices.py)
     (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
-    (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__
+    (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__ (made by
+                                                      workers before the fleet-wide guard; the bank folds now)
     (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
                                                       one request both models scored, graded
     (LLM,       model, segment, prediction_id, timestamp, LLMObservation)   after the INFERENCE
@@ -157,10 +161,7 @@ class Intake:
                     return out + self.take_invalid(invalid), invalid
             call = tuple(llm_observation(ev.llm, spec.llm))  # plain: it travels as JSON
         features = ev.features
-        segments = router.route(spec, features, ev.segment, ts)
-        if router.folded:
-            out.extend((FOLD, m, ALL_SEGMENT, attr) for m, attr in router.folded)
-            router.folded.clear()
+        segments = router.route(spec, features, ev.segment, ts)  # raw values: the bank's guard folds
         monitored = spec.features
         if len(features) > len(monitored):
             # Observations carry only the monitored features (they travel once per segment).
@@ -263,7 +264,6 @@ class Intake:
         self._since_evict += 1
         if self._since_evict >= EVICT_EVERY:
             self._since_evict = 0
-            self.router.evict_idle(self.watermark - self.settings.limits.segment_idle)
 
     def _outcomes(self, joined: Joined, out: list[tuple]) -> None:
         p = joined.prediction
@@ -285,23 +285,27 @@ class Intake:
 def observe(bank: DetectorBank, o) -> list[DriftRecord]:
     """Apply one observation (a tuple, or the list it becomes on the wire) to the bank."""
     kind = o[0]
+    segment = o[2]
+    if segment != ALL_SEGMENT and kind != FATE and kind != FOLD:
+        # The cardinality guard: this bank owns every value of the segment's (model, attribute).
+        segment = bank.admit(o[1], segment, kind == INFERENCE)
     if kind == INFERENCE:
-        return bank.observe_inference(o[1], o[2], o[7] or {}, o[5], o[6], o[4], o[3])
+        return bank.observe_inference(o[1], segment, o[7] or {}, o[5], o[6], o[4], o[3])
     if kind == OUTCOME:
         # o[8], the prediction's score, and o[9], o[10], the slice accountant's values and segment
         # labels, are absent from observations of workers before them
         n = len(o)
-        return bank.observe_outcome(o[1], o[2], o[5], o[6], o[4], o[3], o[7], o[8] if n > 8 else None,
+        return bank.observe_outcome(o[1], segment, o[5], o[6], o[4], o[3], o[7], o[8] if n > 8 else None,
                                     o[9] if n > 9 else None, o[10] if n > 10 else None)
     if kind == LLM:
         call = o[5]
-        return bank.observe_llm(o[1], o[2], call if type(call) is LLMObservation else LLMObservation(*call), o[4], o[3])
+        return bank.observe_llm(o[1], segment, call if type(call) is LLMObservation else LLMObservation(*call), o[4], o[3])
     if kind == FATE:
         bank.observe_fate(o[1], o[3], o[4])
     elif kind == FOLD:
         bank.observe_fold(o[1], o[3])
     elif kind == PAIR:
-        bank.observe_pair(o[1], o[2], o[3], o[4], o[5], o[6])
+        bank.observe_pair(o[1], segment, o[3], o[4], o[5], o[6])
     else:
         raise ValueError(f"unknown observation kind {kind!r}")
     return []

@@ -44,6 +44,7 @@ from confluent_kafka import (
 )
 
 from driftline.detectors.bank import DetectorBank
+from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
@@ -424,8 +425,13 @@ class Worker:
         return None
 
     def _route(self, model: str, segment: str) -> int:
-        """The observations partition that owns (model, segment): stable across processes."""
-        dest = self._routes[(model, segment)] = zlib.crc32(f"{model}\x1f{segment}".encode()) % self.obs_partitions
+        """The observations partition that owns (model, segment): stable across processes. Every
+        value of a (model, attribute) goes to one partition, whose bank holds the attribute's
+        cardinality guard (detectors/segments.py); cached per attribute, not per value."""
+        attr = attribute_of(segment)
+        dest = self._routes.get((model, attr))
+        if dest is None:
+            dest = self._routes[(model, attr)] = zlib.crc32(f"{model}\x1f{attr}".encode()) % self.obs_partitions
         return dest
 
     @staticmethod
@@ -831,7 +837,7 @@ class Worker:
             if blobs is None:
                 return None
             now = self.clock()
-            states = {key: self._restore(key.rsplit("/", 2)[-2], blob, now) for key, blob in blobs.items()}
+            states = {key: self._restore(*key.rsplit("/", 2)[-2:], blob, now) for key, blob in blobs.items()}
             stale = self._stale(keys, states, committed) if self.txn is not None else []
             if not stale:
                 return states
@@ -924,7 +930,7 @@ class Worker:
                     self._doomed = "partitions lost"
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
-    def _restore(self, stage: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
+    def _restore(self, stage: str, partition: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
         state = decode_state(blob)
         if type(state) is Unreadable:
             return state
@@ -938,6 +944,10 @@ class Worker:
                 raise TypeError(f"a {type(bank).__name__}, not a DetectorBank")
             bank.bind(self.settings.spec_for, self.profiles)
             bank.idle_after = self.settings.limits.segment_idle
+            # Checkpoints from before every value of an attribute was routed to one partition
+            # hold segments now owned elsewhere: their series would be exported twice.
+            q = int(partition)
+            bank.drop_segments(lambda model, segment: self._route(model, segment) != q)
             return BankPartition(bank, state["seen"], state["positions"], now,
                                  self.event_time.new_buffer(state.get("held")), state.get("quiet"))
         except (KeyError, TypeError, ValueError, IndexError) as exc:  # readable, but another shape: rebuild too

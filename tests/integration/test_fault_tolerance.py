@@ -324,7 +324,8 @@ def test_poison_stream_goes_to_dead_letters_and_the_worker_stays_up_and_bounded(
         for raw, reason in bad:
             if reason is not None:
                 assert reasons[reason] >= sum(1 for _, r in bad if r == reason)
-        # max_models holds per input partition: each of the 2 admits 7 models past the 3 configured.
+        # max_models still holds per input partition (issue 14, not yet fleet-wide): each of the
+        # 2 admits 7 models past the 3 configured.
         refused_models = reasons["too_many_models"]
         assert 200 - 2 * 7 <= refused_models <= 200 - 7
         assert invalid == len(bad) + refused_models
@@ -336,28 +337,80 @@ def test_poison_stream_goes_to_dead_letters_and_the_worker_stays_up_and_bounded(
 
 
 def test_segment_cardinality_flood_folds_into_other(kafka_bootstrap, tmp_path):
+    """max_segments holds for the fleet: 6 input partitions, 2 worker processes, 60,000 values."""
     prefix = unique_prefix()
     models = "  clicks: {segments: [user], max_segments: 50, features: {x: numeric}}\n"
-    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, models, partitions=2)
-    [w] = start_fleet(config, tmp_path, 1, 2)
+    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, models, partitions=6)
+    workers = start_fleet(config, tmp_path, 2, 6)
     try:
         now = time.time()
         events = [{"prediction_id": f"c{i}", "model": "clicks", "timestamp": now + i * 1e-4,
-                   "features": {"x": i % 10, "user": f"user-{i}"}, "prediction": 1} for i in range(100_000)]
+                   "features": {"x": i % 10, "user": f"user-{i}"}, "prediction": 1} for i in range(60_000)]
         p = producer(kafka_bootstrap)
         publish(p, f"{prefix}.inferences", events)
         p.flush(60)
-        wait_for("100k events", lambda: total(w.metrics(), "driftline_events_total") == 100_000, 180, [w])
-        m = w.metrics()
-        segments = {dict(lv)["segment"] for lv in series(m, "driftline_segment_inferences_total")}
-        # The cap is per input partition (each partition's router has its own): 2 x 50 values at most.
-        assert len(segments) <= 2 * 50 + 2 and "user=__other__" in segments and "__all__" in segments
-        folded = total(m, "driftline_segments_folded_total", model="clicks", attribute="user")
-        kept = len(segments) - 2
-        assert folded == 100_000 - kept
-        assert total(m, "driftline_segment_inferences_total", segment="user=__other__") == folded
+        wait_for("60k events", lambda: fleet_total(workers, "driftline_events_total") == 60_000, 180, workers)
+        ms = fleet_metrics(workers)
+        segments = Counter(dict(lv)["segment"] for m in ms for lv in series(m, "driftline_segment_inferences_total"))
+        # One owner per (model, attribute) across the fleet: the cap is the fleet's, 50 + __other__ + __all__.
+        assert len(segments) == 50 + 2 and set(segments.values()) == {1}, segments
+        assert "user=__other__" in segments and "__all__" in segments
+        folded = sum(total(m, "driftline_segments_folded_total", model="clicks", attribute="user") for m in ms)
+        assert folded == 60_000 - 50
+        assert sum(total(m, "driftline_segment_inferences_total", segment="user=__other__") for m in ms) == folded
     finally:
-        stop_all([w])
+        stop_all(workers)
+
+
+def test_an_admitted_segment_is_counted_on_all_its_events_from_every_partition(kafka_bootstrap, tmp_path):
+    """120 values x 30 events each, spread over 6 input partitions, max_segments 40: every value is
+    either a segment with all 30 of its events and labels, or folded on all of them; the admitted
+    values are those `driftline replay` admits for the same events."""
+    from driftline.stream.replay import replay
+    from driftline.stream.settings import load_settings
+
+    prefix = unique_prefix()
+    models = "  clicks: {segments: [user], max_segments: 40, features: {x: numeric}, label_ttl: 1d}\n"
+    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, models, partitions=6)
+    workers = start_fleet(config, tmp_path, 2, 6)
+    try:
+        now = time.time()
+        rng = random.Random(7)
+        inf, lab = [], []
+        for i in range(120 * 30):
+            user = f"u{rng.randrange(120) if i >= 120 else i}"  # every value at least once early, then at random
+            inf.append({"prediction_id": f"q{i}", "model": "clicks", "timestamp": now + i * 0.01,
+                        "features": {"x": float(i % 7), "user": user}, "prediction": 1})
+            lab.append({"prediction_id": f"q{i}", "label": i % 3 != 0, "timestamp": now + i * 0.01 + 0.5})
+        p = producer(kafka_bootstrap)
+        publish(p, f"{prefix}.inferences", inf)
+        publish(p, f"{prefix}.labels", lab)
+        p.flush(60)
+        n = len(inf)
+        wait_for("every label joined", lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") == n,
+                 180, workers)
+        ms = fleet_metrics(workers)
+        per_value = Counter(ev["features"]["user"] for ev in inf)
+        counted = {dict(lv)["segment"]: v for m in ms for (name, lv), v in m.items()
+                   if name == "driftline_segment_inferences_total"}
+        labeled = {dict(lv)["segment"]: v for m in ms for (name, lv), v in m.items()
+                   if name == "driftline_labeled_total"}
+        admitted = {s.removeprefix("user=") for s in counted} - {"__all__", "__other__"}
+        assert len(admitted) == 40
+        for value in admitted:  # all of its events, whichever partition they arrived on
+            assert counted[f"user={value}"] == labeled[f"user={value}"] == per_value[value], value
+        rest = sum(c for v, c in per_value.items() if v not in admitted)
+        assert counted["user=__other__"] == labeled["user=__other__"] == rest
+        assert sum(total(m, "driftline_segments_folded_total", attribute="user") for m in ms) == rest
+
+        # driftline replay admits the same values (stage 2 applies observations in event-time order).
+        (tmp_path / "inf.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in inf))
+        (tmp_path / "lab.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in lab))
+        result = replay(load_settings(config, env={}), tmp_path / "inf.jsonl", tmp_path / "lab.jsonl")
+        replayed = {seg.removeprefix("user=") for (_, seg), _ in result.bank.items()} - {"__all__", "__other__"}
+        assert replayed == admitted
+    finally:
+        stop_all(workers)
 
 
 # ----------------------------------------------------------------------------------- mis-keyed events

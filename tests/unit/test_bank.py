@@ -7,6 +7,7 @@ from driftline.detectors.bank import DetectorBank
 from driftline.detectors.segments import SegmentRouter
 from driftline.detectors.spec import ModelSpec, PageHinkleyParams
 from driftline.detectors.state import SnapshotError, restore, snapshot
+from driftline.stream.pipeline import INFERENCE, OUTCOME, feed
 
 SPEC = ModelSpec(
     name="churn", segments=("region", "plan"), max_segments=3,
@@ -24,22 +25,49 @@ def test_routing_reads_segment_object_then_features():
 
 
 def test_cardinality_flood_folds_and_counts():
+    # The guard is the bank's: the router names raw values, the bank admits max_segments of them.
     r = SegmentRouter()
-    keys = set()
+    bank = DetectorBank(lambda m: SPEC)
     for i in range(10_000):
-        keys.update(r.route(SPEC, {"region": f"user-{i}"}, None, float(i)))
+        for seg in r.route(SPEC, {"region": f"user-{i}"}, None, float(i)):
+            feed(bank, [(INFERENCE, "churn", seg, f"p{i}", float(i), 1, None, {"tenure": 1.0})])
+    keys = {seg for (_, seg), _ in bank.items()}
     assert keys == {"__all__", "region=user-0", "region=user-1", "region=user-2", "region=__other__"}
-    assert len(r.folded) == 10_000 - 3 and set(r.folded) == {("churn", "region")}
-    assert r.value_count("churn", "region") == 3
+    assert bank.tally.folded == {("churn", "region"): 10_000 - 3}
+    assert bank.tally.inferences[("churn", "region=__other__")] == 10_000 - 3
+    assert bank.guard.value_count("churn", "region") == 3
+
+
+def test_a_folded_value_stays_folded_for_its_outcomes_and_an_admitted_one_keeps_all_its_events():
+    bank = DetectorBank(lambda m: SPEC)
+    obs = []
+    for i in range(40):
+        region = f"r{i % 5}"  # 5 values, 3 slots: r0..r2 admitted, r3 and r4 folded on every event
+        obs.append((INFERENCE, "churn", f"region={region}", f"p{i}", float(i), 1, None, {}))
+        obs.append((OUTCOME, "churn", f"region={region}", f"p{i}", float(i), 1, 1, 0.0))
+    feed(bank, obs)
+    assert {seg: bank.tally.inferences[("churn", seg)] for (_, seg), _ in bank.items()} == {
+        "region=r0": 8, "region=r1": 8, "region=r2": 8, "region=__other__": 16}
+    assert bank.tally.labeled[("churn", "region=__other__")] == 16 and bank.tally.labeled[("churn", "region=r1")] == 8
+    assert bank.tally.folded[("churn", "region")] == 16  # inferences only, not their outcomes
 
 
 def test_idle_values_free_their_slot():
-    r = SegmentRouter()
+    bank = DetectorBank(lambda m: SPEC)
     for i in range(3):
-        r.route(SPEC, {"region": f"r{i}"}, None, 0.0)
-    assert r.route(SPEC, {"region": "new"}, None, 10.0)[1] == "region=__other__"
-    assert r.evict_idle(older_than=5.0) == 3
-    assert r.route(SPEC, {"region": "new"}, None, 11.0)[1] == "region=new"
+        feed(bank, [(INFERENCE, "churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
+    assert bank.admit("churn", "region=new", True) == "region=__other__"
+    assert len(bank.evict_idle(older_than=5.0)) == 3
+    assert bank.admit("churn", "region=new", True) == "region=new"
+
+
+def test_a_restored_bank_rebuilds_its_guard_from_its_segments():
+    bank = DetectorBank(lambda m: SPEC)
+    for i in range(3):
+        feed(bank, [(INFERENCE, "churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
+    again = DetectorBank.restore(bank.snapshot(), lambda m: SPEC)
+    assert again.admit("churn", "region=r9", True) == "region=__other__"
+    assert again.admit("churn", "region=r1", True) == "region=r1"
 
 
 def feed_segment(bank, segment, error_rate_before, error_rate_after, change_at, n, seed, start=0.0):
