@@ -78,14 +78,32 @@ models:
       prices:
 """ + "".join(f"        {m}: {{input: {i}, output: {o}}}\n" for m, (i, o) in PRICES.items())
 
-MALFORMED_LINES = (
-    b'{"prediction_id": "bad-1", "model": "assistant", "llm": {"input_tokens": -3, "output_tokens": 10, '
-    b'"duration": 1.0}}',  # negative token count
-    b'{"prediction_id": "bad-2", "model": "assistant", "llm": {"input_tokens": 30, "output_tokens": 10, '
-    b'"duration": 1.0, "embedding": [0.1, 0.2, 0.3]}}',  # embedding of the wrong length
-    b'{"prediction_id": "bad-3", "model": "assistant", "llm": {"input_tokens": 30, "output_tokens": 10, '
-    b'"duration": 1.0, "evaluations": {"relevance": 1.7}}}',  # score outside [0, 1]
+# Three bad calls (each dead-lettered with its reason), written with their neighbour's event time:
+# a call without one would take its Kafka timestamp in a worker (now, not the demo's 2026-01-01),
+# and one refused only at intake (bad-2) still moves the intake's clock.
+MALFORMED_CALLS = (
+    {"prediction_id": "bad-1", "model": MODEL,  # negative token count
+     "llm": {"input_tokens": -3, "output_tokens": 10, "duration": 1.0}},
+    {"prediction_id": "bad-2", "model": MODEL,  # embedding of the wrong length
+     "llm": {"input_tokens": 30, "output_tokens": 10, "duration": 1.0, "embedding": [0.1, 0.2, 0.3]}},
+    {"prediction_id": "bad-3", "model": MODEL,  # score outside [0, 1]
+     "llm": {"input_tokens": 30, "output_tokens": 10, "duration": 1.0, "evaluations": {"relevance": 1.7}}},
 )
+
+
+def malformed_line(n: int, timestamp: float) -> bytes:
+    return orjson.dumps({**MALFORMED_CALLS[n], "timestamp": timestamp})
+
+
+def with_malformed(inferences: list[dict]) -> list[dict | bytes]:
+    """The calls with the three bad ones at a quarter, a half and three quarters of the stream."""
+    out: list[dict | bytes] = []
+    bad_at = {len(inferences) // 4: 0, len(inferences) // 2: 1, 3 * len(inferences) // 4: 2}
+    for n, ev in enumerate(inferences):
+        out.append(ev)
+        if n in bad_at:
+            out.append(malformed_line(bad_at[n], ev["timestamp"]))
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -191,12 +209,9 @@ def write_llm_demo(out_dir: str | os.PathLike, calls_per_route: int = CALLS_PER_
     inferences, labels = llm_demo_events(calls_per_route, change_at, topic_shift)
     cfg, inf, lab = out / CONFIG_FILE, out / INFERENCES_FILE, out / LABELS_FILE
     cfg.write_text(DEMO_CONFIG)
-    bad_at = {len(inferences) // 4: 0, len(inferences) // 2: 1, 3 * len(inferences) // 4: 2}
     with open(inf, "wb") as f:
-        for n, ev in enumerate(inferences):
-            f.write(orjson.dumps(ev) + b"\n")
-            if n in bad_at:
-                f.write(MALFORMED_LINES[bad_at[n]] + b"\n")
+        for ev in with_malformed(inferences):
+            f.write((ev if isinstance(ev, bytes) else orjson.dumps(ev)) + b"\n")
     with open(lab, "wb") as f:
         for ev in labels:
             f.write(orjson.dumps(ev) + b"\n")
