@@ -226,11 +226,12 @@ def quix_ceiling(bootstrap: str, prefix: str, n: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ workers
-def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partitions: int, baseline: bool = False) -> Path:
+def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partitions: int, baseline: bool = False,
+                  models: str | None = None) -> Path:
     # The backlog's two input topics, everything else the group's own.
     names = {**prefixed_topics(group), "inferences": f"{prefix}.inferences", "labels": f"{prefix}.labels"}
     topics = "{" + ", ".join(f"{k}: {v}" for k, v in names.items()) + "}"
-    config = DEMO_CONFIG
+    config = models or DEMO_CONFIG  # models: another config's `models:` block (the LLM rows)
     if baseline:  # the demo's training profile: PSI/JS/KS and data quality on every event too
         from driftline.stream.demo import BASELINE_FILE, demo_config, write_baseline
 
@@ -276,9 +277,9 @@ class Workers:
 
 
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
-                      baseline: bool = False, pythonpath: str | None = None) -> dict:
+                      baseline: bool = False, pythonpath: str | None = None, models: str | None = None) -> dict:
     group = f"perf-{uuid.uuid4().hex[:8]}"
-    cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline)
+    cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline, models)
     ws = Workers(cfg, k, logdir, pythonpath)
     try:
         # Start: the group settled, every worker owning its share (the backlog is already there,
@@ -580,6 +581,47 @@ models:
 """
 
 
+def llm_raw(calls: int, dim: int, rng, start: float) -> tuple[list[bytes], list[bytes]]:
+    """LLM call events (3 routes, a `dim`-number embedding unless dim is 0) and their feedback
+    labels 0.5 s later, one call per ms of event time from `start`."""
+    inf, lab = [], []
+    for i in range(calls):
+        llm = {"input_tokens": rng.randint(50, 500), "output_tokens": rng.randint(10, 300),
+               "duration": rng.lognormvariate(0, 0.3), "time_to_first_token": 0.2, "finish_reason": "stop",
+               "request_model": "m", "evaluations": {"relevance": rng.random()}}
+        if dim:
+            llm["embedding"] = [rng.gauss(0, 1) for _ in range(dim)]
+        ts = start + i * 0.001
+        inf.append(orjson.dumps({"prediction_id": f"c{i}", "model": "assistant", "timestamp": ts,
+                                 "segment": {"route": f"r{i % 3}"}, "llm": llm}))
+        lab.append(orjson.dumps({"prediction_id": f"c{i}", "label": rng.random() < 0.9, "timestamp": ts + 0.5}))
+    return inf, lab
+
+
+def llm_worker_throughput(bootstrap: str, logdir: Path, calls: int = 20_000, dim: int = 384,
+                          partitions: int = 3) -> dict:
+    """One `driftline run` worker on the real broker over a backlog of LLM calls and their
+    feedback, without and with a `dim`-number embedding, each beside the consume ceiling of the
+    same backlog (same run, same machine)."""
+    import random
+
+    out: dict = {"calls": calls, "embedding_dim": dim, "partitions": partitions}
+    for name, d in (("without_embedding", 0), ("with_embedding", dim)):
+        prefix = f"perf-llm-{uuid.uuid4().hex[:8]}"
+        inf, lab = llm_raw(calls, d, random.Random(2), time.time())
+        fill(bootstrap, prefix, partitions, inf, lab)
+        wall, _ = ceiling(bootstrap, prefix, 2 * calls)
+        w = worker_throughput(bootstrap, prefix, calls, partitions, 1, logdir, models=LLM_CONFIG)
+        out[name] = {"ceiling_events_per_s": wall, "worker_events_per_s": w["events_per_s"],
+                     "worker_events_per_cpu_s": w.get("events_per_cpu_s"),
+                     "ratio_to_ceiling": w["events_per_s"] / wall if w["events_per_s"] else None,
+                     "event_bytes": sum(map(len, inf)) / len(inf)}
+        log(f"LLM worker {name}: {w['events_per_s'] or 0:,.0f} events/s (calls + feedback), ceiling {wall:,.0f}")
+    out["note"] = ("1 worker, real broker, events = calls + feedback labels; ceiling = bare consume + decode of "
+                   "the same backlog in the same run")
+    return out
+
+
 def llm_cost(calls: int = 20_000, dim: int = 384, spans: int = 2_000, repeats: int = 3) -> dict:
     """LLM calls (issue 17), in process: events per second through an intake and a bank (3 routes,
     so every call feeds __all__ and its route) without and with a `dim`-number embedding; the
@@ -599,17 +641,7 @@ def llm_cost(calls: int = 20_000, dim: int = 384, spans: int = 2_000, repeats: i
     rng = random.Random(1)
 
     def events(with_embedding: bool) -> list:
-        out = []
-        for i in range(calls):
-            llm = {"input_tokens": rng.randint(50, 500), "output_tokens": rng.randint(10, 300),
-                   "duration": rng.lognormvariate(0, 0.3), "time_to_first_token": 0.2, "finish_reason": "stop",
-                   "request_model": "m", "evaluations": {"relevance": rng.random()}}
-            if with_embedding:
-                llm["embedding"] = [rng.gauss(0, 1) for _ in range(dim)]
-            raw = orjson.dumps({"prediction_id": f"c{i}", "model": "assistant", "timestamp": 1.7e9 + i,
-                                "segment": {"route": f"r{i % 3}"}, "llm": llm})
-            out.append(raw)
-        return out
+        return llm_raw(calls, dim if with_embedding else 0, rng, 1.7e9)[0]
 
     def once(raws: list) -> tuple[float, DetectorBank]:
         intake, bank = Intake(settings), DetectorBank(settings.spec_for)
@@ -808,6 +840,9 @@ def main() -> int:
         ceiling_rate = results.get("ceiling", {}).get("events_per_s")
         if ceiling_rate:  # the consume ceiling of perf.json's last full run (the same machine)
             results["llm"]["ratio_to_ceiling_with_embedding"] = results["llm"]["calls_per_s_with_embedding"] / ceiling_rate
+        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+            results["llm"]["worker"] = llm_worker_throughput(broker.bootstrap, Path(tmp),
+                                                             5_000 if args.quick else 20_000)
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps(results["llm"], indent=2))
         return 0
@@ -971,7 +1006,29 @@ def table(r: dict) -> str:
     for s in r["scrape"]:
         lines.append(f"| /metrics render, {s['series']:,} series | {s['seconds'] * 1000:.0f} ms, "
                      f"{s['bytes'] / 2**20:.1f} MiB | |")
+    lines += llm_rows(r.get("llm") or {})
     return "\n".join(lines)
+
+
+def llm_rows(llm: dict) -> list[str]:
+    """The LLM figures (`--llm-only` or the full run): 1 worker on the broker against the ceiling
+    of the same backlog, in-process rates, OTLP decode, memory per segment."""
+    rows = []
+    for name, what in (("without_embedding", "no embedding"), ("with_embedding", f"{llm.get('embedding_dim')}-number embedding")):
+        w = (llm.get("worker") or {}).get(name)
+        if w and w.get("worker_events_per_s"):
+            rows.append(f"| LLM calls + feedback, 1 worker, {what} ({w['event_bytes'] / 1024:.1f} KiB a call), "
+                        f"against the ceiling of the same backlog ({w['ceiling_events_per_s']:,.0f} events/s) | "
+                        f"{w['worker_events_per_s']:,.0f} events/s | {w['ratio_to_ceiling']:.1%} |")
+    if llm.get("calls_per_s_with_embedding"):
+        rows.append(f"| LLM calls in process (decode + intake + bank), without / with a {llm['embedding_dim']}-number "
+                    f"embedding | {llm['calls_per_s_without_embedding']:,.0f} / {llm['calls_per_s_with_embedding']:,.0f} "
+                    f"calls/s | |")
+        rows.append(f"| OTLP otlp_proto decode + mapping of GenAI spans (batches of 100) | "
+                    f"{llm['otlp_proto_decode_us_per_span']:.1f} us per span | |")
+        rows.append(f"| memory, one LLM segment's bank state (embeddings on) | "
+                    f"{llm['bytes_per_llm_segment'] / 1024:.1f} KiB | |")
+    return rows
 
 
 README_BEGIN = "<!-- bench/perf.py --readme: begin (generated from bench/results/perf.json; do not edit) -->"
