@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
 from driftline.stream.logs import kafka_logger
@@ -30,6 +31,9 @@ def consumer_config(settings, client_id: str) -> dict:
         "session.timeout.ms": int(worker.session_timeout * 1000),
         "heartbeat.interval.ms": max(int(worker.session_timeout * 1000 / 5), 500),
         "fetch.wait.max.ms": 100,
+        # librdkafka's statistics carry each partition's last stable offset from its fetch
+        # responses (ReadableEnds): lag and "caught up" without a request to the broker.
+        "statistics.interval.ms": 1000,
         "logger": kafka_logger(),  # librdkafka's lines through logging (rate-limited repeats)
         **kafka.client_config,
         "bootstrap.servers": kafka.bootstrap,
@@ -46,6 +50,49 @@ def consumer_config(settings, client_id: str) -> dict:
         # Observations of a transaction that aborted are never applied (exactly-once).
         "isolation.level": "read_committed",
     }
+
+
+class ReadableEnds:
+    """Where each partition's readable data ends, for a read_committed consumer.
+
+    The cached high watermark counts records of transactions still open (every worker keeps one
+    open, and writes heartbeats into it), which a read_committed consumer cannot read yet; and a
+    committed transaction ends with a marker at an offset no message has. So a partition is read
+    to its end when the consumer's position, or the offset of its last end-of-partition event
+    (which lies past the markers), reaches the last stable offset librdkafka's statistics report.
+    """
+
+    __slots__ = ("stable", "eof")
+
+    def __init__(self) -> None:
+        self.stable: dict[tuple[str, int], int] = {}  # (topic, partition) -> last stable offset
+        self.eof: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last EOF event
+
+    def on_stats(self, raw: str) -> None:
+        """librdkafka's `stats_cb` (called from consume())."""
+        try:
+            topics = orjson.loads(raw).get("topics", {})
+        except orjson.JSONDecodeError:
+            return
+        stable = self.stable
+        for topic, t in topics.items():
+            for p, part in t.get("partitions", {}).items():
+                ls = part.get("ls_offset", -1)
+                if ls >= 0 and p != "-1":
+                    stable[(topic, int(p))] = ls
+
+    def reached_end(self, topic: str, partition: int, offset: int) -> None:
+        self.eof[(topic, partition)] = offset
+
+    def forget(self, topic: str, partition: int) -> None:
+        """At an assignment or a rewind: the positions start again."""
+        self.eof.pop((topic, partition), None)
+
+    def behind(self, topic: str, partition: int, position: int, high: int) -> int:
+        """Readable records after `position` (the next offset to process); `high` (the cached
+        high watermark) stands in until the statistics name a last stable offset."""
+        end = self.stable.get((topic, partition), high)
+        return max(min(end, high) - max(position, self.eof.get((topic, partition), -1)), 0)
 
 
 def producer_config(settings, transactional: str | None) -> dict:

@@ -131,7 +131,8 @@ class EventTimeDriver:
             except Exception:  # noqa: BLE001 - unknown: not caught up (never idle by mistake)
                 high = -1
             pos = ip.positions.get(topic)
-            out[kind] = high >= 0 and pos is not None and pos >= high
+            # Read to the end: past transaction markers, not waiting for open transactions.
+            out[kind] = high >= 0 and pos is not None and self.worker.ends.behind(topic, p, pos, high) == 0
         return out
 
     def fleet_min(self, now: float) -> float | None:

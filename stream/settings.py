@@ -106,9 +106,7 @@ class WorkerSettings:
     commit_interval: float = 1.0
     # Kafka transactions: outputs, checkpoints and input offsets commit together (exact counts
     # after a crash). Off: at-least-once outputs with replay de-duplication (docs/guarantees.md).
-    # Default off for now: with it on, the e2e paging test, the live demo test and the re-key test
-    # did not pass yet (transaction markers vs lag, output latency); see docs/guarantees.md.
-    exactly_once: bool = False
+    exactly_once: bool = True
     # A broker outage shorter than this keeps the worker's partitions; a dead worker's
     # partitions move to the others after this long.
     session_timeout: float = 30.0

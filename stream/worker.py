@@ -48,7 +48,7 @@ from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
-from driftline.stream.clients import consumer_config, producer_config, transactional_id
+from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS
@@ -206,7 +206,11 @@ class Worker:
         self._key_prefix = f"{group}/"
         kafka = settings.kafka
         # Client settings (stream/clients.py): the same that `driftline run` checked at start.
-        self.consumer = Consumer(consumer_config(settings, f"driftline-{uuid.uuid4().hex[:6]}"))
+        # Where each partition's readable data ends (past transaction markers, before records of
+        # open transactions): consumer lag and the event-time driver's "caught up" read it.
+        self.ends = ReadableEnds()
+        self.consumer = Consumer({**consumer_config(settings, f"driftline-{uuid.uuid4().hex[:6]}"),
+                                  "stats_cb": self.ends.on_stats})
         eos = settings.worker.exactly_once
         self.producer = Producer(producer_config(settings, transactional_id(settings) if eos else None))
         # With exactly-once, checkpoints travel in the worker's transaction (its producer).
@@ -214,7 +218,6 @@ class Worker:
                                 new_producer=lambda: Producer(producer_config(settings, transactional_id(settings)))
                                 ) if eos else None
         self._doomed: str | None = None  # why the open transaction cannot commit (a failed delivery)
-        self._ends: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset where it last reached its end
         self.event_time = EventTimeDriver(self, self.source_partitions)
         self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
                                      self.topics.checkpoint_data, producer=self.producer if eos else None)
@@ -319,7 +322,7 @@ class Worker:
                 if err.code() == KafkaError._PARTITION_EOF:
                     # The end of what is committed: past the last transaction marker, which no
                     # message position ever reaches (so lag is measured to here).
-                    self._ends[(msg.topic(), msg.partition())] = msg.offset()
+                    self.ends.reached_end(msg.topic(), msg.partition(), msg.offset())
                     n_other += 1
                     continue
                 self._consumer_error(err)
@@ -674,7 +677,8 @@ class Worker:
         self.intakes.clear()
         self.banks.clear()
         self._parked.clear()
-        self._ends.clear()
+        for tp in assigned:
+            self.ends.forget(tp.topic, tp.partition)
         if self._load(assigned) is None:
             return
         for tp in assigned:
@@ -719,8 +723,7 @@ class Worker:
                         continue
                     if high < 0:
                         continue
-                    end = self._ends.get((topic, p), -1)
-                    lag[(topic, p)] = n = max(high - max(off, end), 0)
+                    lag[(topic, p)] = n = self.ends.behind(topic, p, off, high)
                     # Seconds behind: how old the last message read is, while more are waiting.
                     ts = part.last_ts.get(topic)
                     behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
@@ -766,7 +769,7 @@ class Worker:
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in self.consumer.committed(partitions, timeout=30)}
         for tp in partitions:
-            self._ends.pop((tp.topic, tp.partition), None)
+            self.ends.forget(tp.topic, tp.partition)
         wanted = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
         # Parked states come back only if nobody committed past them since they were parked.
         reuse = {}
