@@ -1106,18 +1106,20 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def slices_main(out: Path, seeds: int) -> int:
+def slices_main(out: Path, seeds: int, first_seed: int = 0) -> int:
     """Slice-explanation ranking on real data with injected slice-confined drops (bench/quality_slices.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import quality_slices
 
-    result = quality_slices.run_slices(seeds)
+    result = quality_slices.run_slices(seeds, first_seed)
     result["meta"] = _meta(round(result.pop("seconds"), 1), 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality-slices.json").write_text(json.dumps(result, indent=1, default=str))
     md = quality_slices.markdown(result)
     (out / "quality-slices.md").write_text(md + "\n")
     print(md)
+    if out.resolve() == (ROOT / "bench" / "results").resolve():
+        quality_slices.write_docs(result, ROOT / "docs" / "explanations.md")
     print(f"wrote {out}/quality-slices.json, quality-slices.md in {result['meta']['seconds']} s")
     return 0
 
@@ -1136,7 +1138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "challenger found, over --seeds seeds (default 200)")
     ap.add_argument("--slices", action="store_true",
                     help="slice explanations (issue 16): how often the injected slice ranks first (~3 min); "
-                         "writes quality-slices.json and .md (--seeds: per feature and drop, default 10)")
+                         "writes quality-slices.json and .md and the figures in docs/explanations.md "
+                         "(--seeds: per feature and drop, default 10; --first-seed: default 0)")
+    ap.add_argument("--first-seed", type=int, default=0, help="--slices: the first seed (a held-out set: e.g. 100)")
     ap.add_argument("--estimate", action="store_true",
                     help="label-free accuracy (bench/quality_estimate.py): estimate error and concept-change flagging "
                          "with label delays of 5 minutes to a day, over --seeds seeds (default 5)")
@@ -1157,7 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.out}/quality-challenger.json, quality-challenger.md in {result['meta']['seconds']} s")
         return 0
     if args.slices:
-        return slices_main(args.out, args.seeds or 10)
+        return slices_main(args.out, args.seeds or 10, args.first_seed)
     if args.calibrate:
         calibrate(args.out, args.jobs)
         return 0

@@ -21,7 +21,8 @@ Two measures, at 100, 400 and 1,600 labelled events after the change:
 
 - `oracle`: a SliceAccountant told the true change point (`start()`, the `driftline explain
   --since` path) explains then: is the top slice on the injected feature, over the injected range
-  (numeric: its bin overlaps the range; categorical: the category)?
+  (numeric: its bin overlaps the range; categorical: the category)? Also measured the same way:
+  `marginal`, the list in plain contribution order (without the joint counts' reordering).
 - `stream`: the DetectorBank as the worker runs it (calibrated detectors, default false-alarm
   budget): the explanation in effect at that point (the error drift's record, or its latest
   refresh); a trial with no detection yet counts as a miss.
@@ -39,7 +40,7 @@ import zlib
 from types import MappingProxyType
 
 from driftline.detectors.bank import DetectorBank
-from driftline.detectors.slices import SliceAccountant
+from driftline.detectors.slices import SliceAccountant, explain
 from driftline.detectors.spec import ModelSpec
 
 NUMERIC = ("f1", "f5", "f7")
@@ -79,12 +80,6 @@ class Injected:
     def describe(self) -> str:
         return f"{self.feature}={self.category}" if self.category is not None else \
             f"{self.feature} in [{self.lower:g}, {self.upper:g})"
-
-
-def purity_weighted(s: dict) -> float:
-    """An alternative order, measured but not used: contribution x sqrt(its loss per event), which
-    prefers the purer of two slices that account for the same drop (correlated features)."""
-    return s["contribution"] * math.sqrt(s["contribution"] / s["share_after"]) if s["share_after"] else 0.0
 
 
 def _model():
@@ -136,7 +131,7 @@ def trial(stream, preds, seed: int, feature: str, drop: float) -> dict:
     detected_after: int | None = None
     decoy_top = {k: False for k in CHECKS}
     last_400 = None
-    weighted: dict[int, dict | None] = {}
+    marginal: dict[int, dict | None] = {}
     for i, ((x, y), p) in enumerate(zip(rows, pred)):
         t = float(i)
         after = i - PRE  # labelled events after the change (0 = the first one)
@@ -157,9 +152,9 @@ def trial(stream, preds, seed: int, feature: str, drop: float) -> dict:
                 detected_after = after + 1
         n_after = after + 1
         if n_after in CHECKS:
-            e = acc.explain(top=30).to_dict()
-            weighted[n_after] = max(e["slices"], key=purity_weighted) if e["slices"] else None
-            e["slices"] = e["slices"][:10]
+            e = acc.explain().to_dict()
+            m = explain(acc.layout, acc.offsets, acc.reference, acc.after, acc.since, 1).to_dict()
+            marginal[n_after] = m["slices"][0] if m["slices"] else None
             if n_after == 400:
                 last_400 = e
             oracle[n_after] = e["slices"][0] if e["slices"] else None
@@ -169,7 +164,7 @@ def trial(stream, preds, seed: int, feature: str, drop: float) -> dict:
     return {"seed": seed, "feature": feature, "kind": "categorical" if feature in CATEGORICAL else "numeric",
             "drop": drop, "slice": inj.describe(),
             "oracle": {k: inj.hit(oracle[k]) for k in CHECKS},
-            "weighted": {k: inj.hit(weighted[k]) for k in CHECKS},
+            "marginal": {k: inj.hit(marginal[k]) for k in CHECKS},
             "stream": {k: inj.hit(stream_at[k]) for k in CHECKS},
             "decoy_first": decoy_top, "detected_after": detected_after,
             "top_at_400": (oracle[400] or {}).get("feature", "") + " " + (oracle[400] or {}).get("bin", ""),
@@ -197,13 +192,57 @@ def per_event_cost(stream, preds, n: int = 20_000) -> dict:
             for i, (values, ok, _, _) in enumerate(rows):
                 acc_alone.observe(values, None, ok, float(i))
             out["accountant_alone"] = (time.perf_counter() - start) / n
+            # during an active drift: the after window and the joint (pairwise) counts
+            acc_alone.detected(float(n), 1e12)
+            start = time.perf_counter()
+            for i, (values, ok, _, _) in enumerate(rows):
+                acc_alone.observe(values, None, ok, float(n + i))
+            out["accountant_alone_during_drift"] = (time.perf_counter() - start) / n
     return {"seconds_per_outcome": out, "features": len(FEATURES), "events": n}
 
 
-def run_slices(seeds: int) -> dict:
+DEMO_FEATURES = (("f1", "numeric"), ("f5", "numeric"), ("f7", "numeric"), ("f9", "numeric"))
+MEMORY_SEGMENTS = 100
+
+
+def memory_per_segment(stream, preds, segments: int = MEMORY_SEGMENTS) -> list[dict]:
+    """Bytes per segment of the slice accountant with the demo model's four features (bins
+    learnt from the warm-up), by tracemalloc over `segments` accountants fed real Shuttle rows:
+    during the warm-up, before a drift (ring and history full), and during an active drift."""
+    import gc
+    import tracemalloc
+
+    rows = [(tuple(x[n] for n, _ in DEMO_FEATURES), p == y) for (x, y), p in zip(stream, preds)]
+    out = []
+    for state, n_events, drift_at in (("warm-up, 100 labelled events", 100, None),
+                                      ("before a drift, 5,000 labelled events", 5_000, None),
+                                      ("active drift, 1,000 labelled events after the change", 6_000, 5_000)):
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        accs = []
+        for s in range(segments):
+            acc = SliceAccountant(DEMO_FEATURES)
+            first = (s * 397) % (len(rows) - n_events)
+            for i in range(n_events):
+                if i == drift_at:
+                    acc.detected(float(i), 1e9)
+                values, ok = rows[first + i]
+                acc.observe(values, None, ok, float(i))
+            accs.append(acc)
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        out.append({"state": state, "segments": segments, "bytes_per_segment": round(used / segments),
+                    "counter_bytes": accs[0].counter_bytes(), "bins": accs[0].size})
+    return out
+
+
+def run_slices(seeds: int, first_seed: int = 0) -> dict:
     started = time.perf_counter()
     stream, preds = _model()
-    trials = [trial(stream, preds, s, f, d) for d in DROPS for f in NUMERIC + CATEGORICAL for s in range(seeds)]
+    trials = [trial(stream, preds, s, f, d) for d in DROPS for f in NUMERIC + CATEGORICAL
+              for s in range(first_seed, first_seed + seeds)]
     for t in trials:
         t.pop("explanation_at_400")  # kept for debugging a trial, too big for the results file
     summary = {}
@@ -214,7 +253,7 @@ def run_slices(seeds: int) -> dict:
                 "trials": len(sel),
                 **{f"oracle_first_at_{k}": sum(t["oracle"][k] for t in sel) / len(sel) for k in CHECKS},
                 **{f"stream_first_at_{k}": sum(t["stream"][k] for t in sel) / len(sel) for k in CHECKS},
-                **{f"weighted_first_at_{k}": sum(t["weighted"][k] for t in sel) / len(sel) for k in CHECKS},
+                **{f"marginal_first_at_{k}": sum(t["marginal"][k] for t in sel) / len(sel) for k in CHECKS},
                 "decoy_first_any": sum(any(t["decoy_first"].values()) for t in sel) / len(sel),
                 "detected": sum(t["detected_after"] is not None for t in sel) / len(sel),
                 "median_detection_delay": (statistics.median(t["detected_after"] for t in sel
@@ -222,28 +261,60 @@ def run_slices(seeds: int) -> dict:
                                            if any(t["detected_after"] is not None for t in sel) else None),
             }
     return {"trials": trials, "summary": summary, "cost": per_event_cost(stream, preds),
-            "seeds": seeds, "seconds": time.perf_counter() - started}
+            "memory": memory_per_segment(stream, preds), "seeds": list(range(first_seed, first_seed + seeds)),
+            "seconds": time.perf_counter() - started}
 
 
 def markdown(result: dict) -> str:
-    lines = ["Injected slice ranked first (top slice on the injected feature and range), at 100 / 400 / 1,600 "
-             "labelled events after the change: told the change point (`driftline explain --since`), in the "
-             "stream (the drift record or its latest refresh; no detection yet = a miss), and, for comparison, "
-             "with the list ordered by contribution x sqrt(loss per event) instead of contribution.", "",
+    seeds = result["seeds"]
+    lines = [f"Injected slice ranked first (top slice on the injected feature and range), at 100 / 400 / 1,600 "
+             f"labelled events after the change, seeds {seeds[0]}-{seeds[-1]} ({len(seeds)} per feature and drop): "
+             "told the change point (`driftline explain --since`), in the stream (the drift record or its latest "
+             "refresh; no detection yet = a miss), and, for comparison, in plain contribution order (without the "
+             "joint counts).", "",
              "| injected drop | trials | first at 100 | at 400 | at 1,600 | stream: at 100 | at 400 | "
-             "at 1,600 | purity-weighted: at 100 | at 400 | at 1,600 | decoy first | detected | median delay |",
+             "at 1,600 | contribution order: at 100 | at 400 | at 1,600 | decoy first | detected | median delay |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     for key, s in result["summary"].items():
         lines.append(f"| {key} | {s['trials']} | {pct(s['oracle_first_at_100'])} | {pct(s['oracle_first_at_400'])} | "
                      f"{pct(s['oracle_first_at_1600'])} | {pct(s['stream_first_at_100'])} | "
                      f"{pct(s['stream_first_at_400'])} | {pct(s['stream_first_at_1600'])} | "
-                     f"{pct(s['weighted_first_at_100'])} | {pct(s['weighted_first_at_400'])} | "
-                     f"{pct(s['weighted_first_at_1600'])} | {pct(s['decoy_first_any'])} | "
+                     f"{pct(s['marginal_first_at_100'])} | {pct(s['marginal_first_at_400'])} | "
+                     f"{pct(s['marginal_first_at_1600'])} | {pct(s['decoy_first_any'])} | "
                      f"{pct(s['detected'])} | {s['median_detection_delay'] if s['median_detection_delay'] is not None else '-'} |")
+    trials = result["trials"]
+    lines += ["", f"All {len(trials)} trials, injected slice first at 400: "
+                  f"{pct(sum(t['oracle']['400' if '400' in t['oracle'] else 400] for t in trials) / len(trials))}."]
     c = result["cost"]["seconds_per_outcome"]
     lines += ["", f"Per labelled event ({result['cost']['features']} features, one segment): outcome path "
                   f"{c['with_slices'] * 1e6:.1f} us with the slice accountant vs {c['without_features'] * 1e6:.1f} us "
-                  f"for a model without features; the accountant alone {c['accountant_alone'] * 1e6:.1f} us "
-                  f"(ratio with/without {c['with_slices'] / c['without_features']:.2f})."]
+                  f"for a model without features (ratio {c['with_slices'] / c['without_features']:.2f}); the "
+                  f"accountant alone {c['accountant_alone'] * 1e6:.1f} us before a drift, "
+                  f"{c['accountant_alone_during_drift'] * 1e6:.1f} us during an active drift (joint counts)."]
+    lines += ["", memory_table(result["memory"])]
     return "\n".join(lines)
+
+
+def memory_table(memory: list[dict]) -> str:
+    lines = [f"Memory per segment of the slice accountant, demo model (f1, f5, f7, f9 numeric, bins learnt from the "
+             f"warm-up: {memory[1]['bins']} bins with `missing`), tracemalloc over {memory[0]['segments']} "
+             "accountants fed real Shuttle rows (`bench/quality.py --slices`):", "",
+             "| state | bytes per segment | of which counter arrays |", "|---|---|---|"]
+    for m in memory:
+        lines.append(f"| {m['state']} | {m['bytes_per_segment']:,} | {m['counter_bytes']:,} |")
+    return "\n".join(lines)
+
+
+DOCS_BEGIN = "<!-- quality-slices: written by bench/quality.py --slices -->"
+DOCS_END = "<!-- /quality-slices -->"
+
+
+def write_docs(result: dict, path) -> None:
+    """Replace the measured block of docs/explanations.md (between the markers) with this run's."""
+    text = path.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"{path}: the markers {DOCS_BEGIN!r} ... {DOCS_END!r} are missing")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    path.write_text(head + DOCS_BEGIN + "\n" + markdown(result) + "\n" + DOCS_END + tail)

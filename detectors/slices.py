@@ -13,15 +13,19 @@ labelled and correct outcomes per value bin:
   explanation of an `__all__` drop says which segments account for it.
 
 Two windows of counters are kept: the reference, and the window since the change point. Before
-a drift, the reference is a ring of `BLOCKS` blocks of `BLOCK` labelled events (so the change
-point can be placed afterwards: the detectors fire some events after the change). On an error
-drift "up", `detected()` places the change point at the block boundary that best separates the
-error rates (the split that maximises the standardised difference, as ADWIN's cut does), merges
-the blocks before it into the reference and those after into the "after" window, which then
-grows until the model's drift hold passes without another detection. Memory per segment:
-(bins x features) x (BLOCKS + 2) pairs of 64-bit counters, e.g. 4 features x 12 bins x 18 x 16
-bytes ~ 14 KB; no per-event lists (the warm-up reservoir holds at most WARMUP values per numeric
-feature, and only until the bins are set).
+a drift, the reference is a decaying history (32-bit counters, halved when it would pass
+HISTORY events) and a ring of the last RECENT blocks of BLOCK labelled events plus the block
+being filled (16-bit counters), so the change point can be placed afterwards (the detectors fire
+some events after the change). On an error drift "up", `detected()` places the change point at
+the boundary that best separates the error rates (the split that maximises the standardised
+difference, as ADWIN's cut does), merges the windows before it into the reference and those after
+into the "after" window, which then grows until the model's drift hold passes without another
+detection; it then becomes the history. While a drift is active, `JointCounts` count every pair
+of bins of (up to JOINT_FEATURES) features, to tell which of two overlapping slices holds the
+loss they share. Memory per segment: (bins x features) x (4 + 2 x (RECENT + 1)) x 2 bytes of
+counters before a drift (864 bytes for the demo model's 36 bins), no per-event lists (the warm-up
+reservoir holds at most WARMUP values per numeric feature, 8 bytes each, and only until the bins
+are set); bench/quality.py --slices measures it (docs/explanations.md).
 
 The explanation (`explain()`) ranks slices by their contribution to the drop: the accuracy
 points that would come back if the slice had kept its reference accuracy, given its share of
@@ -34,6 +38,8 @@ drop splits exactly into that within-slice part and a traffic-mix part
 moved (PSI against the reference window) without its slices losing accuracy has a large PSI and
 a contribution near zero, so it is not blamed (data drift without harm); a drop with no feature
 moving is concept drift.
+The list is in contribution order, except where the joint counts show that a later slice holds
+the loss it shares with an earlier one (`_joint_order`; docs/explanations.md, "The order").
 
 Pure: no I/O, no clock; state is plain values (`to_state` / `from_state`).
 """
@@ -49,8 +55,9 @@ from typing import Any, Mapping, Sequence
 from driftline.detectors.baseline import category_key, psi
 from driftline.detectors.state import persistent
 
-BLOCK = 250  # labelled events per reference block: how finely the change point is placed
-BLOCKS = 16  # blocks kept before a drift: 4,000 labelled events of history for the reference
+BLOCK = 250  # labelled events per recent block: how finely the change point is placed
+RECENT = 3  # full blocks kept apart before a drift (with the one being filled: the last 750-1,000 events)
+HISTORY = 4_000  # labelled events of older history: past this, its counters are halved (a decaying reference)
 WARMUP = 500  # labelled values a feature's bins are learnt from when no profile gives them
 NUMERIC_BINS = 10  # quantile bins learnt from the warm-up (plus the open ends and missing)
 CATEGORIES = 12  # top values kept per categorical feature (the rest is __other__)
@@ -61,6 +68,13 @@ REFRESH_AT = (100, 400, 1_600)  # labelled events after the change point that re
 MAX_RUN = 3  # adjacent numeric bins a slice may span (an affected range rarely matches one bin)
 Z = 2.0  # standard errors taken off a slice's loss beyond the rest (one-sided ~97.5%)
 MIN_REFERENCE = BLOCK  # labelled events the reference keeps at least when the change point is placed
+JOINT_FEATURES = 6  # features whose bins are counted jointly (pairwise) while a drift is active: all
+# of them from the change point when there are at most this many, else the leading ones from JOINT_AT
+JOINT_AT = 100  # labelled events after the change point when the leading features are chosen
+JOINT_MAX = 65_535  # joint counts stop here (16-bit cells; evidence enough by far)
+JOINT_TOP = 5  # leading slices whose order the joint counts may change
+LLR_MARGIN = 2.0  # nats by which a later slice's joint explanation must win to move up (odds ~7:1)
+Z_JOINT = 2.0  # standard errors that make a region's excess errors count (joint comparison)
 
 MISSING = "missing"
 OTHER = "__other__"
@@ -73,8 +87,12 @@ class FeatureBins:
 
     name: str
     kind: str  # numeric | categorical | segment
-    edges: tuple[float, ...] = ()  # numeric: bin i is [edges[i-1], edges[i]), first and last open
+    edges: Sequence[float] = ()  # numeric: bin i is [edges[i-1], edges[i]), first and last open
     categories: tuple[str, ...] = ()  # categorical/segment: bin i is categories[i]; then __other__
+
+    def __post_init__(self) -> None:
+        # 8 bytes an edge (a tuple of floats takes 32): thousands of segments each hold their bins.
+        object.__setattr__(self, "edges", array("d", self.edges))
 
     @property
     def size(self) -> int:
@@ -98,7 +116,7 @@ class FeatureBins:
         return self.categories[i], None, None, self.categories[i]
 
     def to_state(self) -> list:
-        return [self.name, self.kind, list(self.edges), list(self.categories)]
+        return [self.name, self.kind, self.edges.tolist(), list(self.categories)]
 
     @classmethod
     def from_state(cls, s: Sequence) -> "FeatureBins":
@@ -110,42 +128,140 @@ def _num(x: float | None, open_end: str) -> str:
 
 
 class Counts:
-    """Labelled and correct counts per bin of every feature (one flat array each), and totals."""
+    """Labelled and correct counts per bin of every feature, and totals: one flat array of
+    unsigned ints, the labelled counts of every bin then the correct counts (`lab`, `cor`)."""
 
-    __slots__ = ("start", "n", "correct", "lab", "cor")
+    __slots__ = ("start", "n", "correct", "c")
 
-    def __init__(self, size: int, start: float | None = None):
+    def __init__(self, size: int, start: float | None = None, typecode: str = "I"):
         self.start = start  # event time of the first outcome counted (None while empty)
         self.n = 0
         self.correct = 0
-        self.lab = array("l", bytes(8 * size))
-        self.cor = array("l", bytes(8 * size))
+        self.c = array(typecode, bytes(array(typecode).itemsize * 2 * size))
+
+    @property
+    def size(self) -> int:
+        return len(self.c) // 2
+
+    @property
+    def lab(self) -> array:
+        """Labelled counts per bin (a copy)."""
+        return self.c[:len(self.c) // 2]
+
+    @property
+    def cor(self) -> array:
+        """Correct counts per bin (a copy)."""
+        return self.c[len(self.c) // 2:]
 
     def merge(self, other: "Counts") -> None:
         if other.start is not None and (self.start is None or other.start < self.start):
             self.start = other.start
         self.n += other.n
         self.correct += other.correct
-        lab, cor = self.lab, self.cor
-        for i, v in enumerate(other.lab):
+        c = self.c
+        for i, v in enumerate(other.c):
             if v:
-                lab[i] += v
-        for i, v in enumerate(other.cor):
-            if v:
-                cor[i] += v
+                c[i] += v
+
+    def halve(self) -> None:
+        """Every counter halved (rounded down): older evidence weighs half as much."""
+        self.c = array(self.c.typecode, [v >> 1 for v in self.c])
+        self.n >>= 1
+        self.correct >>= 1
 
     def accuracy(self) -> float | None:
         return self.correct / self.n if self.n else None
 
     def to_state(self) -> list:
-        return [self.start, self.n, self.correct, self.lab.tolist(), self.cor.tolist()]
+        return [self.start, self.n, self.correct, self.c.typecode, self.c.tolist()]
 
     @classmethod
     def from_state(cls, s: Sequence) -> "Counts":
-        c = cls(len(s[3]), s[0])
+        if len(s) == 5 and isinstance(s[3], str):
+            c = cls(0, s[0], s[3])
+            c.c = array(s[3], s[4])
+        else:  # version 1: [start, n, correct, lab, cor] as two lists
+            c = cls(0, s[0])
+            c.c = array("I", list(s[3]) + list(s[4]))
         c.n, c.correct = s[1], s[2]
-        c.lab, c.cor = array("l", s[3]), array("l", s[4])
         return c
+
+
+class JointCounts:
+    """Labelled and correct counts of every pair of bins of a few features (pairwise tables),
+    counted while a drift is active: which of two overlapping slices holds the loss they share."""
+
+    __slots__ = ("features", "sizes", "n", "c")
+
+    def __init__(self, features: Sequence[int], sizes: Sequence[int]):
+        self.features = tuple(features)  # indices into the layout, ascending
+        self.sizes = tuple(sizes)  # bins of each
+        self.n = 0
+        cells = sum(self.sizes[a] * self.sizes[b] for a, b in self.pairs())
+        self.c = array("H", bytes(2 * 2 * cells))  # at most JOINT_MAX events are counted
+
+    def pairs(self) -> list[tuple[int, int]]:
+        k = len(self.features)
+        return [(a, b) for a in range(k) for b in range(a + 1, k)]
+
+    def observe(self, bins: Sequence[int], correct: bool) -> None:
+        """`bins`: each tracked feature's bin (local index), in `features` order."""
+        self.n += 1
+        c, sizes, base = self.c, self.sizes, 0
+        for a, b in self.pairs():
+            i = base + 2 * (bins[a] * sizes[b] + bins[b])
+            c[i] += 1
+            if correct:
+                c[i + 1] += 1
+            base += 2 * sizes[a] * sizes[b]
+
+    def regions(self, fa: int, ia: int, ja: int, fb: int, ib: int, jb: int) -> tuple[int, int, int, int, int, int] | None:
+        """(labelled, errors) of slice A only, both, slice B only: A = bins ia..ja of layout
+        feature fa, B = bins ib..jb of fb; None when the pair is not tracked."""
+        if fa not in self.features or fb not in self.features or fa == fb:
+            return None
+        a, b = self.features.index(fa), self.features.index(fb)
+        if a > b:
+            a, b, ia, ja, ib, jb, swapped = b, a, ib, jb, ia, ja, True
+        else:
+            swapped = False
+        base = 0
+        for p, q in self.pairs():
+            if (p, q) == (a, b):
+                break
+            base += 2 * self.sizes[p] * self.sizes[q]
+        sb, c = self.sizes[b], self.c
+        n10 = e10 = n11 = e11 = n01 = e01 = 0
+        for x in range(self.sizes[a]):
+            in_a = ia <= x <= ja
+            row = base + 2 * x * sb
+            for y in range(sb):
+                lab = c[row + 2 * y]
+                if not lab:
+                    continue
+                err = lab - c[row + 2 * y + 1]
+                in_b = ib <= y <= jb
+                if in_a and in_b:
+                    n11 += lab
+                    e11 += err
+                elif in_a:
+                    n10 += lab
+                    e10 += err
+                elif in_b:
+                    n01 += lab
+                    e01 += err
+        if swapped:
+            return n01, e01, n11, e11, n10, e10
+        return n10, e10, n11, e11, n01, e01
+
+    def to_state(self) -> list:
+        return [list(self.features), list(self.sizes), self.n, self.c.tolist()]
+
+    @classmethod
+    def from_state(cls, s: Sequence) -> "JointCounts":
+        j = cls.__new__(cls)
+        j.features, j.sizes, j.n, j.c = tuple(s[0]), tuple(s[1]), s[2], array("H", s[3])
+        return j
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -230,7 +346,7 @@ def quantile_edges(values: Sequence[float], bins: int = NUMERIC_BINS) -> tuple[f
     return tuple(float(e) for e in edges)
 
 
-@persistent("slices.accountant")
+@persistent("slices.accountant", version=2)
 class SliceAccountant:
     """Per-bin labelled/correct counters of one (model, segment), and its explanations.
 
@@ -239,13 +355,13 @@ class SliceAccountant:
     `profile` maps a feature name to its reference bins (`FeatureBins`) when a profile has them.
     """
 
-    __slots__ = ("features", "attributes", "layout", "offsets", "reservoir", "ring", "block", "reference",
-                 "after", "since", "last_detection", "hold", "refreshed", "warm_n", "_plan")
+    __slots__ = ("features", "attributes", "layout", "offsets", "reservoir", "history", "ring", "block",
+                 "reference", "after", "joint", "since", "last_detection", "hold", "refreshed", "warm_n", "_plan")
 
     def __init__(self, features: Sequence[tuple[str, str]], attributes: Sequence[str] = (),
                  profile: Mapping[str, FeatureBins] | None = None):
-        self.features = tuple((n, k) for n, k in features)
-        self.attributes = tuple(a for a in attributes if a not in dict(self.features))
+        self.features = _shared(tuple((n, k) for n, k in features))
+        self.attributes = _shared(tuple(a for a in attributes if a not in dict(self.features)))
         profile = profile or {}
         self.layout: tuple[FeatureBins, ...] | None = None
         self.offsets: tuple[int, ...] = ()
@@ -253,13 +369,15 @@ class SliceAccountant:
         if all(n in profile for n, _ in self.features) and not self.attributes:
             self._set_layout(tuple(profile[n] for n, _ in self.features))
         else:
-            # Warm-up: values (numeric) or value counts (categorical) per feature, then bins.
-            self.reservoir = [profile.get(n) or ([] if k == NUMERIC else Counter()) for n, k in self._all()]
+            # Warm-up: values (numeric, 8 bytes each) or value counts (categorical) per feature, then bins.
+            self.reservoir = [profile.get(n) or (array("d") if k == NUMERIC else Counter()) for n, k in self._all()]
         self.warm_n = 0
-        self.ring: list[Counts] = []
-        self.block: Counts | None = Counts(self.size) if self.layout is not None else None
+        self.history: Counts | None = None  # before a drift: the labelled events older than the ring, decaying
+        self.ring: list[Counts] = []  # before a drift: the last RECENT full blocks
+        self.block: Counts | None = self._new_block() if self.layout is not None else None
         self.reference: Counts | None = None  # set while a drift is active
         self.after: Counts | None = None
+        self.joint: JointCounts | None = None  # while a drift is active, from JOINT_AT labelled events on
         self.since: float | None = None
         self.last_detection = -math.inf
         self.hold = 0.0
@@ -267,6 +385,9 @@ class SliceAccountant:
 
     def _all(self) -> list[tuple[str, str]]:
         return list(self.features) + [(a, SEGMENT) for a in self.attributes]
+
+    def _new_block(self) -> Counts:
+        return Counts(self.size, typecode="H")  # a block counts at most BLOCK events: 16 bits do
 
     @property
     def size(self) -> int:
@@ -276,10 +397,17 @@ class SliceAccountant:
     def active(self) -> bool:
         return self.after is not None
 
+    def windows(self) -> list[Counts]:
+        return [c for c in (self.history, *self.ring, self.block, self.reference, self.after) if c is not None]
+
     def counters(self) -> int:
-        """Counter pairs held now (the memory bound: size x (BLOCKS + 2) at most)."""
-        windows = len(self.ring) + sum(c is not None for c in (self.block, self.reference, self.after))
-        return self.size * windows
+        """Counter pairs held now in windows (at most size x (RECENT + 2)); the joint tables aside."""
+        return self.size * len(self.windows())
+
+    def counter_bytes(self) -> int:
+        """Bytes of the counter arrays held now (windows and joint tables)."""
+        arrays = [w.c for w in self.windows()] + ([self.joint.c] if self.joint is not None else [])
+        return sum(len(a) * a.itemsize for a in arrays)
 
     def _set_layout(self, layout: tuple[FeatureBins, ...]) -> None:
         self.layout = layout
@@ -297,8 +425,8 @@ class SliceAccountant:
         nf = len(self.features)
         for j, (fb, off) in enumerate(zip(self.layout, self.offsets)):
             src = j if j < nf else fb.name
-            index = {c: i for i, c in enumerate(fb.categories)}
-            plan.append((src, off, fb.kind == NUMERIC, list(fb.edges), index, off + fb.missing,
+            index = {c: i for i, c in enumerate(fb.categories)} if fb.kind != NUMERIC else None
+            plan.append((src, off, fb.kind == NUMERIC, fb.edges, index, off + fb.missing,
                          off + len(fb.categories)))
         self._plan = plan
 
@@ -315,7 +443,18 @@ class SliceAccountant:
             self._warm(values, segments)
             return None
         if after is not None:
-            self._count(after, values, segments, correct, timestamp)
+            joint = self.joint
+            if joint is None:
+                self._count(after, values, segments, correct, timestamp)
+                if after.n >= JOINT_AT:
+                    self._track()
+            elif joint.n >= JOINT_MAX:
+                self._count(after, values, segments, correct, timestamp)
+            else:
+                bins: list[int] = []
+                self._count(after, values, segments, correct, timestamp, bins)
+                offsets = self.offsets
+                joint.observe([bins[f] - offsets[f] for f in joint.features], correct)
             if self.refreshed < len(REFRESH_AT) and after.n >= REFRESH_AT[self.refreshed]:
                 self.refreshed += 1
                 return after.n
@@ -324,16 +463,27 @@ class SliceAccountant:
         self._count(block, values, segments, correct, timestamp)
         if block.n >= BLOCK:
             self.ring.append(block)
-            if len(self.ring) > BLOCKS:
-                del self.ring[0]
-            self.block = Counts(self.size)
+            if len(self.ring) > RECENT:
+                self._retire(self.ring.pop(0))
+            self.block = self._new_block()
         return None
 
-    def _count(self, c: Counts, values, segments, correct: bool, timestamp: float) -> None:
+    def _retire(self, block: Counts) -> None:
+        # A block leaving the ring joins the history; past HISTORY events the history's counters
+        # are halved first, so the reference weighs recent traffic most and stays bounded.
+        h = self.history
+        if h is None:
+            h = self.history = Counts(self.size)
+        if h.n + block.n > HISTORY:
+            h.halve()
+        h.merge(block)
+
+    def _count(self, c: Counts, values, segments, correct: bool, timestamp: float, keep: list | None = None) -> None:
         if c.start is None:
             c.start = timestamp
         c.n += 1
-        lab, cor = c.lab, c.cor
+        a = c.c
+        size = len(a) >> 1
         if correct:
             c.correct += 1
         attrs = _attributes(segments) if self.attributes else None
@@ -354,9 +504,11 @@ class SliceAccountant:
                     i = other
                 else:
                     i += off
-            lab[i] += 1
+            a[i] += 1
             if correct:
-                cor[i] += 1
+                a[size + i] += 1
+            if keep is not None:
+                keep.append(i)
 
     def _warm(self, values, segments) -> None:
         attrs = _attributes(segments) if self.attributes else {}
@@ -388,7 +540,7 @@ class SliceAccountant:
                     layout.append(FeatureBins(name, kind, categories=tuple(k for k, _ in top)))
             self.reservoir = None
             self._set_layout(tuple(layout))
-            self.block = Counts(self.size)
+            self.block = self._new_block()
 
     # -- drifts --------------------------------------------------------------------------------
     def detected(self, timestamp: float, hold: float) -> "Explanation":
@@ -406,12 +558,12 @@ class SliceAccountant:
         `driftline explain --since` path); stays active until `end()`."""
         if self.layout is None:
             return
-        self._split(at=len(self.ring) + 1)
+        self._split(at=RECENT + 2)
         self.since = since
         self.last_detection, self.hold = math.inf, 0.0
 
     def _split(self, at: int | None = None) -> None:
-        blocks = self.ring + ([self.block] if self.block.n else [])
+        blocks = [b for b in (self.history, *self.ring, self.block) if b is not None and b.n]
         if at is None:
             at = best_split(blocks)
         ref, after = Counts(self.size), Counts(self.size)
@@ -421,13 +573,32 @@ class SliceAccountant:
             after.merge(b)
         self.reference, self.after = ref, after
         self.since = after.start
-        self.ring, self.block = [], None
+        self.history, self.ring, self.block, self.joint = None, [], None, None
         self.refreshed = sum(1 for k in REFRESH_AT if after.n >= k)
+        if len(self.features) <= JOINT_FEATURES or after.n >= JOINT_AT:
+            self._track()
+
+    def _track(self) -> None:
+        # Joint counts from here on for the features whose slices lead now: enough to tell which
+        # of two overlapping slices (correlated features) holds the loss they share.
+        # Segment attributes (at `__all__`) are not compared: there the question is which segments
+        # account for the drop, and each segment's own explanation says what within it.
+        idx = [i for i, fb in enumerate(self.layout) if fb.kind != SEGMENT]
+        if len(idx) > JOINT_FEATURES:
+            ranked = [f.feature for f in self.explain(top=0).features if f.kind != SEGMENT]
+            lead = set(ranked[:JOINT_FEATURES])
+            idx = [i for i in idx if self.layout[i].name in lead]
+        self.joint = JointCounts(idx, [self.layout[i].size for i in idx])
 
     def _end(self) -> None:
-        # The model's new level is the norm now: a fresh reference builds up from here.
-        self.reference = self.after = self.since = None
-        self.ring, self.block = [], Counts(self.size)
+        # The model's new level is the norm now: the window since the change point becomes the
+        # history a next drift is measured against.
+        after = self.after
+        while after.n > HISTORY:
+            after.halve()
+        self.history = after if after.n else None
+        self.reference = self.after = self.since = self.joint = None
+        self.ring, self.block = [], self._new_block()
         self.refreshed = 0
 
     def end(self) -> None:
@@ -440,40 +611,50 @@ class SliceAccountant:
         if self.layout is None or ref is None or after is None:
             return Explanation(self.since, 0, None, after.n if after is not None else 0,
                                after.accuracy() if after is not None else None, (), ())
-        return explain(self.layout, self.offsets, ref, after, self.since, top)
+        return explain(self.layout, self.offsets, ref, after, self.since, top, self.joint)
 
     # -- snapshot: plain values only -------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         res = None
         if self.reservoir is not None:
             res = [{"bins": r.to_state()} if isinstance(r, FeatureBins) else
-                   {"values": list(r)} if isinstance(r, list) else {"counts": dict(r)} for r in self.reservoir]
+                   {"values": r.tolist()} if isinstance(r, array) else {"counts": dict(r)} for r in self.reservoir]
         c = lambda x: x.to_state() if x is not None else None  # noqa: E731
         return {"features": [list(f) for f in self.features], "attributes": list(self.attributes),
                 "layout": [fb.to_state() for fb in self.layout] if self.layout is not None else None,
-                "reservoir": res, "warm_n": self.warm_n, "ring": [b.to_state() for b in self.ring],
-                "block": c(self.block), "reference": c(self.reference), "after": c(self.after),
-                "since": self.since, "last_detection": self.last_detection, "hold": self.hold,
-                "refreshed": self.refreshed}
+                "reservoir": res, "warm_n": self.warm_n, "history": c(self.history),
+                "ring": [b.to_state() for b in self.ring], "block": c(self.block), "reference": c(self.reference),
+                "after": c(self.after), "joint": c(self.joint), "since": self.since,
+                "last_detection": self.last_detection, "hold": self.hold, "refreshed": self.refreshed}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any]) -> "SliceAccountant":
         acc = cls.__new__(cls)
-        acc.features = tuple((n, k) for n, k in s["features"])
-        acc.attributes = tuple(s["attributes"])
+        acc.features = _shared(tuple((n, k) for n, k in s["features"]))
+        acc.attributes = _shared(tuple(s["attributes"]))
         acc.layout, acc.offsets = None, ()
         if s["layout"] is not None:
             acc._set_layout(tuple(FeatureBins.from_state(x) for x in s["layout"]))
         acc.reservoir = None
         if s["reservoir"] is not None:
             acc.reservoir = [FeatureBins.from_state(r["bins"]) if "bins" in r else
-                             list(r["values"]) if "values" in r else Counter(r["counts"]) for r in s["reservoir"]]
+                             array("d", r["values"]) if "values" in r else Counter(r["counts"]) for r in s["reservoir"]]
         acc.warm_n = s["warm_n"]
-        acc.ring = [Counts.from_state(b) for b in s["ring"]]
         c = lambda x: Counts.from_state(x) if x is not None else None  # noqa: E731
+        acc.history = c(s.get("history"))
+        acc.ring = [Counts.from_state(b) for b in s["ring"]]
+        while len(acc.ring) > RECENT:  # a version-1 state kept 16 blocks
+            acc._retire(acc.ring.pop(0))
         acc.block, acc.reference, acc.after = c(s["block"]), c(s["reference"]), c(s["after"])
+        acc.joint = JointCounts.from_state(s["joint"]) if s.get("joint") is not None else None
         acc.since, acc.last_detection, acc.hold, acc.refreshed = s["since"], s["last_detection"], s["hold"], s["refreshed"]
         return acc
+
+    @classmethod
+    def upgrade_state(cls, version: int, fields: dict) -> dict:
+        """Version 1 (a ring of 16 blocks, two 64-bit lists per window) reads as version 2: its
+        older blocks become the history, the windows' counts carry over."""
+        return dict(fields)  # from_state reads both (missing history/joint, old count lists)
 
     def __getstate__(self) -> dict:
         return self.to_state()
@@ -483,6 +664,17 @@ class SliceAccountant:
         for name in SliceAccountant.__slots__:
             if hasattr(other, name):
                 setattr(self, name, getattr(other, name))
+
+
+_SHARED: dict[tuple, tuple] = {}
+
+
+def _shared(t: tuple) -> tuple:
+    """One copy of an equal tuple of names for all accountants (thousands of segments of a
+    model hold the same feature list)."""
+    if len(_SHARED) > 10_000:
+        _SHARED.clear()
+    return _SHARED.setdefault(t, t)
 
 
 def _attributes(segments: Sequence[str] | None) -> dict[str, str]:
@@ -515,21 +707,33 @@ def best_split(blocks: Sequence[Counts]) -> int:
     return best_at
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Candidate:
+    evidence: SliceEvidence
+    feature: int  # index in the layout
+    first: int  # bins first..last of that feature
+    last: int
+    unharmed_error: float  # the error rate after the change if the slice had lost only what the rest lost
+    loss: float  # accuracy lost per event beyond the rest's loss (the slice's purity)
+
+
 def explain(layout: Sequence[FeatureBins], offsets: Sequence[int], ref: Counts, after: Counts,
-            since: float | None, top: int = TOP) -> Explanation:
+            since: float | None, top: int = TOP, joint: JointCounts | None = None) -> Explanation:
     """Rank the slices (a bin, or a run of up to MAX_RUN adjacent numeric bins) of every feature by
     their contribution to the drop from `ref` to `after`; overlapping slices of one feature are
-    listed once (the best)."""
+    listed once (the best). With joint counts, the order of the leading JOINT_TOP may change
+    where two of them share their loss (`_holds_the_loss`)."""
     a_ref, a_after = ref.accuracy(), after.accuracy()
     if not ref.n or not after.n:
         return Explanation(since, ref.n, a_ref, after.n, a_after, (), ())
     p = min(a_ref, a_after)
     var = max(p * (1 - p), 1e-4)  # of one outcome, at the worse window's accuracy
-    candidates: list[tuple[SliceEvidence, int, int]] = []  # (slice, first bin, last bin)
+    candidates: list[_Candidate] = []
     shifts: list[FeatureShift] = []
-    for fb, off in zip(layout, offsets):
+    ref_lab, ref_cor, after_lab, after_cor = ref.lab, ref.cor, after.lab, after.cor
+    for k, (fb, off) in enumerate(zip(layout, offsets)):
         best, mix = 0.0, 0.0
-        counts = [(ref.lab[off + i], after.lab[off + i], ref.cor[off + i], after.cor[off + i]) for i in range(fb.size)]
+        counts = [(ref_lab[off + i], after_lab[off + i], ref_cor[off + i], after_cor[off + i]) for i in range(fb.size)]
         for lb, la, cb, _ in counts:  # traffic moving between bins, at their reference accuracies
             mix += (lb / ref.n - la / after.n) * (cb + PRIOR * a_ref) / (lb + PRIOR)
         runs = MAX_RUN if fb.kind == NUMERIC else 1
@@ -555,39 +759,99 @@ def explain(layout: Sequence[FeatureBins], offsets: Sequence[int], ref: Counts, 
                     label = f"[{_num(lower, '-inf')}, {_num(upper, '+inf')})"
                 else:
                     upper = fb.describe(i)[2]
-                candidates.append((SliceEvidence(
+                pb, pa, rest = _rates(ref, after, lb, la, cb, ca, a_ref)
+                candidates.append(_Candidate(SliceEvidence(
                     fb.name, label, lower, upper, category, lb, _r(cb / lb if lb else None), la, _r(ca / la),
-                    round(lb / ref.n, 6), round(la / after.n, 6), round(c, 6)), i, j))
-        moved = psi(ref.lab[off:off + fb.size], after.lab[off:off + fb.size])
+                    round(lb / ref.n, 6), round(la / after.n, 6), round(c, 6)), k, i, j,
+                    min(max(1 - pb + rest, 0.005), 0.995), pb - pa - rest))
+        moved = psi(ref_lab[off:off + fb.size], after_lab[off:off + fb.size])
         shifts.append(FeatureShift(fb.name, fb.kind, round(moved, 6), round(best, 6), round(mix, 6)))
     # Only slices that account for part of the drop are listed (the rest is in `features`), and
     # of overlapping runs of one feature only the best.
-    candidates.sort(key=lambda t: -t[0].contribution)
-    taken: dict[str, list[tuple[int, int]]] = {}
-    slices: list[SliceEvidence] = []
-    for s, i, j in candidates:
-        if s.contribution <= 0 or len(slices) >= top:
+    candidates.sort(key=lambda t: -t.evidence.contribution)
+    taken: dict[int, list[tuple[int, int]]] = {}
+    listed: list[_Candidate] = []
+    for cand in candidates:
+        if cand.evidence.contribution <= 0 or len(listed) >= max(top, JOINT_TOP):
             break
-        spans = taken.setdefault(s.feature, [])
-        if any(i <= b and a <= j for a, b in spans):
+        spans = taken.setdefault(cand.feature, [])
+        if any(cand.first <= b and a <= cand.last for a, b in spans):
             continue
-        spans.append((i, j))
-        slices.append(s)
+        spans.append((cand.first, cand.last))
+        listed.append(cand)
+    if joint is not None:
+        listed = _joint_order(listed, joint)
     shifts.sort(key=lambda f: -f.contribution)
-    return Explanation(since, ref.n, a_ref, after.n, a_after, tuple(slices), tuple(shifts))
+    return Explanation(since, ref.n, a_ref, after.n, a_after, tuple(c.evidence for c in listed[:top]), tuple(shifts))
+
+
+def _joint_order(listed: list[_Candidate], joint: JointCounts) -> list[_Candidate]:
+    """The leading JOINT_TOP slices, each place taken by the slice that holds the loss against
+    every other still unplaced (`_holds_the_loss`), in contribution order otherwise."""
+    lead, tail = list(listed[:JOINT_TOP]), listed[JOINT_TOP:]
+    out = []
+    while lead:
+        holder = lead[0]
+        for other in lead[1:]:
+            if _holds_the_loss(other, holder, joint):
+                holder = other
+        lead.remove(holder)
+        out.append(holder)
+    return out + tail
+
+
+def _holds_the_loss(b: _Candidate, a: _Candidate, joint: JointCounts) -> bool:
+    """Does slice `b` hold the loss it shares with slice `a` (listed before it), by the joint
+    counts since the drift's leading features were chosen? Only when their common traffic lost
+    clearly (Z_JOINT standard errors beyond what either would have lost unharmed). Then two
+    explanations of the same errors compete: "the loss is confined to a" (a's traffic, also where
+    it lies outside b, errs at one raised rate; b's traffic outside a errs as if unharmed) and the
+    same for b. b holds the loss if its explanation is LLR_MARGIN times e (nats) more likely: e.g.
+    b inside a, where a's own part errs at the unharmed rate (a is b diluted by unharmed traffic)."""
+    r = joint.regions(a.feature, a.first, a.last, b.feature, b.first, b.last)
+    if r is None:
+        return False
+    n_a, e_a, n_ab, e_ab, n_b, e_b = r
+    if _excess_z(e_ab, n_ab, max(a.unharmed_error, b.unharmed_error)) < Z_JOINT:
+        return False
+    rate_a = max((e_a + e_ab) / (n_a + n_ab), a.unharmed_error)
+    rate_b = max((e_b + e_ab) / (n_b + n_ab), b.unharmed_error)
+    confined_to_a = _ll(e_a + e_ab, n_a + n_ab, rate_a) + _ll(e_b, n_b, b.unharmed_error)
+    confined_to_b = _ll(e_b + e_ab, n_b + n_ab, rate_b) + _ll(e_a, n_a, a.unharmed_error)
+    return confined_to_b - confined_to_a > LLR_MARGIN
+
+
+def _ll(errors: int, n: int, rate: float) -> float:
+    """Binomial log-likelihood of `errors` in `n` at `rate` (without the constant)."""
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    return errors * math.log(rate) + (n - errors) * math.log(1 - rate)
+
+
+def _excess_z(errors: int, n: int, q: float) -> float:
+    """Standard errors by which `errors` of `n` exceed an error rate `q` (one pseudo-event of
+    variance keeps small counts from looking certain)."""
+    return (errors - n * q) / math.sqrt(n * q * (1 - q) + 1)
+
+
+def _rates(ref: Counts, after: Counts, lb: int, la: int, cb: int, ca: int, prior: float) -> tuple[float, float, float]:
+    """(accuracy before, accuracy after, both shrunk toward `prior` by PRIOR pseudo-events; the rest
+    of the traffic's own loss)."""
+    pb = (cb + PRIOR * prior) / (lb + PRIOR)
+    pa = (ca + PRIOR * prior) / (la + PRIOR)
+    rb, ra = ref.n - lb, after.n - la
+    rest = (ref.correct - cb) / rb - (after.correct - ca) / ra if rb > 0 and ra > 0 else 0.0
+    return pb, pa, rest
 
 
 def _contribution(ref: Counts, after: Counts, lb: int, la: int, cb: int, ca: int, prior: float,
                   var: float, z: float = None) -> float:
     """share_after x (the slice's accuracy loss - the rest's - Z standard errors of that difference)."""
-    pb = (cb + PRIOR * prior) / (lb + PRIOR)
-    pa = (ca + PRIOR * prior) / (la + PRIOR)
     rb, ra = ref.n - lb, after.n - la
-    if not (rb and ra):
+    if rb <= 0 or ra <= 0:
         return 0.0  # the slice is all the traffic: nothing to single out
     # The rest of the traffic's own loss: a slice is blamed only for what it lost beyond it (a bin
     # that merely holds much of the traffic loses like the whole segment).
-    rest = (ref.correct - cb) / rb - (after.correct - ca) / ra
+    pb, pa, rest = _rates(ref, after, lb, la, cb, ca, prior)
     # Z standard errors off: a large slice's noise (times its large share) must not rank it, nor
     # a large slice that holds a correlated part of the real one (a feature that shifted).
     se = math.sqrt(var * (1 / (lb + PRIOR) + 1 / (la + PRIOR) + 1 / rb + 1 / ra))

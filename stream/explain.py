@@ -2,8 +2,9 @@
 
 The same core as `driftline replay` (decode, event-time merge, join, routing) feeds one slice
 accountant (detectors/slices.py) with the segment's labelled outcomes. The reference is the
-last labelled events before the change point (at most BLOCKS x BLOCK of them, as in the
-stream); the "after" window runs from the change point to the end of the files. Without
+labelled events before the change point, as the stream keeps them (a decaying history of up to
+HISTORY events and the last blocks); the "after" window runs from the change point to the end
+of the files. Without
 `since`, the change point is the `since` of the segment's last error-drift detection ("up")
 in a replay of the same files.
 """

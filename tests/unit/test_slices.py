@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from driftline.detectors.bank import DetectorBank, ExplanationRecord
-from driftline.detectors.slices import (BLOCK, BLOCKS, MISSING, OTHER, REFRESH_AT, WARMUP, FeatureBins,
+from driftline.detectors.slices import (BLOCK, RECENT, MISSING, OTHER, REFRESH_AT, WARMUP, FeatureBins,
                                         SliceAccountant)
 from driftline.detectors.spec import ModelSpec
 from driftline.detectors.state import restore, snapshot
@@ -101,7 +101,7 @@ def test_memory_is_bounded_by_bins_features_and_blocks():
     acc = SliceAccountant(FEATURES)
     run(acc, rng, 30_000, False, 0)
     bins = sum(fb.size for fb in acc.layout)
-    assert bins <= 4 * 14 and acc.counters() <= bins * (BLOCKS + 1)
+    assert bins <= 4 * 14 and acc.counters() <= bins * (RECENT + 2)
     acc.detected(30_000.0, hold=1e9)
     run(acc, rng, 20_000, True, 30_001)
     assert acc.counters() == 2 * bins  # reference + after, whatever the traffic
@@ -230,3 +230,89 @@ def test_metrics_carry_the_top_slices_of_active_error_drifts_only():
     assert res.returncode == 0, res.stdout + res.stderr
     # Once the drift hold has passed without another detection, the series leave /metrics.
     assert series(last + SPEC.drift_hold + 1.0)[1] == {}
+
+
+def _cells(acc, cells, start):
+    """Feed (x, y, events, errors) cells: the first `errors` events of each cell are wrong."""
+    t = start
+    for x, y, n, errors in cells:
+        for k in range(n):
+            acc.observe((x, y), None, k >= errors, float(t))
+            t += 1
+    return t
+
+
+def test_joint_counts_put_the_slice_that_holds_the_loss_before_a_correlated_one():
+    """x in [10, 20) lost accuracy; y in [10, 20) selects much of the same traffic and, as its
+    reference accuracy was higher, accounts for more accuracy points by the marginal counts alone.
+    The joint counts after the change show y's own part (outside x's slice) unharmed and x's own
+    part harmed: x's slice is listed first, each keeping its contribution."""
+    from driftline.detectors.slices import explain
+
+    bins = FeatureBins("x", "numeric", (10.0, 20.0)), FeatureBins("y", "numeric", (10.0, 20.0))
+    acc = SliceAccountant((("x", "numeric"), ("y", "numeric")), profile={"x": bins[0], "y": bins[1]})
+    low, mid = 5.0, 15.0
+    t = _cells(acc, [(mid, mid, 100, 9), (mid, low, 100, 21), (low, mid, 200, 0), (low, low, 600, 18)], 0)
+    acc.start(float(t))
+    _cells(acc, [(mid, mid, 100, 40), (mid, low, 20, 8), (low, mid, 60, 3), (low, low, 820, 25)], t)
+    marginal = explain(acc.layout, acc.offsets, acc.reference, acc.after, acc.since)
+    assert [(s.feature, s.bin) for s in marginal.slices[:2]] == [("y", "[10, 20)"), ("x", "[10, 20)")]
+    e = acc.explain()
+    assert [(s.feature, s.bin) for s in e.slices[:2]] == [("x", "[10, 20)"), ("y", "[10, 20)")]
+    assert {s.feature: s.contribution for s in e.slices} == {s.feature: s.contribution for s in marginal.slices}
+    assert e.slices[0].contribution < e.slices[1].contribution  # the order says which holds the loss
+    # When it is y's own part that lost and x's that did not, y stays first.
+    acc2 = SliceAccountant((("x", "numeric"), ("y", "numeric")), profile={"x": bins[0], "y": bins[1]})
+    t = _cells(acc2, [(mid, mid, 100, 9), (mid, low, 100, 21), (low, mid, 200, 0), (low, low, 600, 18)], 0)
+    acc2.start(float(t))
+    _cells(acc2, [(mid, mid, 100, 40), (mid, low, 20, 2), (low, mid, 60, 24), (low, low, 820, 25)], t)
+    assert acc2.explain().slices[0].feature == "y"
+
+
+def test_memory_in_bytes_before_and_during_a_drift():
+    rng = random.Random(1)
+    acc = SliceAccountant(FEATURES)
+    run(acc, rng, 30_000, False, 0)
+    bins = acc.size
+    # Before a drift: the decaying history (32-bit counters) and RECENT + 1 blocks (16-bit).
+    assert acc.counter_bytes() == bins * 2 * (4 + 2 * (RECENT + 1))
+    assert acc.history.n <= 4_000 + BLOCK
+    acc.detected(30_000.0, hold=1e9)
+    run(acc, rng, 20_000, True, 30_001)
+    pairs = sum(acc.layout[a].size * acc.layout[b].size for a in range(4) for b in range(a + 1, 4))
+    assert acc.counter_bytes() == bins * 2 * 4 * 2 + pairs * 2 * 2  # reference + after; joint tables
+
+
+def test_a_version_1_state_restores_into_the_smaller_layout():
+    """A checkpoint of the accountant as version 1 wrote it (16 blocks, two 64-bit count lists per
+    window) restores: the older blocks become the history, no event is lost, counting goes on."""
+    import zlib
+
+    from driftline.detectors.state import MAGIC, _Encoder, decode_state
+
+    rng = random.Random(4)
+    acc = SliceAccountant(FEATURES)
+    run(acc, rng, WARMUP, False, 0)
+    size = acc.size
+
+    def old_counts(n, correct, start):
+        lab = [0] * size
+        cor = [0] * size
+        for fb, off in zip(acc.layout, acc.offsets):
+            lab[off], cor[off] = n, correct
+        return [start, n, correct, lab, cor]
+
+    v1 = acc.to_state()
+    v1.pop("history")
+    v1.pop("joint")
+    v1["ring"] = [old_counts(BLOCK, BLOCK - 10, float(i * BLOCK)) for i in range(16)]
+    v1["block"] = old_counts(7, 7, 4000.0)
+    tree = {"$o": "slices.accountant", "v": 1, "id": 0, "f": {k: _Encoder().enc(v) for k, v in v1.items()}}
+    doc = {"format": 2, "driftline": "0.1.0", "river": None, "state": tree}
+    restored = decode_state(MAGIC + zlib.compress(orjson.dumps(doc)))
+    assert isinstance(restored, SliceAccountant), restored
+    assert len(restored.ring) == RECENT
+    assert restored.history.n + sum(b.n for b in restored.ring) + restored.block.n <= 16 * BLOCK + 7
+    assert restored.history.n >= 4_000 // 2 and restored.block.n == 7
+    e = restored.detected(4010.0, hold=1e6)
+    assert e.labelled_before + e.labelled_after == restored.reference.n + restored.after.n > 2_000
