@@ -137,6 +137,21 @@ class Intake:
                 return self.take_invalid(refused), refused
         out: list[tuple] = []
         ts = ev.timestamp
+        spec = self.spec_for(model)
+        call = None
+        if ev.llm is not None and spec.llm is not None:
+            emb = ev.llm.embedding
+            if emb is not None:
+                # The config's embedding_dim, else the length of the model's first embedding.
+                dim = spec.llm.embedding_dim or self.embedding_dims.setdefault(model, len(emb))
+                if len(emb) != dim:
+                    # Refused before it moves the event clock: a refused event (often stamped
+                    # with its Kafka time) must not expire what waits in the join.
+                    invalid = Invalid("inference", "bad_embedding",
+                                      f"llm.embedding has {len(emb)} numbers, model {model}'s embeddings have {dim} "
+                                      f"(models.{model}.llm.embedding_dim or its first embedding)", raw, model)
+                    return self.take_invalid(invalid), invalid
+            call = tuple(llm_observation(ev.llm, spec.llm))  # plain: it travels as JSON
         if self.idle:
             self.idle.discard("inference")
         if ts > self.inference_time:
@@ -147,19 +162,6 @@ class Intake:
             out.append((FATE, model, ALL_SEGMENT, "inference", "duplicate"))
             return out, None
         router = self.router
-        spec = self.spec_for(model)
-        call = None
-        if ev.llm is not None and spec.llm is not None:
-            emb = ev.llm.embedding
-            if emb is not None:
-                # The config's embedding_dim, else the length of the model's first embedding.
-                dim = spec.llm.embedding_dim or self.embedding_dims.setdefault(model, len(emb))
-                if len(emb) != dim:
-                    invalid = Invalid("inference", "bad_embedding",
-                                      f"llm.embedding has {len(emb)} numbers, model {model}'s embeddings have {dim} "
-                                      f"(models.{model}.llm.embedding_dim or its first embedding)", raw, model)
-                    return out + self.take_invalid(invalid), invalid
-            call = tuple(llm_observation(ev.llm, spec.llm))  # plain: it travels as JSON
         features = ev.features
         segments = router.route(spec, features, ev.segment, ts)  # raw values: the bank's guard folds
         monitored = spec.features

@@ -266,3 +266,25 @@ def test_every_ordered_kind_is_held_and_counters_are_not():
     assert all(ordering_key(r[2:]) is not None for r in recs[:4]) and ordering_key(recs[4][2:]) is None
     buf.note(0, 6.0, False, 0.0)
     assert [buf.record(e)[2] for e in buf.release(0.0)] == [OUTCOME, PAIR, INFERENCE, LLM]
+
+
+def test_a_refused_llm_call_does_not_move_the_event_clock():
+    """An LLM call refused at intake (embedding of the wrong length), stamped hours ahead (a bad
+    event without a timestamp takes its Kafka time), expires nothing that waits in the join."""
+    from driftline.detectors.llm import LLMCall
+    s = parse_settings({"models": {"a": {"task": "llm", "llm": {"embedding_dim": 3}}}}, env={})
+    intake = Intake(s)
+
+    def call(i, ts, dim):
+        return Inference(prediction_id=f"c{i}", model="a", features={}, prediction=None, timestamp=ts,
+                         segment={}, model_version="v1",
+                         llm=LLMCall(input_tokens=10, output_tokens=5, duration=0.5, embedding=[0.1] * dim))
+
+    for i in range(5):
+        intake.take_inference(call(i, float(i), 3))
+    intake.set_idle("label")  # the label stream has nothing unread: its clock follows inferences
+    out, refused = intake.take_inference(call(99, 10 * HOUR, 2))
+    assert refused is not None and refused.reason == "bad_embedding"
+    assert fates(out)[("inference", "expired")] == 0
+    assert intake.join.pending_predictions == 5
+    assert intake.inference_time == 4.0
