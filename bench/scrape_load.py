@@ -1,15 +1,18 @@
 """/metrics under hostile clients: does scraping stop ingestion or grow memory?
 
-    .venv/bin/python bench/scrape_load.py [--segments 3000] [--bootstrap HOST:PORT] [--out bench/results]
+    .venv/bin/python bench/scrape_load.py [--segments 3000] [--bootstrap HOST:PORT] [--out bench/results] [--variants ...]
 
 One worker with a model of SEGMENTS segment values (~30 series each: ~90k series), fed a steady
-4,000 messages/s (inferences and labels). For each of two builds of the HTTP server, measured in
+4,000 messages/s (inferences and labels). For each of three builds of /metrics, measured in
 the same run:
 
-- "bounded" (the default): one shared, cached render (stream/http.py ExpositionCache), at most
-  32 connections, a 10 s socket timeout per connection;
-- "unbounded" (DRIFTLINE_BENCH_UNBOUNDED_HTTP=1): a render per scrape, no cap, no timeout (what
-  /metrics did before);
+- "bounded_paced" (the default): one shared, cached render (stream/http.py ExpositionCache), at
+  most 32 connections, a 10 s socket timeout per connection, and a walk that holds the worker's
+  lock for one slice of segments at a time (stream/exporter.py PacedBanks);
+- "bounded_whole_walk" (DRIFTLINE_BENCH_WHOLE_WALK_LOCK=1): the same server, the walk holding
+  the lock from its first segment to its last (the previous build);
+- "unbounded" (DRIFTLINE_BENCH_UNBOUNDED_HTTP=1 and the whole-walk lock): a render per scrape, no
+  cap, no timeout (what /metrics did before either fix);
 
 it records, per phase (quiet 10 s; 50 concurrent scrapers 12 s; 200 clients that send
 `GET /metrics` and never read, 15 s): consumer lag (the group's committed offsets against the
@@ -165,19 +168,24 @@ def non_readers(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def run_variant(bootstrap: str, segments: int, unbounded: bool, tmp: Path) -> dict:
+VARIANTS = {
+    "bounded_paced": {},
+    "bounded_whole_walk": {"DRIFTLINE_BENCH_WHOLE_WALK_LOCK": "1"},
+    "unbounded": {"DRIFTLINE_BENCH_UNBOUNDED_HTTP": "1", "DRIFTLINE_BENCH_WHOLE_WALK_LOCK": "1"},
+}
+
+
+def run_variant(bootstrap: str, segments: int, variant: str, tmp: Path) -> dict:
     prefix = f"sl-{uuid.uuid4().hex[:8]}"
     cfg = config(tmp / f"{prefix}.yml", bootstrap, prefix, segments)
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if unbounded:
-        env["DRIFTLINE_BENCH_UNBOUNDED_HTTP"] = "1"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **VARIANTS[variant]}
     logf = open(tmp / f"{prefix}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(cfg),
                              "--listen", f"127.0.0.1:{port}"], cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/metrics"
-    out: dict = {"variant": "unbounded" if unbounded else "bounded"}
+    out: dict = {"variant": variant}
     feeder = Feeder(bootstrap, prefix, segments)
     socks: list[socket.socket] = []
     try:
@@ -201,9 +209,24 @@ def run_variant(bootstrap: str, segments: int, unbounded: bool, tmp: Path) -> di
 
         def sample(name: str, seconds: float, extra=None) -> None:
             lag0, rss0 = lag(bootstrap, prefix), rss(proc.pid)
+            peak = {"lag": lag0}
+            done = threading.Event()
+
+            def watch():  # the lag every second of the phase: its peak, not only its ends
+                while not done.wait(1.0):
+                    try:
+                        peak["lag"] = max(peak["lag"], lag(bootstrap, prefix))
+                    except Exception:  # noqa: BLE001 (a slow broker answer: skip that second)
+                        pass
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             res = extra() if extra else (time.sleep(seconds) or {})
+            done.set()
+            watcher.join(15)
             lag1, rss1 = lag(bootstrap, prefix), rss(proc.pid)
-            out[name] = {"seconds": seconds, "lag_before": lag0, "lag_after": lag1, "rss_before_mib": rss0 / 2**20,
+            out[name] = {"seconds": seconds, "lag_before": lag0, "lag_after": lag1,
+                         "lag_peak": max(peak["lag"], lag1), "rss_before_mib": rss0 / 2**20,
                          "rss_after_mib": rss1 / 2**20, **res}
             log(f"{out['variant']} {name}: lag {lag0:,} -> {lag1:,}, RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB {res}")
 
@@ -240,20 +263,137 @@ def run_variant(bootstrap: str, segments: int, unbounded: bool, tmp: Path) -> di
     return out
 
 
+class RecordingLock:
+    """The worker's kind of lock (an RLock), recording how long the scraping thread held it each
+    time it took it (outermost holds only)."""
+
+    def __init__(self, scraper: int):
+        self._lock = threading.RLock()
+        self.scraper, self.depth, self.since, self.holds = scraper, 0, 0.0, []
+
+    def __enter__(self):
+        self._lock.acquire()
+        if threading.get_ident() == self.scraper:
+            self.depth += 1
+            if self.depth == 1:
+                self.since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if threading.get_ident() == self.scraper:
+            self.depth -= 1
+            if self.depth == 0:
+                self.holds.append(time.perf_counter() - self.since)
+        self._lock.release()
+        return False
+
+
+def lock_wait(segments: int, renders: int = 5) -> dict:
+    """In one process, no Kafka: a bank of SEGMENTS segments (the worker's model), rendered by
+    DriftlineMetrics with the worker's kind of lock while a "loop" thread takes that lock for 1 ms
+    at a time (a batch). Per walk variant: the longest the scrape held the lock at a stretch, how
+    long the loop waited to get it (at most, p99: this includes waiting for the GIL, which a render
+    in the worker's process takes whatever the lock does), and how long a render took."""
+    from driftline.detectors.bank import DetectorBank
+    from driftline.stream import exporter
+    from driftline.stream.settings import load_settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(config(Path(tmp) / "c.yml", "127.0.0.1:1", "lw", segments), env={})
+    bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle)
+    for i in range(4 * segments):
+        seg = f"user=u{i % segments}"
+        for s in ("__all__", seg):
+            bank.observe_inference("m", s, {"x": (i % 97) / 10.0}, i % 2, None, float(i), f"p{i}")
+            bank.observe_outcome("m", s, i % 2, (i // 3) % 2, float(i) + 0.1, f"p{i}")
+    out = {}
+    for variant, env in (("paced", None), ("whole_walk", "1")):
+        if env:
+            os.environ[exporter.ENV_WHOLE_WALK] = env
+        else:
+            os.environ.pop(exporter.ENV_WHOLE_WALK, None)
+        lock = RecordingLock(threading.get_ident())
+        metrics = exporter.DriftlineMetrics(settings, banks=lambda: (bank,), lock=lock)
+        waits: list[float] = []
+        stop = threading.Event()
+
+        def loop():
+            while not stop.is_set():
+                t = time.perf_counter()
+                with lock:
+                    waits.append(time.perf_counter() - t)
+                    end = time.perf_counter() + 0.001
+                    while time.perf_counter() < end:
+                        pass
+                time.sleep(0.0005)  # the loop's own work outside the lock (polling Kafka)
+
+        th = threading.Thread(target=loop, daemon=True)
+        th.start()
+        took = []
+        for _ in range(renders):
+            t = time.perf_counter()
+            metrics.render()
+            took.append(time.perf_counter() - t)
+        stop.set()
+        th.join(10)
+        waits.sort()
+        out[variant] = {"renders": renders, "render_p50_s": statistics.median(took),
+                        "scrape_holds_per_render": len(lock.holds) / renders,
+                        "scrape_longest_hold_s": max(lock.holds), "loop_waits": len(waits),
+                        "loop_wait_max_s": waits[-1], "loop_wait_p99_s": waits[int(0.99 * (len(waits) - 1))]}
+        log(f"lock wait, {variant}: {out[variant]}")
+    os.environ.pop(exporter.ENV_WHOLE_WALK, None)
+    return out
+
+
+def summary(results: dict) -> str:
+    """bench/results/scrape_load.md: the figures of one run as tables."""
+    def f(x, fmt="{:,.0f}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    lines = [f"# /metrics under load ({results['date']}, {results['cores']} cores, "
+             f"{results['offered_messages_per_s']:,.0f} messages/s offered, {results['segments']:,} segments)", "",
+             "Written by `.venv/bin/python bench/scrape_load.py`; lag = messages past the group's committed "
+             "offsets (read from Kafka), peak sampled every second of the phase.", "",
+             "| build | series | quiet: lag peak | 50 scrapers: lag before -> peak -> after | scrape p50 / p99 | "
+             "ok / failed (503, timeout) | RSS | 200 non-readers: lag peak | RSS peak | SIGTERM with them attached |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in results["variants"]:
+        q, s50, nr = v["quiet"], v["scrapers_50"], v["non_readers_200"]
+        lines.append(
+            f"| {v['variant']} | {v['series']:,} | {f(q.get('lag_peak'))} | {f(s50['lag_before'])} -> "
+            f"{f(s50.get('lag_peak'))} -> {f(s50['lag_after'])} | {f(s50['scrape_p50_s'], '{:.2f}')} / "
+            f"{f(s50['scrape_p99_s'], '{:.2f}')} s | {s50['scrapes_ok']} / {s50['scrapes_failed']} | "
+            f"{s50['rss_before_mib']:.0f} -> {s50['rss_after_mib']:.0f} MiB | {f(nr.get('lag_peak'))} | "
+            f"{nr['rss_peak_mib']:.0f} MiB | {f(v['sigterm_seconds'], '{:.1f} s')} (exit {v['sigterm_exit_code']}) |")
+    lw = results.get("lock_wait")
+    if lw:
+        lines += ["", "In one process, no Kafka (the same bank, a loop thread taking the lock for 1 ms at a time):", "",
+                  "| walk | render p50 | scrape's holds per render | longest hold | loop's longest wait | loop's p99 wait |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in lw.items():
+            lines.append(f"| {name} | {r['render_p50_s']:.2f} s | {r['scrape_holds_per_render']:.0f} | "
+                         f"{1000 * r['scrape_longest_hold_s']:.1f} ms | {1000 * r['loop_wait_max_s']:.1f} ms | "
+                         f"{1000 * r['loop_wait_p99_s']:.2f} ms |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segments", type=int, default=3000)
     ap.add_argument("--bootstrap")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     args = ap.parse_args()
     results = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "offered_messages_per_s": RATE,
-               "segments": args.segments, "variants": []}
+               "segments": args.segments, "lock_wait": lock_wait(args.segments), "variants": []}
     with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-        for unbounded in (False, True):
-            results["variants"].append(run_variant(broker.bootstrap, args.segments, unbounded, Path(tmp)))
+        for variant in args.variants.split(","):
+            results["variants"].append(run_variant(broker.bootstrap, args.segments, variant, Path(tmp)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scrape_load.json").write_text(json.dumps(results, indent=2))
+    (out / "scrape_load.md").write_text(summary(results))
     print(json.dumps(results, indent=2))
     return 0
 

@@ -13,13 +13,21 @@ Series of evicted segments vanish with their state, so there is nothing to `remo
 counter lives in the bank that owns its (model, segment) key (see detectors/tally.py), so a
 worker exports the series of the partitions it owns and the sum over workers is the fleet's.
 
-The walk runs in the HTTP server's thread while the worker's loop mutates state: it holds the
-worker's `lock`, and the text is formatted after the lock is released.
+The walk runs in the HTTP server's thread while the worker's loop mutates state. It never holds
+the worker's `lock` for the whole walk: the counters (tallies) and the join sizes are copied
+under one short hold, then the segments are read in slices of `WALK_SLICE` (`PacedBanks`), the
+lock held while one slice is read and released between slices, so the loop waits for at most one
+slice, however many series there are. A slice re-reads its segments under the lock (one evicted
+meanwhile is skipped) and a bank the worker no longer owns is not read further. The text is
+formatted after the last slice, without the lock.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
+import threading
 import time
 from typing import Callable, ContextManager, Iterable, Sequence
 
@@ -37,6 +45,9 @@ from driftline.stream.pipeline import UNKNOWN_MODEL, Intake
 # feature x segment x detector x statistic would multiply /metrics by ten.
 INTERNAL_SIGNALS = (ERROR, PREDICTION, SCORE)
 TOP_SLICES = 3  # slices per active error drift exported as driftline_slice_* (the page names the first)
+WALK_SLICE = 200  # segments read per hold of the worker's lock during a scrape (~3k series, a few ms)
+# bench/scrape_load.py's "whole walk" variant only: hold the lock for the whole walk, as before.
+ENV_WHOLE_WALK = "DRIFTLINE_BENCH_WHOLE_WALK_LOCK"
 
 
 class Family:
@@ -55,10 +66,11 @@ class Family:
         self.rows.append((values, value))
 
 
-def merge_tallies(tallies: Iterable[Tally]) -> Tally:
-    """One Tally holding the sums of several (a worker owns several partitions' banks)."""
+def merge_tallies(tallies: Iterable[Tally], copy: bool = False) -> Tally:
+    """One Tally holding the sums of several (a worker owns several partitions' banks); `copy`:
+    a new one even for a single tally (to read it after the lock is released)."""
     tallies = list(tallies)
-    if len(tallies) == 1:
+    if len(tallies) == 1 and not copy:
         return tallies[0]
     out = Tally()
     for t in tallies:
@@ -77,6 +89,74 @@ def merge_tallies(tallies: Iterable[Tally]) -> Tally:
 from driftline.stream.llm_export import llm_families  # noqa: E402 (it needs Family above)
 
 
+class BankSlice:
+    """Up to WALK_SLICE segments of one bank, as the family builders read a bank (`items()`,
+    `spec()`, `profiles`, `tally`); read only while `PacedBanks` holds the lock."""
+
+    __slots__ = ("bank", "keys")
+
+    def __init__(self, bank: DetectorBank, keys: list):
+        self.bank, self.keys = bank, keys
+
+    def items(self):
+        get = self.bank.get
+        out = []
+        for key in self.keys:
+            st = get(*key)
+            if st is not None:  # evicted since the keys were listed
+                out.append((key, st))
+        return out
+
+    def spec(self, model: str):
+        return self.bank.spec(model)
+
+    @property
+    def profiles(self):
+        return self.bank.profiles
+
+    @property
+    def tally(self) -> Tally:
+        return self.bank.tally
+
+
+class PacedBanks:
+    """The banks of one scrape, handed out as `BankSlice`s with the lock held while the caller
+    reads each one and released between them. Re-iterable: each family builder walks it again."""
+
+    def __init__(self, banks: list[DetectorBank], live: Callable[[], Iterable[DetectorBank]],
+                 lock: ContextManager, size: int = WALK_SLICE):
+        self.banks, self.live, self.lock, self.size = banks, live, lock, size
+
+    def __iter__(self):
+        lock, size = self.lock, self.size
+        for bank in self.banks:
+            with lock:
+                if not any(b is bank for b in self.live()):
+                    continue  # given up since the scrape began: its new owner exports it
+                keys = [key for key, _ in bank.items()]
+            for i in range(0, max(len(keys), 1), size):
+                with lock:
+                    if i and not any(b is bank for b in self.live()):
+                        break
+                    yield BankSlice(bank, keys[i:i + size])
+                # Let the loop take the lock: a release followed at once by an acquire would
+                # usually win it back before the waiting thread runs.
+                time.sleep(0.0002)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntakeFigures:
+    """What /metrics reads of an intake, copied under the lock."""
+
+    pending_predictions: int
+    held_labels: int
+    shadow_counts: dict  # (model, outcome) -> shadow-traffic outcomes that made no pair
+
+    @classmethod
+    def of(cls, intake: Intake) -> "IntakeFigures":
+        return cls(intake.join.pending_predictions, intake.join.held_labels, dict(intake.shadow.counts))
+
+
 class DriftlineMetrics:
     """The contract's families from the banks and intakes a process owns.
 
@@ -93,17 +173,29 @@ class DriftlineMetrics:
         self.banks = banks
         self.clock = clock
         self.lock = lock if lock is not None else contextlib.nullcontext()
+        self._paced = lock is not None  # with no lock to share there is no one to wait for
+        self._walking = threading.Lock()
         # (model, segment) -> (its inference count, profile digest, comparisons): a segment's
         # windows change only with its inference events, so an idle one is not recomputed.
         self._comparisons: dict[tuple[str, str], tuple] = {}
 
     def families(self) -> list[Family]:
-        with self.lock:
-            banks = list(self.banks())
+        with self._walking:  # one walk at a time (the comparisons cache is the walk's)
+            if self._paced is False or os.environ.get(ENV_WHOLE_WALK) == "1":
+                with self.lock:  # no lock to share (a replay), or the bench's "before"
+                    return self._families(list(self.banks()), [IntakeFigures.of(i) for i in self.intakes()], None)
+            with self.lock:  # the short hold: counters and join sizes, copied
+                banks = list(self.banks())
+                tally = merge_tallies([b.tally for b in banks], copy=True) if banks else Tally()
+                intakes = [IntakeFigures.of(i) for i in self.intakes()]
+            return self._families(PacedBanks(banks, self.banks, self.lock), intakes, tally)
+
+    def _families(self, banks, intakes, tally: Tally | None) -> list[Family]:
+        if tally is None:
             tally = merge_tallies([b.tally for b in banks]) if banks else Tally()
-            return (self._counters(tally) + self._join(list(self.intakes())) + self._state(banks, tally)
-                    + self._baselines(banks) + self._quality(banks) + self._challengers(banks, list(self.intakes()))
-                    + llm_families(self.settings, banks))
+        return (self._counters(tally) + self._join(intakes) + self._state(banks, tally)
+                + self._baselines(banks) + self._quality(banks) + self._challengers(banks, intakes)
+                + llm_families(self.settings, banks))
 
     def render(self) -> bytes:
         return render(self.families())
@@ -142,10 +234,10 @@ class DriftlineMetrics:
         return out + [invalid, objective]
 
     @staticmethod
-    def _join(intakes: list[Intake]) -> list[Family]:
+    def _join(intakes: list[IntakeFigures]) -> list[Family]:
         pending = Family("driftline_join_pending", "gauge", "Entries waiting in the label join.", ("kind",))
-        pending.add(("prediction",), sum(i.join.pending_predictions for i in intakes))
-        pending.add(("label",), sum(i.join.held_labels for i in intakes))
+        pending.add(("prediction",), sum(i.pending_predictions for i in intakes))
+        pending.add(("label",), sum(i.held_labels for i in intakes))
         return [pending]
 
     def _state(self, banks: list[DetectorBank], tally: Tally) -> list[Family]:
@@ -302,7 +394,7 @@ class DriftlineMetrics:
                 + [estimated, calibrated, expected, realized, bound, departure])
 
     @staticmethod
-    def _challengers(banks: list[DetectorBank], intakes: list[Intake]) -> list[Family]:
+    def _challengers(banks: list[DetectorBank], intakes: list[IntakeFigures]) -> list[Family]:
         """Champion vs challenger per challenger segment (detectors/challenger.py), and the fates of
         shadow-traffic outcomes that made no pair."""
         lv = ("model", "champion", "segment")
@@ -332,7 +424,7 @@ class DriftlineMetrics:
                         ("model", "outcome"))
         counts: dict[tuple[str, str], int] = {}
         for intake in intakes:
-            for k, n in intake.shadow.counts.items():
+            for k, n in intake.shadow_counts.items():
                 counts[k] = counts.get(k, 0) + n
         shadow.rows = sorted(counts.items())
         return [delta, lower, upper, decision, pairs, shadow]

@@ -37,7 +37,12 @@ RATE = 100.0          # live rows per second
 LABEL_DELAY = 0.5     # seconds from a prediction to its label, live
 MIN_LIVE_ROWS = 800   # live rows published at least (detections on outputs come after the page)
 AFTER_PAGE = 3.0      # seconds of live traffic after the page, for alerts that should not come
-PAGE_TIMEOUT = 60.0   # seconds from the first drifted event to the page, at most
+PAGE_TIMEOUT = 60.0   # seconds the test waits for the page
+# The bound docs/alerting.md claims, first drifted event to webhook (measured 3.2-5.1 s: ~1.8 s
+# of labelled band=high events, then up to 1 s each for scrape, evaluation and group_wait), with
+# a margin for a busy machine; a broken path exceeds it: the shipped group_wait (10 s), a `for:`
+# on the rule, a 5 s scrape or evaluation, a detection that needs more than a few labels.
+PAGE_BOUND = 10.0
 PAGING_ALERTS = ("DriftlineErrorDrift", "DriftlineAccuracyBelowObjective")
 DRIFTED = {"band=high", "__all__"}  # __all__ holds band=high's traffic
 
@@ -264,7 +269,7 @@ def test_drift_pages_with_model_and_segment(run, record_property):
     record_property("first_drifted_event_to_webhook_seconds", round(latency, 2))
     print(f"\nfirst drifted event -> webhook: {latency:.2f} s (alert active in Prometheus after "
           f"{starts - run['t_first_drifted']:.2f} s; {run['live_rows']} live rows published at {RATE:.0f}/s)")
-    assert 0 < latency < PAGE_TIMEOUT
+    assert 0 < latency < PAGE_BOUND, f"the page came {latency:.2f} s after the first drifted event"
 
 
 def test_no_page_for_untouched_segments(run):
@@ -278,6 +283,9 @@ def test_no_page_for_untouched_segments(run):
                 for p in run["posts"] for a in p.get("json", {}).get("alerts", [])}
     wrong = {(name, seg) for name, seg in notified if name in PAGING_ALERTS and seg not in DRIFTED}
     assert not wrong, f"paged for untouched segments: {wrong}"
+    # The inhibition: while band=high pages for error drift, the model-wide (__all__) error drift
+    # page is muted (tests/integration/test_monitoring_stack.py checks it fires and is held).
+    assert not list(page_alerts(run["posts"], "DriftlineErrorDrift", "__all__")), notified
     assert run["pages_before"] == [], "notifications before the drift began"
 
     # Not even pending, at any evaluation during the run.

@@ -272,3 +272,50 @@ def test_error_drift_metric_pages_through_alertmanager(prometheus_url, alertmana
     assert {a["labels"]["segment"] for a in active if a["labels"].get("alertname") == "DriftlineErrorDrift"} == {"region=eu"}
     rules = get_json(f"{prometheus_url}/api/v1/alerts")["data"]["alerts"]
     assert [a["labels"]["segment"] for a in rules if a["labels"]["alertname"] == "DriftlineErrorDrift"] == ["region=eu"]
+
+
+def test_a_segment_error_drift_page_mutes_the_models_all_page(prometheus_url, alertmanager_url, metrics_stub,
+                                                              webhook_sink):
+    """The shipped inhibition, on the real Prometheus and Alertmanager: while a segment of a model
+    pages for error drift, the same model's `__all__` error drift is firing in Prometheus but muted
+    in Alertmanager (suppressed, never sent); when the segment's alert ends, the `__all__` page goes
+    out (so it was the inhibition that held it, not a rule that never fired)."""
+    scrapes = itertools.count()
+    segment_drifting = {"on": True}
+
+    def exposition() -> bytes:
+        n = next(scrapes) * 50
+        segments = ["__all__"] + (["band=high"] if segment_drifting["on"] else [])
+        lines = ["# TYPE driftline_drift_active gauge"]
+        lines += [f'driftline_drift_active{{model="inhib",segment="{s}",signal="error",detector="adwin"}} 1'
+                  for s in segments]
+        lines += ["# TYPE driftline_drift_direction gauge"]
+        lines += [f'driftline_drift_direction{{model="inhib",segment="{s}",signal="error",detector="adwin"}} 1'
+                  for s in segments]
+        lines += ["# TYPE driftline_segment_inferences_total counter"]
+        lines += [f'driftline_segment_inferences_total{{model="inhib",segment="{s}"}} {n}' for s in ("__all__", "band=high")]
+        return ("\n".join(lines) + "\n").encode()
+
+    def notified(segment: str):
+        return [a for p in webhook_sink.posts for a in p.get("json", {}).get("alerts", [])
+                if a["labels"].get("alertname") == "DriftlineErrorDrift" and a["labels"].get("model") == "inhib"
+                and a["labels"].get("segment") == segment and a["status"] == "firing"]
+
+    def in_alertmanager(segment: str):
+        return [a for a in get_json(f"{alertmanager_url}/api/v2/alerts")
+                if a["labels"].get("alertname") == "DriftlineErrorDrift" and a["labels"].get("model") == "inhib"
+                and a["labels"].get("segment") == segment]
+
+    metrics_stub.body = exposition
+    wait_for("the band=high page at the webhook", lambda: notified("band=high"), timeout=60)
+    # __all__ fires in Prometheus and reaches Alertmanager, which holds it back.
+    [held] = wait_for("__all__ in Alertmanager", lambda: in_alertmanager("__all__"), timeout=30)
+    assert held["status"]["state"] == "suppressed" and held["status"]["inhibitedBy"], held["status"]
+    firing = get_json(f"{prometheus_url}/api/v1/alerts")["data"]["alerts"]
+    assert {"band=high", "__all__"} <= {a["labels"]["segment"] for a in firing
+                                        if a["labels"].get("model") == "inhib" and a["state"] == "firing"}
+    time.sleep(3)  # group_wait (1 s here) and more: a notification that was going to be sent, was
+    assert notified("__all__") == []
+
+    segment_drifting["on"] = False  # the segment's drift ends: nothing mutes __all__ any more
+    wait_for("the __all__ page once the segment's page resolved", lambda: notified("__all__"), timeout=60)
