@@ -66,8 +66,10 @@ class ClassQuality:
         self.n = 0
         self.tp = self.fp = self.fn = 0
         # Scored outcomes: P(positive) and whether the actual class was positive.
-        self.probs = array("d", bytes(8 * w))
-        self.ys = bytearray(w)
+        # Grown by `_scored` up to the window (a ring from then on): a segment with few scored
+        # outcomes does not hold a full window of 8-byte floats.
+        self.probs = array("d")
+        self.ys = bytearray()
         self.ppos = 0
         self.pn = 0
         self.scored = 0  # scored outcomes ever (a version for scrape-time caches)
@@ -130,9 +132,18 @@ class ClassQuality:
             self.fn += d
 
     def _scored(self, window: int, p: float, ap: bool) -> None:
-        if len(self.probs) != window:
-            self.probs, self.ys, self.ppos, self.pn = array("d", bytes(8 * window)), bytearray(window), 0, 0
         pos = self.ppos
+        size = len(self.probs)
+        if size < window and pos == size:  # still growing: append
+            self.probs.append(p)
+            self.ys.append(1 if ap else 0)
+            self.pn += 1
+            self.ppos = 0 if pos + 1 == window else pos + 1
+            self.scored += 1
+            return
+        if size != window:  # restored under a config with another window: start again
+            self.probs, self.ys, self.ppos, self.pn = array("d", bytes(8 * window)), bytearray(window), 0, 0
+            pos = 0
         self.probs[pos] = p
         self.ys[pos] = 1 if ap else 0
         if self.pn < window:

@@ -3,7 +3,7 @@
 Each wrapper has one job: feed a float, say whether this value completed a detection, and
 expose the statistics an operator needs to judge how close a signal is to alarm. River's
 `update()` returned a tuple in old versions and returns None since 0.19; we always read the
-`drift_detected` property after `update()`.
+`drift_detected` property's field (`_drift_detected`, River 0.19-0.26) after `update()`.
 
 >>> d = ADWINDetector()
 >>> hits = [i for i, x in enumerate([0.0] * 500 + [1.0] * 100) if d.update(x)]
@@ -58,7 +58,7 @@ class ADWINDetector:
         adwin.update(x)
         self._n += 1
         self._sum += x
-        if not adwin.drift_detected:
+        if not adwin._drift_detected:  # the `drift_detected` property's field: a call less per value
             return False
         width = adwin.width
         recent = adwin.estimation * width
@@ -101,7 +101,7 @@ class PageHinkleyDetector:
     def update(self, x: float) -> bool:
         ph = self._ph
         ph.update(x)
-        if not ph.drift_detected:
+        if not ph._drift_detected:  # as in ADWINDetector.update
             return False
         up = ph._sum_increase - ph._min_increase
         self.direction = 1 if ph.mode == "up" or (ph.mode == "both" and up > ph.threshold) else -1

@@ -81,8 +81,10 @@ class AccuracyEstimate:
         self.pred_pos = 0
         self.pred_n = 0
         self.pred_counts = [0] * BINS
-        self.lab_p = array("d", bytes(8 * window))
-        self.lab_ok = bytearray(window)
+        # The check's window, allocated by `labelled` once calibrated (most segments of a
+        # high-cardinality model never are: 4.5 KiB each saved at window 500).
+        self.lab_p = array("d")
+        self.lab_ok = bytearray()
         self.lab_pos = 0
         self.lab_n = 0
         self.sum_p = 0.0

@@ -146,15 +146,25 @@ class _Encoder:
         if t is float:
             return v if math.isfinite(v) else {"$f": repr(v)}
         if t is list:
-            return [self.enc(x) for x in v]
+            return self.seq(v)
         if t is dict:
+            # The hot case inlined (a checkpoint walks every join entry and window every second):
+            # str/int keys and plain values are themselves, tuples of plain values a "$t" list.
             out: list = []
+            app, enc, seq = out.append, self.enc, self.seq
             for k, x in v.items():
-                out.append(self.enc(k))
-                out.append(self.enc(x))
+                tk = type(k)
+                app(k if tk is str or tk is int else enc(k))
+                tx = type(x)
+                if tx is str or tx is int or tx is bool or x is None or (tx is float and x - x == 0.0):
+                    app(x)
+                elif tx is tuple:
+                    app({"$t": seq(x)})
+                else:
+                    app(enc(x))
             return {"$d": out}
         if t is tuple:
-            return {"$t": [self.enc(x) for x in v]}
+            return {"$t": self.seq(v)}
         if t is Counter:
             out = []
             for k, x in v.items():
@@ -188,6 +198,32 @@ class _Encoder:
             return {"$river": [river.__version__, base64.b64encode(pickle.dumps(v, protocol=4)).decode()]}
         raise StateError(f"{t.__module__}.{t.__qualname__} is not registered as state: "
                          f"decorate it with @persistent(name) (see driftline/detectors/state.py)")
+
+    def seq(self, v: list | tuple) -> list:
+        """The items of a list or tuple, encoded: a copy as is when every one is a plain value
+        (str, int, bool, None, a finite float: JSON as they are), without a call per item."""
+        for x in v:
+            tx = type(x)
+            if not (tx is str or tx is int or tx is bool or x is None or (tx is float and x - x == 0.0)):
+                break
+        else:
+            return list(v)
+        # Not all plain: each item on its own, tuples of plain values (heap entries) inlined.
+        enc = self.enc
+        out = []
+        app = out.append
+        for y in v:
+            if type(y) is tuple:
+                for x in y:
+                    tx = type(x)
+                    if not (tx is str or tx is int or tx is bool or x is None or (tx is float and x - x == 0.0)):
+                        app(enc(y))
+                        break
+                else:
+                    app({"$t": list(y)})
+            else:
+                app(enc(y))
+        return out
 
     def obj(self, v: Any, name: str) -> Any:
         key = id(v)
