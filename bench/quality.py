@@ -1119,7 +1119,7 @@ def slices_main(out: Path, seeds: int, first_seed: int = 0) -> int:
     (out / "quality-slices.md").write_text(md + "\n")
     print(md)
     if out.resolve() == (ROOT / "bench" / "results").resolve():
-        quality_slices.write_docs(result, ROOT / "docs" / "explanations.md")
+        quality_slices.write_docs(result, ROOT / "docs" / "explanations.md", ROOT / "README.md")
     print(f"wrote {out}/quality-slices.json, quality-slices.md in {result['meta']['seconds']} s")
     return 0
 
@@ -1140,6 +1140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="slice explanations (issue 16): how often the injected slice ranks first (~3 min); "
                          "writes quality-slices.json and .md and the figures in docs/explanations.md "
                          "(--seeds: per feature and drop, default 10; --first-seed: default 0)")
+    ap.add_argument("--slices-docs", action="store_true",
+                    help="rewrite the figures of docs/explanations.md and README.md from quality-slices.json (no run)")
     ap.add_argument("--first-seed", type=int, default=0, help="--slices: the first seed (a held-out set: e.g. 100)")
     ap.add_argument("--estimate", action="store_true",
                     help="label-free accuracy (bench/quality_estimate.py): estimate error and concept-change flagging "
@@ -1159,6 +1161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 n=10_000 if args.quick else 20_000)
         print((args.out / "quality-challenger.md").read_text())
         print(f"wrote {args.out}/quality-challenger.json, quality-challenger.md in {result['meta']['seconds']} s")
+        return 0
+    if args.slices_docs:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import quality_slices
+
+        result = json.loads((args.out / "quality-slices.json").read_text())
+        quality_slices.write_docs(result, ROOT / "docs" / "explanations.md", ROOT / "README.md")
+        print("docs/explanations.md and README.md: figures of", args.out / "quality-slices.json")
         return 0
     if args.slices:
         return slices_main(args.out, args.seeds or 10, args.first_seed)

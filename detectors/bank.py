@@ -422,7 +422,7 @@ class DetectorBank:
                     self._estimate(state, model).labelled(confidence(spec.quality, prediction, score), correct,
                                                           spec.accuracy_window)
             slices = state.slices
-            if slices is None:
+            if slices is None or (slices.stale and not slices.active):
                 slices = state.slices = self._new_slices(model, segment)
             refresh = slices.observe(values, segments, correct, timestamp)
             self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
@@ -529,6 +529,8 @@ class DetectorBank:
             return
         if state.profile_id != compiled.id:  # a new profile: the old windows mean other bins
             state.windows, state.profile_id = {}, compiled.id
+            if state.slices is not None:  # its bins too: rebuilt on the next outcome without an active drift
+                state.slices.stale = True
         windows = state.windows
         dist = []
         for binner in compiled.binners(segment):

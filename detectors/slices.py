@@ -187,6 +187,20 @@ class Counts:
         return c
 
 
+_CELLS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple] = {}
+
+
+def _joint_cells(j: "JointCounts") -> tuple:
+    """The (shared, configuration-only) cell plan of a JointCounts' layout."""
+    key = (j.features, j.sizes)
+    plan = _CELLS.get(key)
+    if plan is None:
+        if len(_CELLS) > 1_000:
+            _CELLS.clear()
+        plan = _CELLS[key] = j._cells()
+    return plan
+
+
 class JointCounts:
     """Labelled and correct counts of every pair of bins of a few features (pairwise tables),
     counted while a drift is active: which of two overlapping slices holds the loss they share."""
@@ -204,16 +218,23 @@ class JointCounts:
         k = len(self.features)
         return [(a, b) for a in range(k) for b in range(a + 1, k)]
 
+    def _cells(self) -> tuple[tuple[int, int, int, int], ...]:
+        # Per pair (a, b): its table's first cell, and the strides of a's and b's bins.
+        out, base = [], 0
+        for a, b in self.pairs():
+            out.append((a, b, base, 2 * self.sizes[b]))
+            base += 2 * self.sizes[a] * self.sizes[b]
+        return tuple(out)
+
     def observe(self, bins: Sequence[int], correct: bool) -> None:
         """`bins`: each tracked feature's bin (local index), in `features` order."""
         self.n += 1
-        c, sizes, base = self.c, self.sizes, 0
-        for a, b in self.pairs():
-            i = base + 2 * (bins[a] * sizes[b] + bins[b])
+        c = self.c
+        for a, b, base, stride in _joint_cells(self):
+            i = base + bins[a] * stride + 2 * bins[b]
             c[i] += 1
             if correct:
                 c[i + 1] += 1
-            base += 2 * sizes[a] * sizes[b]
 
     def regions(self, fa: int, ia: int, ja: int, fb: int, ib: int, jb: int) -> tuple[int, int, int, int, int, int] | None:
         """(labelled, errors) of slice A only, both, slice B only: A = bins ia..ja of layout
@@ -356,7 +377,8 @@ class SliceAccountant:
     """
 
     __slots__ = ("features", "attributes", "layout", "offsets", "reservoir", "history", "ring", "block",
-                 "reference", "after", "joint", "since", "last_detection", "hold", "refreshed", "warm_n", "_plan")
+                 "reference", "after", "joint", "since", "last_detection", "hold", "refreshed", "warm_n", "stale",
+                 "_plan")
 
     def __init__(self, features: Sequence[tuple[str, str]], attributes: Sequence[str] = (),
                  profile: Mapping[str, FeatureBins] | None = None):
@@ -382,6 +404,7 @@ class SliceAccountant:
         self.last_detection = -math.inf
         self.hold = 0.0
         self.refreshed = 0  # how many of REFRESH_AT have been passed
+        self.stale = False  # its bins come from a replaced profile: the owner rebuilds it once no drift is active
 
     def _all(self) -> list[tuple[str, str]]:
         return list(self.features) + [(a, SEGMENT) for a in self.attributes]
@@ -625,7 +648,8 @@ class SliceAccountant:
                 "reservoir": res, "warm_n": self.warm_n, "history": c(self.history),
                 "ring": [b.to_state() for b in self.ring], "block": c(self.block), "reference": c(self.reference),
                 "after": c(self.after), "joint": c(self.joint), "since": self.since,
-                "last_detection": self.last_detection, "hold": self.hold, "refreshed": self.refreshed}
+                "last_detection": self.last_detection, "hold": self.hold, "refreshed": self.refreshed,
+                "stale": self.stale}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any]) -> "SliceAccountant":
@@ -648,6 +672,7 @@ class SliceAccountant:
         acc.block, acc.reference, acc.after = c(s["block"]), c(s["reference"]), c(s["after"])
         acc.joint = JointCounts.from_state(s["joint"]) if s.get("joint") is not None else None
         acc.since, acc.last_detection, acc.hold, acc.refreshed = s["since"], s["last_detection"], s["hold"], s["refreshed"]
+        acc.stale = s.get("stale", False)
         return acc
 
     @classmethod

@@ -316,3 +316,48 @@ def test_a_version_1_state_restores_into_the_smaller_layout():
     assert restored.history.n >= 4_000 // 2 and restored.block.n == 7
     e = restored.detected(4010.0, hold=1e6)
     assert e.labelled_before + e.labelled_after == restored.reference.n + restored.after.n > 2_000
+
+
+def test_a_new_baseline_profile_rebins_the_accountant_once_no_drift_is_active():
+    from driftline.detectors.baseline import ProfileBook, ProfileBuilder
+
+    spec = ModelSpec(name="churn", features={"tenure": "numeric", "plan": "categorical"}, accuracy_window=500,
+                     drift_hold=100.0, false_alarm_budget=1e6)
+
+    def profile(shift):
+        b = ProfileBuilder(spec, bins=10)
+        rng = random.Random(int(shift))
+        for _ in range(2000):
+            feats = {"tenure": rng.uniform(0, 60) + shift, "plan": rng.choice(PLANS)}
+            b.add(feats, 1, 0.9, label=1)
+        return b.build("v1", "training", 1_767_225_600.0, source="rows")
+
+    def tenure_edges(acc):
+        return list(next(fb for fb in acc.layout if fb.name == "tenure").edges)
+
+    book = ProfileBook(lambda m: spec)
+    book.set("churn", profile(0.0))
+    bank = DetectorBank(lambda m: spec, profiles=book)
+    rng = random.Random(3)
+
+    def one(t):
+        tenure, plan = rng.uniform(0, 60), rng.choice(PLANS)
+        bank.observe_inference("churn", "__all__", {"tenure": tenure, "plan": plan}, 1, 0.9, float(t), f"p{t}")
+        bank.observe_outcome("churn", "__all__", 1, 1, float(t), f"p{t}", 0.0, values=(tenure, plan),
+                             segments=("__all__",))
+
+    for t in range(300):
+        one(t)
+    first = tenure_edges(bank.get("churn", "__all__").slices)
+    assert max(first) < 60
+    # A drift is active: its windows keep the bins they were counted in.
+    bank.get("churn", "__all__").slices.detected(299.0, hold=100.0)
+    book.set("churn", profile(100.0))
+    for t in range(300, 350):
+        one(t)
+    assert tenure_edges(bank.get("churn", "__all__").slices) == first
+    # Past the hold, the first outcome ends the drift; the next ones count in the new profile's bins.
+    for t in range(500, 503):
+        one(t)
+    acc = bank.get("churn", "__all__").slices
+    assert min(tenure_edges(acc)) > 90 and not acc.stale and acc.block.n == 2
