@@ -595,3 +595,46 @@ def test_a_drift_event_replayed_after_a_crash_carries_the_same_source_id(kafka_b
               f"{total(successor.metrics(), 'driftline_labeled_total', segment='__all__'):.0f}/{rows}")
     finally:
         stop_all([w] + ([successor] if successor else []))
+
+
+def test_a_checkpoint_whose_chunks_are_gone_stops_the_worker_with_exit_1(kafka_bootstrap, tmp_path):
+    """docs/guarantees.md: a checkpoint that cannot be fetched at assignment (here: its chunks
+    deleted from the data topic, as a retention shorter than the checkpoint's age does) stops the
+    worker with exit code 1, after its retries, instead of starting the partition empty (which
+    would silently lose what the join and the detectors held)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    prefix = unique_prefix()
+    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, SYNTH_MODELS, partitions=2)
+    [w] = start_fleet(config, tmp_path, 1, 2)
+    inf, lab = synth_events(400)
+    p = producer(kafka_bootstrap)
+    publish(p, f"{prefix}.inferences", inf)
+    publish(p, f"{prefix}.labels", lab[:200])  # 200 predictions still wait in the join
+    p.flush(30)
+    wait_for("400 + 200 events", lambda: total(w.metrics(), "driftline_events_total") == 600, 60, [w])
+    assert w.terminate() == 0  # a graceful stop: every partition's state checkpointed
+
+    data = f"{prefix}.checkpoint-data"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    parts = admin.list_topics(data, timeout=10).topics[data].partitions
+    probe = producer(kafka_bootstrap)
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"probe-{prefix}"})
+    ends = {part: c.get_watermark_offsets(TopicPartition(data, part), timeout=10)[1] for part in parts}
+    c.close()
+    for f in admin.delete_records([TopicPartition(data, part, end) for part, end in ends.items()]).values():
+        f.result(30)
+    for part in parts:  # what the data topic holds now: other records where the chunks were
+        probe.produce(data, key=b"someone-else#1#0", value=b"x", partition=part)
+    probe.flush(30)
+
+    successor = WorkerProcess(config, tmp_path, "successor").start()
+    try:
+        code = successor.proc.wait(120)
+    finally:
+        successor.kill9()
+    log = successor.log_path.read_text()
+    assert code == 1, log[-3000:]
+    assert "cannot restore checkpoints" in log, log[-3000:]
+    assert log.count("reading checkpoints (attempt") >= 2  # it retried first (repeats are rate-limited in the log)
