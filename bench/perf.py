@@ -276,6 +276,10 @@ class Workers:
                 p.kill()
 
 
+class WorkerDied(RuntimeError):
+    """A worker process exited during a throughput run."""
+
+
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
                       baseline: bool = False, pythonpath: str | None = None, models: str | None = None) -> dict:
     group = f"perf-{uuid.uuid4().hex[:8]}"
@@ -294,6 +298,10 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         while ws.sum("driftline_labeled_total", segment="__all__") < n_pairs:
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError("workers did not finish within 900 s")
+            dead = [i for i, p in enumerate(ws.procs) if p.poll() is not None]
+            if dead:  # a crashed worker never finishes: say so now, not after 900 s
+                tail = (logdir / f"worker{dead[0]}.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise WorkerDied(f"worker {dead[0]} exited with {ws.procs[dead[0]].returncode}: {' '.join(tail)[:300]}")
             time.sleep(0.1)
         took = time.perf_counter() - t0
         cpu = ws.sum("process_cpu_seconds_total")  # the workers' CPU: steadier than wall time here
@@ -896,7 +904,12 @@ def main() -> int:
             f"{results['river_floor']['updates_per_label']} per label)")
         results["workers"] = []
         for k in (1, 2, 3):
-            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir)
+            try:
+                r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir)
+            except WorkerDied as exc:
+                log(f"{k} worker(s): no figure: {exc}")
+                results.setdefault("worker_failures", []).append({"workers": k, "error": str(exc)})
+                continue
             if r["events_per_s"] is None:
                 continue
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
@@ -911,7 +924,11 @@ def main() -> int:
         results["worker_to_floor"] = one["events_per_s"] / floor if one else None
         results["worker_to_ceiling"] = one["events_per_s"] / wall if one else None
         results["floor_to_ceiling"] = floor / wall
-        r = worker_throughput(broker.bootstrap, prefix, rows, partitions, 1, logdir, baseline=True)
+        try:
+            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, 1, logdir, baseline=True)
+        except WorkerDied as exc:  # the figure is missing, the rest of the run is still one run
+            log(f"1 worker with a baseline profile: no figure: {exc}")
+            r = {"workers": 1, "events_per_s": None, "error": str(exc)}
         if r["events_per_s"] is not None:
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
             results["worker_with_baseline"] = r
