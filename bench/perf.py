@@ -38,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,7 +228,7 @@ def quix_ceiling(bootstrap: str, prefix: str, n: int) -> float | None:
 
 # ------------------------------------------------------------------------------------ workers
 def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partitions: int, baseline: bool = False,
-                  models: str | None = None) -> Path:
+                  models: str | None = None, worker: str = "") -> Path:
     # The backlog's two input topics, everything else the group's own.
     names = {**prefixed_topics(group), "inferences": f"{prefix}.inferences", "labels": f"{prefix}.labels"}
     topics = "{" + ", ".join(f"{k}: {v}" for k, v in names.items()) + "}"
@@ -239,7 +240,7 @@ def worker_config(path: Path, bootstrap: str, prefix: str, group: str, partition
         config = demo_config(BASELINE_FILE)
     body = config.split("models:", 1)[1]
     path.write_text(f"kafka:\n  bootstrap: {bootstrap}\n  group_id: {group}\n  partitions: {partitions}\n"
-                    f"  topics: {topics}\nmodels:{body}")
+                    f"  topics: {topics}\n{worker}models:{body}")
     return path
 
 
@@ -281,9 +282,10 @@ class WorkerDied(RuntimeError):
 
 
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
-                      baseline: bool = False, pythonpath: str | None = None, models: str | None = None) -> dict:
+                      baseline: bool = False, pythonpath: str | None = None, models: str | None = None,
+                      worker: str = "") -> dict:
     group = f"perf-{uuid.uuid4().hex[:8]}"
-    cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline, models)
+    cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline, models, worker)
     ws = Workers(cfg, k, logdir, pythonpath)
     try:
         # Start: the group settled, every worker owning its share (the backlog is already there,
@@ -315,6 +317,30 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
     rate = counted / took
     return {"workers": k, "events": counted, "seconds": took, "events_per_s": rate,
             "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu}
+
+
+def transactions_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, rounds: int = 2) -> dict:
+    """One worker on the same backlog with `worker.exactly_once` off and on (the default),
+    alternating (off, on, off, on, ...) so that the machine's drift hits both alike; the figure
+    is the ratio of the medians, events/s and events per CPU second."""
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            worker = f"worker: {{exactly_once: {'true' if mode == 'on' else 'false'}}}\n"
+            r = worker_throughput(bootstrap, prefix, rows, partitions, 1, logdir, worker=worker)
+            if r["events_per_s"] is None:
+                raise RuntimeError("the backlog was nearly done before the worker settled: run without --quick")
+            runs[mode].append(r)
+            log(f"1 worker, exactly_once {mode}: {r['events_per_s']:,.0f} events/s, {r['events_per_cpu_s']:,.0f} per CPU s")
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[mode])
+
+    out = {"rows": rows, "partitions": partitions, "rounds": rounds, "runs": runs}
+    for key in ("events_per_s", "events_per_cpu_s"):
+        out[f"{key}_off"], out[f"{key}_on"] = median("off", key), median("on", key)
+        out[f"{key}_on_to_off"] = out[f"{key}_on"] / out[f"{key}_off"]
+    return out
 
 
 def all_assigned(ws: "Workers", partitions: int, k: int) -> bool:
@@ -834,6 +860,9 @@ def main() -> int:
     ap.add_argument("--only-event-time", action="store_true",
                     help="only the event-time cost (writes OUT/event_time.json)")
     ap.add_argument("--before", help="a driftline tree (PYTHONPATH) whose worker is the throughput baseline")
+    ap.add_argument("--transactions-only", action="store_true",
+                    help="only the cost of exactly-once: 1 worker with worker.exactly_once off and on, alternating, "
+                         "on one backlog; merged into perf.json's \"transactions\"")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
@@ -853,6 +882,19 @@ def main() -> int:
                                                              5_000 if args.quick else 20_000)
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps(results["llm"], indent=2))
+        return 0
+    if args.transactions_only:
+        path = out / "perf.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        rows = 20_000 if args.quick else 100_000
+        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+            prefix = f"perf-{uuid.uuid4().hex[:8]}"
+            inf, lab = demo_raw(rows)
+            fill(broker.bootstrap, prefix, 6, inf, lab)
+            results["transactions"] = transactions_cost(broker.bootstrap, prefix, rows, 6, Path(tmp)) | {
+                "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+        path.write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: v for k, v in results["transactions"].items() if k != "runs"}, indent=2))
         return 0
     if args.readme:
         readme(json.loads((out / "perf.json").read_text()), REPO / "README.md")
@@ -933,6 +975,8 @@ def main() -> int:
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
             results["worker_with_baseline"] = r
             log(f"1 worker with a baseline profile: {r['events_per_s']:,.0f} events/s")
+        results["transactions"] = transactions_cost(broker.bootstrap, prefix, rows, partitions, logdir, rounds=1)
+        log(f"exactly-once on / off: {results['transactions']['events_per_s_on_to_off']:.2f}x events/s")
         results["latency"] = latency(broker.bootstrap, 8_000 if args.quick else 20_000, 1000.0, logdir)
         log(f"latency p50 {results['latency']['p50_ms']:.0f} ms, p99 {results['latency']['p99_ms']:.0f} ms")
     (out / "perf.json").write_text(json.dumps(results, indent=2))
@@ -1014,6 +1058,13 @@ def table(r: dict) -> str:
     if b:
         lines.append(f"| 1 worker, demo config with its baseline profile (PSI/JS/KS, data quality) | "
                      f"{b['events_per_s']:,.0f} events/s | {b['ratio_to_ceiling_per_worker']:.1%} |")
+    x = r.get("transactions")
+    if x:
+        lines.append(f"| 1 worker, `worker.exactly_once` on (default) / off, same backlog ({x['date']}, "
+                     f"{'median of ' + str(x['rounds']) if x['rounds'] > 1 else 'one run each'}; --transactions-only) | "
+                     f"{x['events_per_s_on']:,.0f} / {x['events_per_s_off']:,.0f} events/s, "
+                     f"{x['events_per_cpu_s_on']:,.0f} / {x['events_per_cpu_s_off']:,.0f} per CPU s | "
+                     f"{x['events_per_s_on_to_off']:.2f}x events/s, {x['events_per_cpu_s_on_to_off']:.2f}x per CPU s |")
     lat = r["latency"]
     lines.append(f"| latency, publish -> counted on /metrics, {lat['offered_events_per_s']:.0f} events/s offered | "
                  f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |")

@@ -107,9 +107,10 @@ class WorkerSettings:
     # Kafka transactions: outputs, checkpoints and input offsets commit together (exact counts
     # after a crash). Off: at-least-once outputs with replay de-duplication (docs/guarantees.md).
     exactly_once: bool = True
-    # A broker outage shorter than this keeps the worker's partitions; a dead worker's
-    # partitions move to the others after this long.
-    session_timeout: float = 30.0
+    # The outage bound: a broker outage (no heartbeat answered, the broker's own shutdown and
+    # start included) shorter than this keeps the worker's partitions; a dead worker's
+    # partitions move to the others after this long. 45 s: Kafka's own default (KIP-735).
+    session_timeout: float = 45.0
     # A transaction open longer than this is aborted by the broker (a killed worker's), and
     # readers of the topics it wrote wait at most this long behind it.
     transaction_timeout: float = 30.0

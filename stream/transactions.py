@@ -36,13 +36,65 @@ class TransactionStuck(TransactionAborted):
     broker); the caller builds a new one and rewinds."""
 
 
+class BrokerAway(TransactionAborted):
+    """The cluster is known to be unreachable: no transactional call is made (librdkafka can block
+    in one for good when the coordinator goes away mid-call). The open transaction stays open
+    until the broker is back; then the worker aborts it and rewinds (worker.py)."""
+
+
 STUCK_GRACE = 15.0  # seconds past a call's own timeout before it counts as stuck
+STEP = 10.0  # seconds one transactional call may take before it is retried (or counted stuck)
+
+
+class BrokerWatch:
+    """Whether the cluster is known to be away, from librdkafka's own verdict: `error_cb` of the
+    worker's clients reports _ALL_BROKERS_DOWN when no broker connection is up. It is back when
+    a metadata request answers (`probe`, at most once per `every` seconds, bounded)."""
+
+    def __init__(self, every: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self.clock = clock
+        self.down_since: float | None = None
+        self.outages = 0  # outages seen by this process
+        self.longest = 0.0  # seconds, the longest outage that ended
+        self._next_probe = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's `error_cb` (called from poll/consume in the loop's thread)."""
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self.down_since is None:
+            self.down_since = self.clock()
+            self.outages += 1
+            self._next_probe = self.down_since + self.every
+            log.warning("every broker is unreachable: transactions wait, input is held until one is back")
+
+    def probe(self, client) -> bool:
+        """While down: True once a broker answers a metadata request (the outage is over)."""
+        now = self.clock()
+        if self.down_since is None:
+            return True
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + self.every
+        try:
+            client.list_topics(timeout=1.0)
+        except KafkaException:
+            return False
+        took = self.clock() - self.down_since
+        self.longest = max(self.longest, took)
+        log.warning("a broker answers again after %.1f s", took)
+        self.down_since = None
+        return True
 
 
 class Transactions:
     def __init__(self, producer: Producer, consumer: Consumer, timeout: float,
-                 new_producer: Callable[[], Producer] | None = None):
+                 new_producer: Callable[[], Producer] | None = None, down: Callable[[], bool] = lambda: False):
         self.producer = producer
+        self.down = down  # the cluster is known to be away: make no call (BrokerAway)
         self.new_producer = new_producer  # builds a replacement for a stuck producer
         self.consumer = consumer
         self.timeout = timeout  # the transaction timeout: the longest a commit may keep retrying
@@ -69,8 +121,9 @@ class Transactions:
         if offsets:
             meta = self.consumer.consumer_group_metadata()
             self._retry("send offsets", lambda t: self.producer.send_offsets_to_transaction(offsets, meta, t),
-                        stopping, deadline, step=timeout)
-        self._retry("commit", lambda t: self.producer.commit_transaction(t), stopping, deadline, step=timeout)
+                        stopping, deadline, step=min(timeout, STEP))
+        self._retry("commit", lambda t: self.producer.commit_transaction(t), stopping, deadline,
+                    step=min(timeout, STEP))
         self.open = False
         self.commits += 1
 
@@ -79,24 +132,33 @@ class Transactions:
             return
         try:
             self._retry("abort", lambda t: self.producer.abort_transaction(t), stopping, deadline=None)
-        finally:
+        except BrokerAway:
+            raise  # still open: aborted when the broker is back
+        except BaseException:
             self.open = False
             self.aborts += 1
+            raise
+        self.open = False
+        self.aborts += 1
 
     def replace_producer(self, stopping: Callable[[], bool]) -> Producer:
         """A new producer (new transactional id) for a stuck one; returns it, transactions inited."""
         if self.new_producer is None:
             raise TransactionFatal("the transactional producer is stuck and cannot be replaced")
+        if self.down():
+            raise BrokerAway("replacing the producer: every broker is unreachable")
         self.producer = self.new_producer()
         self.open = False
+        self.init(stopping)  # BrokerAway, TransactionStuck: still stuck, replaced again later
         self.stuck = False
-        self.init(stopping)
         return self.producer
 
     def _retry(self, what: str, call: Callable[[float], None], stopping: Callable[[], bool],
-               deadline: float | None, step: float = 10.0) -> None:
+               deadline: float | None, step: float = STEP) -> None:
         attempt = 0
         while True:
+            if self.down():
+                raise BrokerAway(f"transaction {what}: every broker is unreachable")
             try:
                 self._bounded(what, call, step)
                 return
@@ -112,6 +174,7 @@ class Transactions:
                 if not err.retriable():
                     raise TransactionFatal(f"transaction {what}: {err.str()}") from exc
                 attempt += 1
+                self.producer.poll(0)  # serves error_cb: a broker outage shows as `down` next round
                 if stopping() or (deadline is not None and time.monotonic() > deadline):
                     if what in ("abort", "init"):
                         raise TransactionFatal(f"transaction {what} gave up: {err.str()}") from exc
@@ -144,6 +207,8 @@ class Transactions:
     def _abort_quietly(self, stopping: Callable[[], bool]) -> None:
         try:
             self.abort(stopping)
+        except BrokerAway:
+            pass  # aborted when the broker is back
         except TransactionStuck as exc:
             log.warning("%s", exc)  # the caller sees `stuck` and replaces the producer
         except TransactionFatal as exc:

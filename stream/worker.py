@@ -52,9 +52,17 @@ from driftline.stream.clients import ReadableEnds, consumer_config, producer_con
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS
+from driftline.stream.logs import kafka_logger
 from driftline.stream.ordering import EventTimeDriver
 from driftline.stream.pipeline import Intake, observe
-from driftline.stream.transactions import TransactionAborted, TransactionFatal, Transactions
+from driftline.stream.transactions import (
+    BrokerAway,
+    BrokerWatch,
+    TransactionAborted,
+    TransactionFatal,
+    TransactionStuck,
+    Transactions,
+)
 
 log = logging.getLogger("driftline.worker")
 
@@ -200,7 +208,8 @@ class Worker:
         # Reference profiles: the config's files, then what the baselines topic publishes
         # (stream/baselines.py); one book for every bank of this process.
         self.profiles = profile_book(settings)
-        self.baseline_topic = BaselineTopic(settings, self.profiles)
+        # Its librdkafka lines go through logging too (rate-limited repeats during an outage).
+        self.baseline_topic = BaselineTopic(settings, self.profiles, consumer_config={"logger": kafka_logger()})
         self._next_baselines = 0.0
         group = settings.kafka.group_id
         self._key_prefix = f"{group}/"
@@ -209,14 +218,21 @@ class Worker:
         # Where each partition's readable data ends (past transaction markers, before records of
         # open transactions): consumer lag and the event-time driver's "caught up" read it.
         self.ends = ReadableEnds()
+        # Whether every broker is away (librdkafka's error_cb): transactional calls wait for one.
+        self.broker = BrokerWatch()
         self.consumer = Consumer({**consumer_config(settings, f"driftline-{uuid.uuid4().hex[:6]}"),
-                                  "stats_cb": self.ends.on_stats})
+                                  "stats_cb": self.ends.on_stats, "error_cb": self.broker.on_error})
         eos = settings.worker.exactly_once
-        self.producer = Producer(producer_config(settings, transactional_id(settings) if eos else None))
+
+        def new_producer(transactional: str | None) -> Producer:
+            return Producer({**producer_config(settings, transactional), "error_cb": self.broker.on_error})
+
+        self.producer = new_producer(transactional_id(settings) if eos else None)
         # With exactly-once, checkpoints travel in the worker's transaction (its producer).
         self.txn = Transactions(self.producer, self.consumer, settings.worker.transaction_timeout,
-                                new_producer=lambda: Producer(producer_config(settings, transactional_id(settings)))
-                                ) if eos else None
+                                new_producer=lambda: new_producer(transactional_id(settings)),
+                                down=lambda: self.broker.down) if eos else None
+        self._holding = False  # input paused for a broker outage (exactly-once), see _ride_out_outage
         self._doomed: str | None = None  # why the open transaction cannot commit (a failed delivery)
         self.event_time = EventTimeDriver(self, self.source_partitions)
         self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
@@ -258,7 +274,10 @@ class Worker:
                         self._process(msgs)
                 self.producer.poll(0)
                 now = time.monotonic()
-                if self._doomed is not None:
+                outage = self.txn is not None and (self.broker.down or self._holding)
+                if outage:
+                    self._ride_out_outage(now)
+                elif self._doomed is not None:
                     with self.lock:
                         self._rewind(self._doomed)
                 if now >= self._next_commit and self.txn is None:
@@ -270,7 +289,7 @@ class Worker:
                 if now >= self._next_baselines:
                     self.baseline_topic.poll(self.lock)
                     self._next_baselines = now + BASELINES_EVERY
-                if now >= self._next_checkpoint:
+                if now >= self._next_checkpoint and not outage:
                     self._checkpoint()
                 with self.lock:
                     self.event_time.tick()
@@ -283,6 +302,38 @@ class Worker:
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
+
+    def _ride_out_outage(self, now: float) -> None:
+        """Exactly-once while every broker is away. No transactional call is made (librdkafka can
+        block in one for good when the coordinator goes away mid-call); the input is held (owned
+        partitions paused) while the loop keeps polling, so the group membership survives an
+        outage shorter than worker.session_timeout; each checkpoint round due counts as failed.
+        When a broker answers, the open transaction is aborted and every owned partition rewinds
+        to its last commit (what it produced since then is never read), then reading resumes."""
+        if not self._holding:
+            self._holding = True
+            self._doomed = self._doomed or "broker outage"
+            self._pause_assigned(True)
+        if now >= self._next_checkpoint:
+            self.stats.checkpoints["failed"] += 1
+            log.warning("checkpoint round skipped: every broker is unreachable (%d partitions hold their state)",
+                        len(self.intakes) + len(self.banks))
+            self._next_checkpoint = now + self.settings.worker.checkpoint_interval
+        if not self.broker.probe(self.consumer):
+            return
+        with self.lock:
+            self._rewind_locked(self._doomed or "broker outage", new_producer=True)
+        if self._doomed is None and not self.broker.down and self.fatal is None:
+            self._holding = False
+            self._pause_assigned(False)
+
+    def _pause_assigned(self, pause: bool) -> None:
+        try:
+            assigned = self.consumer.assignment()
+            if assigned:
+                (self.consumer.pause if pause else self.consumer.resume)(assigned)
+        except KafkaException as exc:
+            log.warning("%s assigned partitions: %s", "pausing" if pause else "resuming", exc)
 
     def _shutdown(self) -> None:
         log.info("shutting down: checkpointing %d intake and %d bank partitions", len(self.intakes), len(self.banks))
@@ -496,9 +547,11 @@ class Worker:
             return
         topic = msg.topic()
         self.stats.produce_errors[topic] = self.stats.produce_errors.get(topic, 0) + 1
-        if self.txn is not None and not err.fatal():
+        if self.txn is not None:
             # The transaction holding this record cannot commit: abort it and rewind the state to
             # the last commit (the loop does it), so the record's effect is replayed, not lost.
+            # (Also for a fatal error: after an outage the coordinator may have bumped the
+            # producer's epoch; a truly fenced worker stops at its next commit or abort.)
             self._doomed = self._doomed or f"delivery to {topic} failed: {err}"
             return
         # With infinite retries only a fatal or permanent error lands here. The state already
@@ -507,6 +560,7 @@ class Worker:
         self.fatal = f"delivery to {topic} failed: {err}"
 
     def _consumer_error(self, err: KafkaError) -> None:
+        self.broker.on_error(err)
         if err.fatal():
             self.fatal = f"consumer: {err}"
         else:  # transient (broker restart, ...): librdkafka reconnects by itself
@@ -630,7 +684,8 @@ class Worker:
         log.warning("transaction failed at a revoke (%s): the revoked partitions restart from their last checkpoint",
                     why)
         self._abort_open(bounded=False)
-        self._doomed = None
+        # An abort still pending (broker away) must happen before anything commits again.
+        self._doomed = why if self.txn.open else None
         self._begin()
         for table in (self.intakes, self.banks):
             for part in table.values():
@@ -639,12 +694,16 @@ class Worker:
     def _begin(self) -> None:
         try:
             if self.txn.stuck:
-                # librdkafka will never finish a call it started: carry on with a new producer
-                # (the old one's transaction expires at the broker; nothing of it is ever read).
+                # librdkafka will never finish a call it started (or refused the abort): carry
+                # on with a new producer (the old one's transaction expires at the broker;
+                # nothing of it is ever read).
                 log.warning("the transactional producer is stuck: replacing it")
                 self.producer = self.txn.replace_producer(self.stopping.is_set)
                 self.store.use_producer(self.producer)
             self.txn.begin()
+        except TransactionAborted as exc:  # broker away again, or the new producer's init stuck
+            log.warning("no transaction begun yet (%s): retried when a broker answers", exc)
+            self._doomed = self._doomed or str(exc)
         except (KafkaException, TransactionFatal) as exc:
             self.fatal = f"begin transaction: {exc}"
 
@@ -652,7 +711,9 @@ class Worker:
         try:
             # bounded: one attempt (at shutdown; the coordinator aborts it after its timeout)
             self.txn.abort((lambda: True) if bounded else self.stopping.is_set)
-        except TransactionFatal as exc:
+        except BrokerAway:
+            pass  # still open: the loop aborts it when a broker answers (self._doomed)
+        except (TransactionFatal, TransactionAborted) as exc:
             log.warning("%s", exc)
 
     def _rewind(self, why: str) -> None:
@@ -661,17 +722,31 @@ class Worker:
         with self.lock:
             self._rewind_locked(why)
 
-    def _rewind_locked(self, why: str) -> None:
+    def _rewind_locked(self, why: str, new_producer: bool = False) -> None:
+        self._doomed = why  # until the rewind is done, nothing more is produced
+        if self.broker.down:
+            return  # the loop rewinds when a broker answers (_ride_out_outage)
+        try:
+            self.txn.abort(self.stopping.is_set)
+            if new_producer:
+                # After a broker restart librdkafka's next send_offsets_to_transaction on the
+                # same producer blocked for good in the outage test (librdkafka issues 5456 and
+                # 5511); a new producer (new transactional id) finds the coordinator afresh.
+                self.txn.stuck = True
+        except BrokerAway:
+            return
+        except TransactionStuck as exc:
+            log.warning("%s: the producer is replaced", exc)
+        except TransactionFatal as exc:
+            # After an outage the coordinator may have aborted the transaction itself (its
+            # timeout passed) and bumped the producer's epoch: a new producer carries on.
+            log.warning("abort refused (%s): the producer is replaced", exc)
+            self.txn.stuck = True
+            self.txn.open = False
         log.warning("transaction aborted (%s): rewinding %d partitions to their last checkpoint",
                     why, len(self.intakes) + len(self.banks))
         self.stats.rewinds += 1
         self.stats.ownership += 1
-        try:
-            self.txn.abort(self.stopping.is_set)
-        except TransactionFatal as exc:
-            self.fatal = str(exc)
-            return
-        self._doomed = None
         assigned = [tp for tp in self.consumer.assignment()]
         before = {(tp.topic, tp.partition): off for tp in self._positions() for off in [tp.offset]}
         self.intakes.clear()
@@ -679,7 +754,11 @@ class Worker:
         self._parked.clear()
         for tp in assigned:
             self.ends.forget(tp.topic, tp.partition)
-        if self._load(assigned) is None:
+        try:
+            if self._load(assigned) is None:
+                return
+        except KafkaException as exc:  # committed offsets not answered (the coordinator loading)
+            log.warning("rewind: %s; retried", exc)
             return
         for tp in assigned:
             try:
@@ -689,6 +768,7 @@ class Worker:
             done = before.get((tp.topic, tp.partition), tp.offset)
             if done > tp.offset:
                 self.stats.replayed += done - tp.offset
+        self._doomed = None
         self.event_time.assigned(assigned)
         self._begin()
 
@@ -929,7 +1009,7 @@ class Worker:
                 # state that stays ours, since it holds effects of the aborted records.
                 self._abort_open(bounded=False)
                 self._begin()
-                if self.intakes or self.banks:
+                if self.intakes or self.banks or self.txn.open:
                     self._doomed = "partitions lost"
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
