@@ -94,6 +94,14 @@ class ReadableEnds:
         end = self.stable.get((topic, partition), high)
         return max(min(end, high) - max(position, self.eof.get((topic, partition), -1)), 0)
 
+    def read_to_end(self, topic: str, partition: int, position: int, high: int) -> bool:
+        """Nothing left to read, for decisions that must never be early (a topic declared idle
+        stops holding the event-time watermark): the statistics' last stable offset can be a
+        second old, so the fresh cached high watermark decides; the end-of-partition offset
+        (past the markers) counts as read. Records of a transaction still open keep it False
+        until they are committed or aborted."""
+        return max(position, self.eof.get((topic, partition), -1)) >= high
+
 
 def producer_config(settings, transactional: str | None) -> dict:
     kafka, worker = settings.kafka, settings.worker

@@ -131,8 +131,8 @@ class EventTimeDriver:
             except Exception:  # noqa: BLE001 - unknown: not caught up (never idle by mistake)
                 high = -1
             pos = ip.positions.get(topic)
-            # Read to the end: past transaction markers, not waiting for open transactions.
-            out[kind] = high >= 0 and pos is not None and self.worker.ends.behind(topic, p, pos, high) == 0
+            # Read to the end, past transaction markers (stream/clients.py, ReadableEnds).
+            out[kind] = high >= 0 and pos is not None and self.worker.ends.read_to_end(topic, p, pos, high)
         return out
 
     def fleet_min(self, now: float) -> float | None:

@@ -51,3 +51,11 @@ def test_without_statistics_the_high_watermark_stands_in():
     ends.on_stats(stats("in", p3=12))
     assert ends.behind("in", 3, position=10, high=15) == 2
     assert ("in", -1) not in ends.stable
+
+
+def test_read_to_end_never_trusts_a_stale_stable_offset():
+    ends = ReadableEnds()
+    ends.on_stats(stats("in", p0=10))  # a second old: 10 more arrived since (cached high 20)
+    assert not ends.read_to_end("in", 0, position=10, high=20)
+    ends.reached_end("in", 0, 20)  # the fetch reached the end, past a marker at 19
+    assert ends.read_to_end("in", 0, position=19, high=20)
