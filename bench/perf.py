@@ -885,14 +885,16 @@ def main() -> int:
         return 0
     if args.transactions_only:
         path = out / "perf.json"
-        results = json.loads(path.read_text()) if path.exists() else {}
         rows = 20_000 if args.quick else 100_000
         with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
             prefix = f"perf-{uuid.uuid4().hex[:8]}"
             inf, lab = demo_raw(rows)
             fill(broker.bootstrap, prefix, 6, inf, lab)
-            results["transactions"] = transactions_cost(broker.bootstrap, prefix, rows, 6, Path(tmp)) | {
+            cost = transactions_cost(broker.bootstrap, prefix, rows, 6, Path(tmp)) | {
                 "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+        # Read at the end: a full run may have rewritten perf.json meanwhile; only this key is ours.
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results["transactions"] = cost
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps({k: v for k, v in results["transactions"].items() if k != "runs"}, indent=2))
         return 0
