@@ -39,7 +39,7 @@ from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality, confidence
 from driftline.detectors.estimate import AccuracyEstimate
 from driftline.detectors.drift import Detector, build_detector
-from driftline.detectors.segments import SegmentGuard, attribute_of
+from driftline.detectors.segments import ModelGuard, SegmentGuard, attribute_of
 from driftline.detectors.slices import SliceAccountant, profile_bins
 from driftline.detectors.llm import LLMObservation, LLMSegment, is_good_feedback
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
@@ -233,7 +233,7 @@ class DetectorBank:
     """
 
     def __init__(self, spec_for: Callable[[str], ModelSpec], idle_after: float | None = None,
-                 profiles: ProfileBook | None = None):
+                 profiles: ProfileBook | None = None, max_models: int | None = None, configured=()):
         self._spec_for = spec_for
         # Reference profiles (configuration, like the spec lookup): None when no model has one.
         self.profiles = profiles
@@ -244,6 +244,8 @@ class DetectorBank:
         self._segments: dict[tuple[str, str], SegmentState] = {}
         # The cardinality guard of the (model, attribute)s this bank owns (derived from _segments).
         self.guard = SegmentGuard()
+        # The models it monitors (`limits.max_models`; configuration plus what _segments implies).
+        self.models = ModelGuard(configured, max_models)
         self.watermark = 0.0
         self._since_evict = 0
 
@@ -258,14 +260,18 @@ class DetectorBank:
         self.tally = state["tally"]
         self._segments = state["segments"]
         self.guard = SegmentGuard(self._segments)
+        self.models = ModelGuard(segments=self._segments)  # its cap comes with bind()
         self.idle_after = state["idle_after"]
         self.watermark = state["watermark"]
         self._since_evict = state["since_evict"]
 
-    def bind(self, spec_for: Callable[[str], ModelSpec], profiles: ProfileBook | None = None) -> "DetectorBank":
-        """Give a restored bank its spec lookup and reference profiles (configuration, not state)."""
+    def bind(self, spec_for: Callable[[str], ModelSpec], profiles: ProfileBook | None = None,
+             max_models: int | None = None, configured=()) -> "DetectorBank":
+        """Give a restored bank its spec lookup, reference profiles and model cap (configuration,
+        not state)."""
         self._spec_for = spec_for
         self.profiles = profiles
+        self.models = ModelGuard(configured, max_models, self._segments)
         return self
 
     @classmethod
@@ -515,6 +521,7 @@ class DetectorBank:
         for key in stale:
             del self._segments[key]
             self.guard.removed(*key)
+            self.models.removed(key[0])
             self.tally.forget_segment(*key)
         return stale
 
@@ -577,6 +584,7 @@ class DetectorBank:
         for key in gone:
             del self._segments[key]
             self.guard.removed(*key)
+            self.models.removed(key[0])
             self.tally.forget_segment(*key)
         return gone
 
@@ -599,6 +607,7 @@ class DetectorBank:
     def _new_state(self, model: str, segment: str) -> SegmentState:
         state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))
         self.guard.added(model, segment)
+        self.models.added(model)
         return state
 
     def _signal(self, state: SegmentState, model: str, signal: str, categorical: bool) -> SignalState:

@@ -118,3 +118,55 @@ class SegmentGuard:
 
     def value_count(self, model: str, attribute: str) -> int:
         return self._admitted.get((model, attribute), 0)
+
+
+class ModelGuard:
+    """The `max_models` guard of one bank: which models it monitors. Configured models always;
+    a model not in the config takes one of the `max_models - len(configured)` slots with its
+    first observation (while one is free) and holds it while the bank holds state of it. The
+    worker routes every observation of an unconfigured model to one bank (the admission bank),
+    so that bank's guard decides for the fleet. Like `SegmentGuard`, derived from the bank's
+    segments (`added`, `removed`): nothing of its own to checkpoint.
+
+    >>> guard = ModelGuard({"churn"}, max_models=2)
+    >>> guard.admit("churn"), guard.admit("m1")
+    (True, True)
+    >>> guard.added("m1")  # the bank made m1's state
+    >>> guard.admit("m2"), guard.admit("m1")
+    (False, True)
+    """
+
+    __slots__ = ("configured", "slots", "known", "_segments")
+
+    def __init__(self, configured=(), max_models: int | None = None, segments=()):
+        self.configured = frozenset(configured)
+        # None: no cap (a bank made without one, as in unit tests of the bank).
+        self.slots = None if max_models is None else max(0, max_models - len(self.configured))
+        self.known: set[str] = set(self.configured)  # configured and admitted: the hot path's test
+        self._segments: dict[str, int] = {}  # admitted unconfigured model -> its segments in the bank
+        for model, _segment in segments:
+            self.added(model)
+
+    def admit(self, model: str) -> bool:
+        """Whether the bank monitors an observation of `model` (the caller then makes its state)."""
+        return self.slots is None or model in self.known or len(self._segments) < self.slots
+
+    def added(self, model: str) -> None:
+        if model not in self.configured:
+            n = self._segments.get(model, 0)
+            self._segments[model] = n + 1
+            if n == 0:
+                self.known.add(model)
+
+    def removed(self, model: str) -> None:
+        n = self._segments.get(model)
+        if n is not None:
+            if n > 1:
+                self._segments[model] = n - 1
+            else:
+                del self._segments[model]
+                self.known.discard(model)
+
+    def admitted(self) -> int:
+        """Unconfigured models holding a slot."""
+        return len(self._segments)

@@ -84,13 +84,13 @@ class EventTimeDriver:
 
     # -- stage 2: one observations message -----------------------------------------------------
     def apply(self, bp, value: bytes, apply_one) -> None:
-        """Decode one observations message for bank partition `bp`; `apply_one(src, rec)` applies
-        one record (it de-duplicates nothing: records arrive here de-duplicated)."""
+        """Decode one observations message for bank partition `bp`; `apply_one(src, rec, p)` applies
+        one record (from input partition p) (it de-duplicates nothing: records arrive here de-duplicated)."""
         msg = orjson.loads(value)
         if len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
             src, recs = msg
             for rec in self._fresh(bp, src, recs):
-                apply_one(src, rec)
+                apply_one(src, rec, None)
             return
         src, recs, p, progress, idle = msg
         now = self.clock()
@@ -99,10 +99,10 @@ class EventTimeDriver:
             size = len(value) // len(recs) + 1
             # Counters, and late records (counted by the buffer), apply now; the rest wait.
             for rec in buffer.add_records(p, src, self._fresh(bp, src, recs), size):
-                apply_one(src, rec)
+                apply_one(src, rec, p)
         buffer.note(p, progress, idle, now)
         for entry in buffer.release(now):
-            apply_one(entry[6], buffer.record(entry))
+            apply_one(entry[6], buffer.record(entry), entry[2])
 
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
@@ -187,7 +187,7 @@ class EventTimeDriver:
     def _release(self, now: float) -> None:
         for bp in self.worker.banks.values():
             for entry in bp.buffer.release(now):
-                self.worker.apply_record(bp, entry[6], bp.buffer.record(entry))
+                self.worker.apply_record(bp, entry[6], bp.buffer.record(entry), entry[2])
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats

@@ -3,13 +3,14 @@
 Two halves, because the Kafka worker runs them on different partitions (the join is
 partitioned by prediction_id, the detectors by (model, segment)):
 
-- `Intake` admits models (cardinality guard), routes an event to its segments (their raw
-  values), joins labels to predictions, and emits observations: plain tuples, one per segment
-  an event reaches, plus the fates of events that reach no detector (invalid, duplicate,
-  expired, unmatched).
+- `Intake` routes an event to its segments (their raw values), joins labels to predictions,
+  and emits observations: plain tuples, one per segment an event reaches, plus the fates of
+  events that reach no detector (invalid, duplicate, expired, unmatched).
 - `feed()` applies observations to a `DetectorBank` and returns the drift records they caused;
-  the bank folds segment values past `max_segments` into `attr=__other__` (the worker routes
-  every value of a (model, attribute) to one bank, so the guard holds fleet-wide).
+  the bank holds both cardinality guards: it refuses models past `max_models` (their inferences
+  become `too_many_models` refusals for the caller to dead-letter) and folds segment values past
+  `max_segments` into `attr=__other__`. The worker routes every value of a (model, attribute),
+  and every observation of a model not in the config, to one bank, so both hold fleet-wide.
 
 `driftline replay` runs both in one loop; the worker puts the observations topic between them.
 Both are deterministic: the same events in the same order give the same observations, which is
@@ -17,7 +18,9 @@ what lets a worker resume a crashed one's partitions from a checkpoint by replay
 
 Observation tuples (also what travels on the observations topic), `key = (model, segment)`:
 
-    (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features)
+    (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features[, raw])
+        raw: the event's bytes, base64, at `__all__` of a model not in the config only (the
+        admission bank dead-letters them if it refuses the model)
     (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score, values, segments)
         values: the monitored features in the spec's order; segments: the prediction's segment
         labels, at `__all__` only (else None); both feed the slice accountant (detectors/slices.py)
@@ -31,6 +34,7 @@ Observation tuples (also what travels on the observations topic), `key = (model,
 """
 from __future__ import annotations
 
+from base64 import b64decode, b64encode
 from typing import Iterable
 
 from driftline.detectors.bank import DetectorBank, DriftRecord, is_correct
@@ -53,10 +57,10 @@ EVICT_EVERY = 50_000
 
 
 class Intake:
-    """Routing, the model guard and the label join for one input partition (or a whole replay).
+    """Routing and the label join for one input partition (or a whole replay).
 
-    The guard admits at most `limits.max_models` models per intake (configured ones always):
-    model names come from event content, and each admitted model costs series and state.
+    Models are admitted at stage 2 (`observe`, the bank's ModelGuard): the intake passes every
+    model's events on, holding nothing per model name beyond the join's bounded waits.
     """
 
     def __init__(self, settings):
@@ -64,7 +68,7 @@ class Intake:
         self.router = SegmentRouter()
         self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
         self.shadow = self._new_shadow()
-        self.admitted: set[str] = set(settings.models)
+        self.admitted: set[str] = set(settings.models)  # kept for the snapshot shape only
         # Event time read so far on each stream: the join's TTLs run on them (a prediction
         # expires on label progress, a held label on inference progress). `watermark` is the
         # larger of the two: the clock of the router's idle sweep and of /metrics.
@@ -125,16 +129,12 @@ class Intake:
 
     # -- events ---------------------------------------------------------------------------------
     def take_invalid(self, invalid: Invalid) -> list[tuple]:
-        model = invalid.model if invalid.model in self.admitted else UNKNOWN_MODEL
+        model = invalid.model if invalid.model is not None else UNKNOWN_MODEL  # the bank maps refused ones
         return [(FATE, model, ALL_SEGMENT, invalid.kind, "invalid")]
 
     def take_inference(self, ev: Inference, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
         """Observations of one inference event, and the Invalid to dead-letter if it was refused."""
         model = ev.model
-        if model not in self.admitted:
-            refused = self._admit(model, "inference", raw)
-            if refused is not None:
-                return self.take_invalid(refused), refused
         out: list[tuple] = []
         ts = ev.timestamp
         spec = self.spec_for(model)
@@ -175,7 +175,11 @@ class Intake:
         values = tuple([features.get(name) for name in monitored])  # what the slice accountant bins
         joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts, values), rid)
         for seg in segments:
-            out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
+            if raw and seg == ALL_SEGMENT and model not in self.settings.models:
+                # The admission bank may refuse the model: it dead-letters these bytes then.
+                out.append((INFERENCE, model, seg, pid, ts, prediction, score, features, b64encode(raw).decode()))
+            else:
+                out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
             if call is not None:
                 out.append((LLM, model, seg, pid, ts, call))
         if joined is not None and joined != "duplicate":
@@ -239,13 +243,6 @@ class Intake:
         return out
 
     # -- internals ------------------------------------------------------------------------------
-    def _admit(self, model: str, kind: str, raw: bytes) -> Invalid | None:
-        limit = self.settings.limits.max_models
-        if len(self.admitted) >= limit:
-            return Invalid(kind, "too_many_models", f"model {model!r} would exceed limits.max_models={limit}", raw)
-        self.admitted.add(model)
-        return None
-
     def _advance(self, out: list[tuple]) -> None:
         if self.idle:
             if "label" in self.idle and self.inference_time > self.label_time:
@@ -259,7 +256,7 @@ class Intake:
 
     def _drain(self, out: list[tuple]) -> None:
         for model, kind, outcome in self.join.fates:
-            out.append((FATE, model if model in self.admitted else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
+            out.append((FATE, model if model is not None else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
         self.join.fates.clear()
 
     def _tick(self) -> None:
@@ -284,9 +281,13 @@ class Intake:
                                 pair.champion_correct))
 
 
-def observe(bank: DetectorBank, o) -> list[DriftRecord]:
-    """Apply one observation (a tuple, or the list it becomes on the wire) to the bank."""
+def observe(bank: DetectorBank, o, refused: list[Invalid] | None = None) -> list[DriftRecord]:
+    """Apply one observation (a tuple, or the list it becomes on the wire) to the bank; an
+    inference of a model the bank refuses (`max_models`) is appended to `refused`."""
     kind = o[0]
+    models = bank.models
+    if models.slots is not None and o[1] not in models.known and (kind == FATE or not models.admit(o[1])):
+        return _refuse(bank, o, refused)
     segment = o[2]
     if segment != ALL_SEGMENT and kind != FATE and kind != FOLD:
         # The cardinality guard: this bank owns every value of the segment's (model, attribute).
@@ -313,11 +314,36 @@ def observe(bank: DetectorBank, o) -> list[DriftRecord]:
     return []
 
 
-def feed(bank: DetectorBank, observations: Iterable) -> list[DriftRecord]:
-    """Apply observations to the bank; returns every detection they caused."""
+def _refuse(bank: DetectorBank, o, refused: list[Invalid] | None) -> list[DriftRecord]:
+    """An observation of a model the bank does not monitor: each of its events counts once under
+    `__unknown__`. Its inference (at `__all__`) is refused (`invalid`, dead-lettered by the caller
+    with reason `too_many_models`); a label that joined it counts as `unmatched` (it matched no
+    monitored prediction), as before stage 2 decided; its other segments, LLM calls and pairs
+    count nothing. Fates count under `__unknown__`, but the expiry of a refused inference, which
+    was counted when it was refused."""
+    kind = o[0]
+    if kind == FATE:
+        if not (o[3] == "inference" and o[4] == "expired"):
+            bank.observe_fate(UNKNOWN_MODEL, o[3], o[4])
+    elif o[2] == ALL_SEGMENT:
+        if kind == INFERENCE:
+            bank.observe_fate(UNKNOWN_MODEL, "inference", "invalid")
+            if refused is not None:
+                limit = bank.models.slots + len(bank.models.configured)
+                raw = b64decode(o[8]) if len(o) > 8 else b""
+                refused.append(Invalid("inference", "too_many_models",
+                                       f"model {o[1]!r} would exceed limits.max_models={limit}", raw, o[1]))
+        elif kind == OUTCOME:
+            bank.observe_fate(UNKNOWN_MODEL, "label", "unmatched")
+    return []
+
+
+def feed(bank: DetectorBank, observations: Iterable, refused: list[Invalid] | None = None) -> list[DriftRecord]:
+    """Apply observations to the bank; returns every detection they caused (and appends the
+    inferences it refused to `refused`)."""
     found: list[DriftRecord] = []
     for o in observations:
-        hits = observe(bank, o)
+        hits = observe(bank, o, refused)
         if hits:
             found += hits
     return found

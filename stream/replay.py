@@ -113,7 +113,8 @@ def replay(
     started = time.perf_counter()
     intake = Intake(settings)
     bank = DetectorBank(settings.spec_for, idle_after=settings.limits.segment_idle,
-                        profiles=profile_book(settings) if settings.baselines else None)
+                        profiles=profile_book(settings) if settings.baselines else None,
+                        max_models=settings.limits.max_models, configured=settings.models)
     invalid: Counter = Counter()
     merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
 
@@ -123,7 +124,10 @@ def replay(
         if refused is not None:
             invalid[(refused.kind, refused.reason)] += 1
         if out:
-            records += feed(bank, out)
+            refusals: list[Invalid] = []
+            records += feed(bank, out, refusals)
+            for r in refusals:  # models past max_models, refused by the bank (as the worker's)
+                invalid[(r.kind, r.reason)] += 1
         if i % TICK_EVERY == 0:
             if progress is not None:
                 progress(i, total)

@@ -163,16 +163,19 @@ class Settings:
     # load_settings(); profiles published to the baselines topic are the worker's business.
     baselines: Mapping[str, BaselineProfile] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     # Models seen in events but not configured get `defaults`; cached so that the hot path does
-    # not build a spec per event (bounded by limits.max_models through the ModelGuard).
+    # not build a spec per event (at most 4 x limits.max_models: stage 1 sees every name).
     _unconfigured: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def spec_for(self, model: str) -> ModelSpec:
         spec = self.models.get(model)
         if spec is not None:
             return spec
-        spec = self._unconfigured.get(model)
+        cache = self._unconfigured
+        spec = cache.get(model)
         if spec is None:
-            spec = self._unconfigured[model] = default_spec(model, self.defaults)
+            if len(cache) >= 4 * self.limits.max_models:
+                cache.clear()  # a flood of model names (refused at stage 2) must not grow it
+            spec = cache[model] = default_spec(model, self.defaults)
         return spec
 
     def describe(self) -> str:

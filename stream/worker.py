@@ -186,6 +186,8 @@ class Worker:
         # Input partitions: each one feeds every bank, whose watermark waits for all of them.
         self.source_partitions = source_partitions or settings.kafka.partitions
         self._routes: dict[tuple[str, str], int] = {}
+        # The bank of this observations partition owns every model not in the config (max_models).
+        self.admission_partition = zlib.crc32(b"\x1f__unconfigured__") % obs_partitions
         self.clock = clock
         self.topics = settings.kafka.topics
         self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
@@ -481,7 +483,11 @@ class Worker:
     def _route(self, model: str, segment: str) -> int:
         """The observations partition that owns (model, segment): stable across processes. Every
         value of a (model, attribute) goes to one partition, whose bank holds the attribute's
-        cardinality guard (detectors/segments.py); cached per attribute, not per value."""
+        cardinality guard (detectors/segments.py); cached per attribute, not per value. Every
+        observation of a model not in the config goes to the admission partition, whose bank
+        admits `max_models` for the fleet (not cached: model names come from event content)."""
+        if model not in self.settings.models:
+            return self.admission_partition
         attr = attribute_of(segment)
         dest = self._routes.get((model, attr))
         if dest is None:
@@ -514,14 +520,20 @@ class Worker:
         topic = msg.topic()
         if bp.quiet or bp.muted:
             bp.muted = self._quiet(bp, topic, msg.offset())
-        self.event_time.apply(bp, msg.value(), lambda src, r: self.apply_record(bp, src, r))
+        self.event_time.apply(bp, msg.value(), lambda src, r, p: self.apply_record(bp, src, r, p))
         bp.positions[topic] = msg.offset() + 1
         bp.last_ts[topic] = msg.timestamp()[1]
         bp.dirty = True
 
-    def apply_record(self, bp: BankPartition, src: str, r: list) -> None:
-        """Apply one observation record to its bank; publish the detections it causes."""
-        hits = observe(bp.bank, r[2:])
+    def apply_record(self, bp: BankPartition, src: str, r: list, p: int | None = None) -> None:
+        """Apply one observation record to its bank; publish the detections it causes and
+        dead-letter the inference it refuses (max_models; `p`: its input partition)."""
+        refused: list[Invalid] = []
+        hits = observe(bp.bank, r[2:], refused)
+        if refused and not bp.muted:  # muted: rebuilding, dead-lettered before
+            for inv in refused:
+                self._produce(self.topics.dead_letters, r[5].encode() if type(r[5]) is str else None,
+                              dead_letter_record(inv, topic=self.topics.inferences, partition=p, offset=r[0]))
         if bp.muted:
             hits = ()  # rebuilding: these drift events were published before
         for rec in hits:
@@ -1025,7 +1037,7 @@ class Worker:
             bank = state["bank"]
             if not isinstance(bank, DetectorBank):
                 raise TypeError(f"a {type(bank).__name__}, not a DetectorBank")
-            bank.bind(self.settings.spec_for, self.profiles)
+            bank.bind(self.settings.spec_for, self.profiles, self.settings.limits.max_models, self.settings.models)
             bank.idle_after = self.settings.limits.segment_idle
             # Checkpoints from before every value of an attribute was routed to one partition
             # hold segments now owned elsewhere: their series would be exported twice.
@@ -1041,7 +1053,8 @@ class Worker:
             # A fresh intake gets a fresh epoch (see IntakePartition).
             return IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now,
                                    self.event_time.new_alignment())
-        bank = DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle, self.profiles)
+        bank = DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle, self.profiles,
+                            self.settings.limits.max_models, self.settings.models)
         return BankPartition(bank, {}, {}, now, self.event_time.new_buffer())
 
     def _note_rebuilds(self, unreadable: dict[str, "Unreadable"]) -> None:

@@ -324,10 +324,10 @@ def test_poison_stream_goes_to_dead_letters_and_the_worker_stays_up_and_bounded(
         for raw, reason in bad:
             if reason is not None:
                 assert reasons[reason] >= sum(1 for _, r in bad if r == reason)
-        # max_models still holds per input partition (issue 14, not yet fleet-wide): each of the
-        # 2 admits 7 models past the 3 configured.
+        # max_models holds for the fleet (the admission bank decides): 7 models past the 3
+        # configured, whichever of the 2 input partitions their events arrived on.
         refused_models = reasons["too_many_models"]
-        assert 200 - 2 * 7 <= refused_models <= 200 - 7
+        assert refused_models == 200 - 7
         assert invalid == len(bad) + refused_models
         assert all(r["detail"] and r["reason"] for r in records)
         originals = {base64.b64decode(r["raw_base64"]) for r in records if not r["raw_truncated"]}
@@ -409,6 +409,71 @@ def test_an_admitted_segment_is_counted_on_all_its_events_from_every_partition(k
         result = replay(load_settings(config, env={}), tmp_path / "inf.jsonl", tmp_path / "lab.jsonl")
         replayed = {seg.removeprefix("user=") for (_, seg), _ in result.bank.items()} - {"__all__", "__other__"}
         assert replayed == admitted
+    finally:
+        stop_all(workers)
+
+
+def test_max_models_holds_for_the_fleet_and_a_model_is_monitored_on_all_its_events(kafka_bootstrap, tmp_path):
+    """2,000 model names, max_models 20 (1 configured), 6 input partitions, 2 worker processes:
+    20 models exported fleet-wide, each admitted one counted on all its inferences and labels,
+    every event of the others dead-lettered (`too_many_models`), the same set as replay."""
+    from driftline.stream.replay import replay
+    from driftline.stream.settings import load_settings
+
+    prefix = unique_prefix()
+    models = "  clicks: {features: {x: numeric}, label_ttl: 1d}\n"
+    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, models, partitions=6,
+                          extra="limits: {max_models: 20}\ndefaults: {label_ttl: 1d}\n")
+    workers = start_fleet(config, tmp_path, 2, 6)
+    try:
+        now = time.time()
+        rng = random.Random(11)
+        inf, lab = [], []
+        for i in range(12_000):
+            # every name once early (clicks among them), then at random: ~6 events per name
+            model = "clicks" if i % 500 == 250 else f"m{i if i < 2000 else rng.randrange(2000)}"
+            inf.append({"prediction_id": f"q{i}", "model": model, "timestamp": now + i * 0.01,
+                        "features": {"x": float(i % 7)}, "prediction": 1})
+            lab.append({"prediction_id": f"q{i}", "label": i % 3 != 0, "timestamp": now + i * 0.01 + 0.5})
+        p = producer(kafka_bootstrap)
+        publish(p, f"{prefix}.inferences", inf)
+        publish(p, f"{prefix}.labels", lab)
+        p.flush(60)
+        n = len(inf)
+        every_label = lambda: (fleet_total(workers, "driftline_labeled_total", segment="__all__")  # noqa: E731
+                               + fleet_total(workers, "driftline_events_total", kind="label", outcome="unmatched"))
+        wait_for("every label joined or refused", lambda: every_label() == n, 240, workers)
+        ms = fleet_metrics(workers)
+        exported = Counter(dict(lv)["model"] for m in ms for lv in series(m, "driftline_segment_inferences_total"))
+        assert len(exported) == 20 and set(exported.values()) == {1}, exported  # one owner each
+        assert "clicks" in exported  # configured: always admitted
+        print(f"\nmax_models 20, {len(set(ev['model'] for ev in inf))} names, 6 partitions, 2 workers: "
+              f"{len(exported)} models exported")
+        per_model = Counter(ev["model"] for ev in inf)
+        for model in exported:  # all of its events, whichever partition they arrived on
+            assert sum(total(m, "driftline_events_total", model=model, kind="inference", outcome="accepted")
+                       for m in ms) == per_model[model], model
+            assert sum(total(m, "driftline_labeled_total", model=model, segment="__all__")
+                       for m in ms) == per_model[model], model
+        rest = sum(c for model, c in per_model.items() if model not in exported)
+        unknown = lambda **lv: sum(total(m, "driftline_events_total", model="__unknown__", **lv) for m in ms)  # noqa: E731
+        assert unknown(kind="inference", outcome="invalid") == rest
+        assert unknown(kind="label", outcome="unmatched") == rest
+        letters = [orjson.loads(x.value()) for x in consume_all(kafka_bootstrap, f"{prefix}.dead-letters", rest)]
+        assert len(letters) == rest and {r["reason"] for r in letters} == {"too_many_models"}
+        assert {r["model"] for r in letters} == set(per_model) - set(exported)
+        sent = {ev["prediction_id"]: orjson.dumps(ev) for ev in inf}
+        for r in letters[:50]:  # the event's own bytes, with where it came from
+            raw = base64.b64decode(r["raw_base64"])
+            assert orjson.loads(raw) == orjson.loads(sent[orjson.loads(raw)["prediction_id"]])
+            assert r["topic"] == f"{prefix}.inferences" and 0 <= r["partition"] < 6 and r["offset"] >= 0
+
+        # driftline replay admits the same models (stage 2 applies observations in event-time order).
+        (tmp_path / "inf.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in inf))
+        (tmp_path / "lab.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in lab))
+        result = replay(load_settings(config, env={}), tmp_path / "inf.jsonl", tmp_path / "lab.jsonl")
+        assert {model for (model, _), _ in result.bank.items()} == set(exported)
+        assert result.invalid[("inference", "too_many_models")] == rest
     finally:
         stop_all(workers)
 
