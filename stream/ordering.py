@@ -57,6 +57,7 @@ class EventTimeDriver:
         self._next_align = 0.0
         self._next_heartbeat = 0.0
         self._paused_at: dict[tuple[str, int], tuple[float, str]] = {}  # (topic, p) -> (since, reason)
+        self.unaligned = False  # assigned since the last tick: no batch before the next one
 
     # -- state objects ------------------------------------------------------------------------------
     def new_alignment(self) -> SourceAlignment:
@@ -70,13 +71,20 @@ class EventTimeDriver:
 
     def assigned(self, partitions: list) -> None:
         """After an assignment: every input partition starts unpaused (resumed explicitly, as
-        the pause state of a partition assigned again is the client's business otherwise)."""
+        the pause state of a partition assigned again is the client's business otherwise), and
+        with nothing known of its topics (a parked partition taken back would keep what it knew
+        before the rebalance). Its first batch is processed only after one `tick` (Worker.run):
+        the alignment has then seen the topics not caught up, so the intake's clocks do not treat
+        a topic idle at the stop as idle (its backlog unread), and every bank has heard that the
+        partition is not idle before its first observations, which the bank would otherwise
+        release at once, as an idle source's, moving its watermark past what the backlog holds."""
         now = self.clock()
         for (topic, p), (since, reason) in self._paused_at.items():
             self._add_paused(topic, p, reason, now - since)
         self._paused_at.clear()
         for ip in self.worker.intakes.values():
-            ip.alignment.pausing = {}
+            ip.alignment = self.new_alignment()
+        self.unaligned = True  # the next batch waits for an alignment step and a heartbeat
         inputs = set(self.topic_of.values())
         mine = [tp for tp in partitions if tp.topic in inputs]
         if mine:
@@ -113,14 +121,15 @@ class EventTimeDriver:
     # -- the loop's periodic work ----------------------------------------------------------------
     def tick(self) -> None:
         now = self.clock()
-        if now >= self._next_align:
+        if now >= self._next_align or self.unaligned:
             self._next_align = now + ALIGN_EVERY
             self._align(now)
-        if now >= self._next_heartbeat:
+        if now >= self._next_heartbeat or self.unaligned:
             self._next_heartbeat = now + HEARTBEAT_EVERY
             self._heartbeat(now)
             self._release(now)
             self._refresh_stats(now)
+        self.unaligned = False
 
     def _caught_up(self, ip, p: int) -> dict[str, bool]:
         out = {}

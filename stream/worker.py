@@ -273,6 +273,10 @@ class Worker:
                 msgs = self.consumer.consume(batch, 0.02)
                 if msgs:
                     with self.lock:
+                        if self.event_time.unaligned:
+                            # The assignment ran inside this consume(): one event-time step
+                            # before its first batch (EventTimeDriver.assigned says why).
+                            self.event_time.tick()
                         self._process(msgs)
                 self.producer.poll(0)
                 now = time.monotonic()

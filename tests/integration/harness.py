@@ -49,11 +49,16 @@ def series(samples: dict, name: str) -> set[tuple]:
     return {lv for (n, lv) in samples if n == name}
 
 
+CLI = ("driftline.stream.cli",)  # what `python -m` runs as a worker (tests may run a wrapper)
+
+
 class WorkerProcess:
     """One `driftline run` process with its own log and listen port."""
 
-    def __init__(self, config: Path, log_dir: Path, name: str, env: dict | None = None):
+    def __init__(self, config: Path, log_dir: Path, name: str, env: dict | None = None,
+                 entry: tuple[str, ...] = CLI):
         self.config, self.name = config, name
+        self.entry = entry  # `python -m` module and its leading arguments
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -63,7 +68,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.stream.cli", "run", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", *self.entry, "run", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO, start_new_session=True)
         return self
 

@@ -22,6 +22,7 @@ from driftline.stream.demo import demo_events
 from driftline.stream.replay import replay
 from driftline.stream.settings import load_settings
 from tests.integration.harness import (
+    CLI,
     WorkerProcess,
     consume_all,
     parse,
@@ -32,6 +33,7 @@ from tests.integration.harness import (
     wait_for,
     write_config,
 )
+from tests.integration.slow_assign import FIRST_BATCH
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +83,7 @@ def fleet_samples(workers) -> dict:
     return out
 
 
-def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1):
+def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=CLI):
     prefix = unique_prefix()
     config = write_config(tmp / "driftline.yml", kafka_bootstrap, prefix, MODELS, partitions=6)
     topics = {k: f"{prefix}.{k}" for k in ("inferences", "labels", "drift-events")}
@@ -94,7 +96,7 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1):
         publish(p, topics["inferences"], infs)
         publish(p, topics["labels"], labs)
         assert p.flush(60) == 0
-        ws = [WorkerProcess(config, tmp, f"worker-{n}-{k}").start() for k in range(fleet)]
+        ws = [WorkerProcess(config, tmp, f"worker-{n}-{k}", entry=entry).start() for k in range(fleet)]
         workers.append(ws)
         n_inf = sum(len(i) for i, _ in phases[:n + 1])
         n_lab = sum(len(lab) for _, lab in phases[:n + 1])
@@ -149,6 +151,24 @@ def test_catch_up_after_a_stop_agrees_with_replay(tmp_path, kafka_bootstrap, str
     first = ([e for e in stream["inferences"] if e["timestamp"] < half], [e for e in stream["labels"] if e["timestamp"] < half])
     second = ([e for e in stream["inferences"] if e["timestamp"] >= half], [e for e in stream["labels"] if e["timestamp"] >= half])
     run = run_and_compare(tmp_path, kafka_bootstrap, stream, [first, second])
+    compare(run)
+
+
+def test_catch_up_whose_first_batch_is_full_agrees_with_replay(tmp_path, kafka_bootstrap, stream):
+    """The catch-up above, with the first `consume()` after each assignment returning a full
+    batch (a pause in the assignment callback, as slow work there gives), processed before the
+    alignment has looked at any topic. The stopped worker's intakes ended with both topics caught
+    up (idle); a restored intake that believed so still would let the label clock follow that
+    batch of inferences, expiring the predictions whose labels wait unread in the backlog."""
+    half = stream["inferences"][ROWS // 2]["timestamp"]
+    first = ([e for e in stream["inferences"] if e["timestamp"] < half], [e for e in stream["labels"] if e["timestamp"] < half])
+    second = ([e for e in stream["inferences"] if e["timestamp"] >= half], [e for e in stream["labels"] if e["timestamp"] >= half])
+    run = run_and_compare(tmp_path, kafka_bootstrap, stream, [first, second],
+                          entry=("tests.integration.slow_assign", "1.0"))
+    # The restarted worker read a full first batch (worker.batch: 2,000 messages by default).
+    restarted = run["workers"][1][0].log_path.read_text()
+    read = [int(line.rsplit(" ", 1)[1]) for line in restarted.splitlines() if line.startswith(FIRST_BATCH)]
+    assert read and read[0] >= 1_000, read
     compare(run)
 
 

@@ -91,6 +91,28 @@ def test_idle_label_stream_lets_predictions_expire_on_inference_time():
     assert LABELS not in intake.idle
 
 
+def test_a_restored_intake_does_not_believe_its_streams_idle():
+    """Stopped once both topics were caught up (idle); restarted on a backlog. Nothing has been
+    observed of the new run's topics yet: were the old idleness restored, the label clock would
+    follow the first batch of inferences and expire predictions whose labels wait unread."""
+    s = settings("1h")
+    intake = Intake(s)
+    for i in range(600):  # 10 h of event time, each label 30 s after its prediction
+        intake.take_inference(inference(i, i * 60.0))
+    for i in range(600):
+        intake.take_label(label(i, i * 60.0 + 30.0))
+    intake.set_idle(INFERENCES)
+    intake.set_idle(LABELS)
+    restored = Intake.restore(intake.snapshot(), s)
+    out = []
+    for i in range(600, 1200):  # the backlog: the next 10 h of inferences, then their labels
+        out += restored.take_inference(inference(i, i * 60.0))[0]
+    for i in range(600, 1200):
+        out += restored.take_label(label(i, i * 60.0 + 30.0))[0]
+    assert fates(out)[("inference", "expired")] == 0
+    assert sum(1 for o in out if o[0] == OUTCOME) == 600  # as in one uninterrupted run
+
+
 def test_snapshot_before_per_stream_heaps_restores():
     join = LabelJoin(lambda model: HOUR)
     join.add_prediction(PendingPrediction("a", "m", ("__all__",), 1, None, 0.0))
