@@ -73,7 +73,7 @@ class DemoTimeouts:
     worker_ready: float = 120.0
     accounted: float = 300.0  # after publishing: until the worker has counted every label
     flush: float = 60.0  # the producer's queue at the end
-    drift_events: float = 15.0  # reading the run's drift-events topic for the explanation
+    drift_events: float = 30.0  # reading the run's drift-events topic for the explanation
     page: float = 90.0  # after the story: until the page is active in Alertmanager
     scrape: float = 2.0  # one /metrics or API request
 
@@ -440,29 +440,45 @@ def _page_lines(page: PageReport, prometheus: str | None, alertmanager: str, tim
 
 # ------------------------------------------------------------------------------ why: the explanation
 def read_drift_records(bootstrap: str, topic: str, timeout: float) -> list[dict]:
-    """Every record on the run's drift-events topic (one partition), read to its end, at most
-    `timeout` seconds; [] when Kafka does not answer in time."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    """Every committed record on the run's drift-events topic (one partition), read to its end,
+    at most `timeout` seconds; [] when Kafka does not answer in time.
+
+    The worker writes this topic inside its transactions, so the readable end is the last stable
+    offset, not the high watermark (an open transaction's records and the commit markers sit
+    past it); on a busy machine a single watermark request can also time out, so it is retried.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-demo-reader",
-                         "enable.auto.commit": False, "log_level": 3})
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True, "log_level": 3})
     records: list[dict] = []
     deadline = time.monotonic() + timeout
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=max(timeout / 3, 1.0))
-        if high <= low:
+        low = high = None
+        while high is None and time.monotonic() < deadline:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0),
+                                                           timeout=max(min(deadline - time.monotonic(), 5.0), 0.5))
+            except KafkaException:
+                time.sleep(0.5)
+        if high is None or high <= low:
             return records
         consumer.assign([TopicPartition(topic, 0, low)])
         while time.monotonic() < deadline:
             msg = consumer.poll(min(0.5, max(deadline - time.monotonic(), 0.01)))
-            if msg is not None and msg.error() is None:
-                try:
-                    records.append(orjson.loads(msg.value()))
-                except orjson.JSONDecodeError:
-                    pass
-            (pos,) = consumer.position([TopicPartition(topic, 0)])
-            if pos.offset >= high:  # past the last record (and any transaction marker before it)
-                break
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                # The end of what is readable now: past the last committed record (and its
+                # marker), or at the first record of a transaction still open.
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            try:
+                records.append(orjson.loads(msg.value()))
+            except orjson.JSONDecodeError:
+                pass
     except KafkaException:
         pass
     finally:

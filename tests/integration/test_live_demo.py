@@ -34,3 +34,33 @@ def test_a_worker_still_catching_up_gets_its_story_told(kafka_bootstrap, tmp_pat
     assert "worker stopped with exit code 0" in text
     assert not pidfile.exists()
     assert os.path.getsize(tmp_path / "demo-live.png") > 0
+
+
+def test_the_explanation_reader_reads_committed_records_past_an_open_transaction(kafka_bootstrap, kafka_admin):
+    """The worker writes drift records inside its transactions: the demo's reader returns every
+    committed record and stops at the readable end, not at the high watermark, which an open
+    transaction's records (never readable until it commits) keep out of reach."""
+    import uuid
+
+    import orjson
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    from driftline.stream.live_demo import read_drift_records
+
+    topic = f"live-demo-reader-{uuid.uuid4().hex[:8]}"
+    kafka_admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic}-tx"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(topic, orjson.dumps({"n": i}))
+    producer.commit_transaction(30)
+    producer.begin_transaction()  # left open while the reader runs
+    producer.produce(topic, orjson.dumps({"n": "open"}))
+    producer.flush(30)
+    try:
+        records = read_drift_records(kafka_bootstrap, topic, timeout=60.0)
+    finally:
+        producer.abort_transaction(30)
+    assert records == [{"n": 0}, {"n": 1}, {"n": 2}]
