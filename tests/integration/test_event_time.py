@@ -18,6 +18,7 @@ import time
 import orjson
 import pytest
 
+from driftline.stream.admin import ensure_topics
 from driftline.stream.demo import demo_events
 from driftline.stream.replay import replay
 from driftline.stream.settings import load_settings
@@ -89,6 +90,11 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=
     topics = {k: f"{prefix}.{k}" for k in ("inferences", "labels", "drift-events")}
     result, want = expected(config, stream)
     want_labeled = total(want, "driftline_labeled_total", segment="__all__")
+    # The topics exist (6 partitions each) before the backlog is published: published first, it
+    # would auto-create them with the broker's default of 1 partition, and a worker finding them
+    # keeps that count.
+    _, partitions = ensure_topics(load_settings(config))
+    assert partitions[topics["inferences"]] == partitions[topics["labels"]] == 6
     p = producer(kafka_bootstrap)
     workers = []
     for n, (infs, labs) in enumerate(phases):
