@@ -30,7 +30,7 @@ import math
 
 import orjson
 
-from driftline.stream.pipeline import INFERENCE, LLM, OUTCOME, PAIR
+from driftline.detectors.observations import INFERENCE, LLM, OUTCOME, PAIR, WIRE_INDEX, WIRE_KIND, WIRE_OFFSET, WIRE_TIME
 
 INFERENCES, LABELS = "inference", "label"
 # A source that sent nothing (no data, no heartbeat) for this long is left out of the
@@ -38,14 +38,15 @@ INFERENCES, LABELS = "inference", "label"
 SILENT_AFTER = 30.0
 
 
-def ordering_key(obs) -> tuple[float, int] | None:
-    """Where `driftline replay` applies an observation: (event time, 0 inference / 1 label), or
-    None for counters (fates, folds) whose order does not matter."""
-    kind = obs[0]
+def ordering_key(rec: list) -> tuple[float, int] | None:
+    """Where `driftline replay` applies the observation of a wire record (detectors/observations.py):
+    (event time, 0 inference / 1 label), or None for counters (fates, folds) whose order does not
+    matter. Read from the record's kind and time positions, without decoding it."""
+    kind = rec[WIRE_KIND]
     if kind == INFERENCE or kind == LLM:  # an LLM call's record follows its inference's
-        return (obs[4], 0)
+        return (rec[WIRE_TIME], 0)
     if kind == OUTCOME or kind == PAIR:  # a pair comes with the label that completed it
-        return (obs[4], 1)
+        return (rec[WIRE_TIME], 1)
     return None
 
 
@@ -177,8 +178,18 @@ class WatermarkBuffer:
 
     @staticmethod
     def record(entry: tuple) -> list:
-        """The wire record `[offset, index, *observation]` of a released entry."""
+        """The wire record `[offset, index, kind, *fields]` of a released entry."""
         return orjson.loads(entry[7])
+
+    @staticmethod
+    def source(entry: tuple) -> str:
+        """The source (intake epoch + topic code) a released entry came from."""
+        return entry[6]
+
+    @staticmethod
+    def partition(entry: tuple) -> int:
+        """The input partition a released entry came from."""
+        return entry[2]
 
     @property
     def held(self) -> int:
@@ -200,26 +211,27 @@ class WatermarkBuffer:
             mark.progress = progress
         mark.idle = idle
 
-    def add(self, key: tuple[float, int], partition: int, offset: int, index: int, src: str, obs,
+    def add(self, key: tuple[float, int], partition: int, offset: int, index: int, src: str, rec: list,
             size: int) -> bool:
-        """Hold one observation; False if it is late (behind the watermark): apply it now."""
+        """Hold one wire record; False if it is late (behind the watermark): apply it now."""
         if key[0] < self.floor:
             self.late += 1
             return False
         self._seq += 1
-        heapq.heappush(self.heap, (key[0], key[1], partition, offset, index, self._seq, src, orjson.dumps(obs), size))
+        heapq.heappush(self.heap, (key[0], key[1], partition, offset, index, self._seq, src, orjson.dumps(rec), size))
         self.held_bytes += size
         return True
 
     def add_records(self, partition: int, src: str, recs: list, size: int) -> list:
-        """Hold wire records `[offset, index, *observation]` of one source; returns those to apply
+        """Hold wire records `[offset, index, kind, *fields]` of one source; returns those to apply
         at once (counters, and late ones), in arrival order. The hot path: one call per message."""
         now_apply = []
         heap, floor, push, dumps = self.heap, self.floor, heapq.heappush, orjson.dumps
         seq = self._seq
         held = 0
+        at_kind, at_time, at_offset, at_index = WIRE_KIND, WIRE_TIME, WIRE_OFFSET, WIRE_INDEX
         for r in recs:
-            kind = r[2]  # the same keys as ordering_key(), inlined: one call per record
+            kind = r[at_kind]  # the same keys as ordering_key(), inlined: one call per record
             if kind == INFERENCE or kind == LLM:
                 order = 0
             elif kind == OUTCOME or kind == PAIR:
@@ -227,7 +239,7 @@ class WatermarkBuffer:
             else:
                 now_apply.append(r)
                 continue
-            ts = r[6]
+            ts = r[at_time]
             if ts < floor:
                 self.late += 1
                 now_apply.append(r)
@@ -236,7 +248,7 @@ class WatermarkBuffer:
             # The record is held as its JSON bytes: a tuple of atomic values is invisible to the
             # garbage collector, which would otherwise walk every held list and feature dict
             # on each full collection (measured: a backlog's worker spent most of its time there).
-            push(heap, (ts, order, partition, r[0], r[1], seq, src, dumps(r), size))
+            push(heap, (ts, order, partition, r[at_offset], r[at_index], seq, src, dumps(r), size))
             held += size
         self._seq = seq
         self.held_bytes += held

@@ -16,8 +16,9 @@ import os
 from driftline.detectors.bank import is_correct, slice_accountant
 from driftline.detectors.baseline import format_time
 from driftline.detectors.slices import WARMUP, Explanation
+from driftline.detectors.observations import OutcomeObservation
 from driftline.stream.baselines import profile_book
-from driftline.stream.pipeline import OUTCOME, Intake
+from driftline.stream.pipeline import Intake
 from driftline.stream.replay import intake_outputs, merge_events, replay
 
 
@@ -68,16 +69,16 @@ def explain_files(settings, inferences: str | os.PathLike, labels: str | os.Path
     seen = 0
     for _, out, _ in intake_outputs(intake, merge_events(settings, inferences, labels)):
         for o in out:
-            if o[0] != OUTCOME or o[1] != model or o[2] != segment:
+            if type(o) is not OutcomeObservation or o.model != model or o.segment != segment:
                 continue
             seen += 1
-            if not started and o[4] >= since:
+            if not started and o.timestamp >= since:
                 if acc.layout is None:
                     raise ExplainError(f"segment {segment!r} of model {model!r} has {seen - 1} labelled events before "
                                        f"{format_time(since)}: its bins need {WARMUP} (or a baseline profile)")
                 acc.start(since)
                 started = True
-            acc.observe(o[9], o[10], is_correct(o[5], o[6]), o[4])  # values, segment labels
+            acc.observe(o.values, o.segments, is_correct(o.prediction, o.label), o.timestamp)
     if not seen:
         raise ExplainError(f"no labelled events of model {model!r} in segment {segment!r} in these files")
     if not started or acc.after is None or not acc.after.n:

@@ -7,15 +7,21 @@ metrics report. One instance per worker; it reads the worker's partition tables 
 state that a checkpoint must carry (the buffers live in the bank partitions, the read times in
 the intake partitions).
 
-Wire format of an observations message (a JSON array; `OBS_FORMAT` = 2):
+Wire format of an observations message: the value is a JSON array, and from format 3 on the
+message carries its format in the Kafka header `driftline-format` (`OBS_FORMAT`, ASCII digits):
 
-    [src, recs]                                   format 1: observations, applied on arrival
-    [src, recs, partition, progress, idle]        format 2: observations of input `partition`
+    [src, recs]                                   format 1 (no header): observations, applied on arrival
+    [src, recs, partition, progress, idle]        format 2 (no header): observations of input `partition`
                                                   (progress and idle null), or a heartbeat
                                                   (src "", recs []) with its progress and idleness
+    header driftline-format: 3, value as format 2  format 3: the records' kinds and fields are
+                                                  detectors/observations.py's record types
 
-A format-2 worker reads format-1 messages (a rolling upgrade) and applies them on arrival, as
-format-1 workers did.
+`recs` are wire records `[offset, index, kind, *fields]` (detectors/observations.py). The version
+is a header, not a field of the value, so that a format-2 worker, which ignores headers, still
+reads format-3 messages during a rolling upgrade; a format-3 worker reads untagged messages as
+format 1 or 2 (records already on the topic), and refuses a message tagged with any other
+format (a newer worker's): it is dead-lettered (`UnknownFormat`, docs/events.md) and skipped.
 """
 from __future__ import annotations
 
@@ -27,10 +33,34 @@ from confluent_kafka import TopicPartition
 
 from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer
 
-OBS_FORMAT = 2
+OBS_FORMAT = 3
+FORMAT_HEADER = "driftline-format"
+FORMAT_HEADERS = [(FORMAT_HEADER, str(OBS_FORMAT).encode())]  # what every observations message carries
 HEARTBEAT_EVERY = 0.05  # seconds between progress heartbeats: the release latency they add
 ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
 PAUSE_REASONS = ("align", "skew")  # what SourceAlignment.decide gives as a pause's reason
+
+
+class UnknownFormat(ValueError):
+    """An observations message tagged with a format this worker does not read."""
+
+    def __init__(self, declared: bytes | None):
+        self.declared = declared
+        shown = declared.decode("ascii", "replace")[:16] if isinstance(declared, bytes) else repr(declared)
+        super().__init__(f"observations message in format {shown} (header {FORMAT_HEADER}); this worker reads "
+                         f"formats 1 to {OBS_FORMAT}: a newer driftline wrote it, upgrade this worker")
+
+
+def message_format(headers: list | None) -> int | None:
+    """The format an observations message declares in its headers; None when untagged (formats 1
+    and 2, told apart by the value). Raises UnknownFormat for any format but OBS_FORMAT."""
+    if headers:
+        for name, value in headers:
+            if name == FORMAT_HEADER:
+                if value != FORMAT_HEADERS[0][1]:
+                    raise UnknownFormat(value)
+                return OBS_FORMAT
+    return None
 
 
 class EventTimeStats:
@@ -91,11 +121,14 @@ class EventTimeDriver:
             self.worker.consumer.resume(mine)
 
     # -- stage 2: one observations message -----------------------------------------------------
-    def apply(self, bp, value: bytes, apply_one) -> None:
+    def apply(self, bp, value: bytes, headers: list | None, apply_one) -> None:
         """Decode one observations message for bank partition `bp`; `apply_one(src, rec, p)` applies
-        one record (from input partition p) (it de-duplicates nothing: records arrive here de-duplicated)."""
+        one wire record (from input partition p) (it de-duplicates nothing: records arrive here
+        de-duplicated). Raises UnknownFormat, before applying anything, for a message of a
+        format it does not read."""
+        tagged = message_format(headers)
         msg = orjson.loads(value)
-        if len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
+        if tagged is None and len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
             src, recs = msg
             for rec in self._fresh(bp, src, recs):
                 apply_one(src, rec, None)
@@ -110,7 +143,7 @@ class EventTimeDriver:
                 apply_one(src, rec, p)
         buffer.note(p, progress, idle, now)
         for entry in buffer.release(now):
-            apply_one(entry[6], buffer.record(entry), entry[2])
+            apply_one(buffer.source(entry), buffer.record(entry), buffer.partition(entry))
 
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
@@ -191,12 +224,13 @@ class EventTimeDriver:
             progress, idle = ip.alignment.progress(ip.read_time, now)
             value = orjson.dumps(["", [], p, progress, idle])
             for q in range(worker.obs_partitions):
-                worker._produce(obs_topic, None, value, q)
+                worker._produce(obs_topic, None, value, q, FORMAT_HEADERS)
 
     def _release(self, now: float) -> None:
         for bp in self.worker.banks.values():
             for entry in bp.buffer.release(now):
-                self.worker.apply_record(bp, entry[6], bp.buffer.record(entry), entry[2])
+                buf = bp.buffer
+                self.worker.apply_record(bp, buf.source(entry), buf.record(entry), buf.partition(entry))
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats

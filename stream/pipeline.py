@@ -4,7 +4,7 @@ Two halves, because the Kafka worker runs them on different partitions (the join
 partitioned by prediction_id, the detectors by (model, segment)):
 
 - `Intake` routes an event to its segments (their raw values), joins labels to predictions,
-  and emits observations: plain tuples, one per segment an event reaches, plus the fates of
+  and emits observations: typed records, one per segment an event reaches, plus the fates of
   events that reach no detector (invalid, duplicate, expired, unmatched).
 - `feed()` applies observations to a `DetectorBank` and returns the drift records they caused;
   the bank holds both cardinality guards: it refuses models past `max_models` (their inferences
@@ -16,21 +16,8 @@ partitioned by prediction_id, the detectors by (model, segment)):
 Both are deterministic: the same events in the same order give the same observations, which is
 what lets a worker resume a crashed one's partitions from a checkpoint by replaying.
 
-Observation tuples (also what travels on the observations topic), `key = (model, segment)`:
-
-    (INFERENCE, model, segment, prediction_id, timestamp, prediction, score, features[, raw])
-        raw: the event's bytes, base64, at `__all__` of a model not in the config only (the
-        admission bank dead-letters them if it refuses the model)
-    (OUTCOME,   model, segment, prediction_id, timestamp, prediction, label, delay, score, values, segments)
-        values: the monitored features in the spec's order; segments: the prediction's segment
-        labels, at `__all__` only (else None); both feed the slice accountant (detectors/slices.py)
-    (FATE,      model, "__all__", kind, outcome)      one event that fed no detector
-    (FOLD,      model, "__all__", attribute)          one value folded into attr=__other__ (made by
-                                                      workers before the fleet-wide guard; the bank folds now)
-    (PAIR,      challenger, segment, champion, timestamp, challenger_correct, champion_correct)
-                                                      one request both models scored, graded
-    (LLM,       model, segment, prediction_id, timestamp, LLMObservation)   after the INFERENCE
-                of an LLM call (`task: llm`): the LLMObservation's fields as a plain tuple (a list on the wire)
+Observations are typed records, one type per kind (detectors/observations.py: their fields,
+and their wire form on the observations topic); `key = (model, segment)`, their first two fields.
 """
 from __future__ import annotations
 
@@ -40,8 +27,22 @@ from typing import Iterable
 from driftline.detectors.bank import DetectorBank, DriftRecord, is_correct
 from driftline.detectors.challenger import ShadowPairs, comparisons
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
-from driftline.detectors.llm import LLMObservation
 from driftline.detectors.llm import observation as llm_observation
+from driftline.detectors.observations import (
+    FATE,
+    FOLD,
+    INFERENCE,
+    LLM,
+    OUTCOME,
+    PAIR,
+    FateObservation,
+    FoldObservation,
+    InferenceObservation,
+    LLMCallObservation,
+    Observation,
+    OutcomeObservation,
+    PairObservation,
+)
 from driftline.detectors.segments import SegmentRouter
 from driftline.detectors.spec import ALL_SEGMENT, ModelSpec
 from driftline.detectors.state import SnapshotError
@@ -50,7 +51,10 @@ from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Invalid, Label
 
 UNKNOWN_MODEL = "__unknown__"
-INFERENCE, OUTCOME, FATE, FOLD, PAIR, LLM = 0, 1, 2, 3, 4, 5
+# Records built on the hot path with tuple.__new__ (one C call; a NamedTuple's own __new__ is a
+# Python function): the fields in declaration order, all of them.
+_new = tuple.__new__
+__all__ = ["Intake", "observe", "feed", "UNKNOWN_MODEL", "INFERENCE", "OUTCOME", "FATE", "FOLD", "PAIR", "LLM"]
 
 # Events between sweeps of idle segment values (router) and idle segments (bank).
 EVICT_EVERY = 50_000
@@ -131,14 +135,14 @@ class Intake:
         return self.settings.spec_for(model).label_ttl if model else self.settings.defaults.label_ttl
 
     # -- events ---------------------------------------------------------------------------------
-    def take_invalid(self, invalid: Invalid) -> list[tuple]:
+    def take_invalid(self, invalid: Invalid) -> list[Observation]:
         model = invalid.model if invalid.model is not None else UNKNOWN_MODEL  # the bank maps refused ones
-        return [(FATE, model, ALL_SEGMENT, invalid.kind, "invalid")]
+        return [FateObservation(model, ALL_SEGMENT, invalid.kind, "invalid")]
 
-    def take_inference(self, ev: Inference, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
+    def take_inference(self, ev: Inference, raw: bytes = b"") -> tuple[list[Observation], Invalid | None]:
         """Observations of one inference event, and the Invalid to dead-letter if it was refused."""
         model = ev.model
-        out: list[tuple] = []
+        out: list[Observation] = []
         ts = ev.timestamp
         spec = self.spec_for(model)
         call = None
@@ -154,7 +158,7 @@ class Intake:
                                       f"llm.embedding has {len(emb)} numbers, model {model}'s embeddings have {dim} "
                                       f"(models.{model}.llm.embedding_dim or its first embedding)", raw, model)
                     return self.take_invalid(invalid), invalid
-            call = tuple(llm_observation(ev.llm, spec.llm))  # plain: it travels as JSON
+            call = llm_observation(ev.llm, spec.llm)
         if self.idle:
             self.idle.discard("inference")
         if ts > self.inference_time:
@@ -162,7 +166,7 @@ class Intake:
             self._advance(out)
         pid = ev.prediction_id
         if self.join.knows_prediction(pid):
-            out.append((FATE, model, ALL_SEGMENT, "inference", "duplicate"))
+            out.append(FateObservation(model, ALL_SEGMENT, "inference", "duplicate"))
             return out, None
         router = self.router
         features = ev.features
@@ -180,11 +184,12 @@ class Intake:
         for seg in segments:
             if raw and seg == ALL_SEGMENT and model not in self.settings.models:
                 # The admission bank may refuse the model: it dead-letters these bytes then.
-                out.append((INFERENCE, model, seg, pid, ts, prediction, score, features, b64encode(raw).decode()))
+                out.append(_new(InferenceObservation, (model, seg, pid, ts, prediction, score, features,
+                                                       b64encode(raw).decode())))
             else:
-                out.append((INFERENCE, model, seg, pid, ts, prediction, score, features))
+                out.append(_new(InferenceObservation, (model, seg, pid, ts, prediction, score, features, None)))
             if call is not None:
-                out.append((LLM, model, seg, pid, ts, call))
+                out.append(LLMCallObservation(model, seg, pid, ts, call))
         if joined is not None and joined != "duplicate":
             self._outcomes(joined, out)
         if self.join.fates:
@@ -192,8 +197,8 @@ class Intake:
         self._tick()
         return out, None
 
-    def take_label(self, ev: Label, raw: bytes = b"") -> tuple[list[tuple], Invalid | None]:
-        out: list[tuple] = []
+    def take_label(self, ev: Label, raw: bytes = b"") -> tuple[list[Observation], Invalid | None]:
+        out: list[Observation] = []
         if self.idle:
             self.idle.discard("label")
         if ev.timestamp > self.label_time:
@@ -218,9 +223,9 @@ class Intake:
         self._tick()
         return out, None
 
-    def expire(self, now: float | None = None) -> list[tuple]:
+    def expire(self, now: float | None = None) -> list[Observation]:
         """Let the join drop what its TTL passed; returns the fates as observations."""
-        out: list[tuple] = []
+        out: list[Observation] = []
         if now is None:
             self.join.expire_streams(self.inference_time, self.label_time)
         else:
@@ -230,14 +235,14 @@ class Intake:
         self._drain(out)
         return out
 
-    def set_idle(self, kind: str, idle: bool = True) -> list[tuple]:
+    def set_idle(self, kind: str, idle: bool = True) -> list[Observation]:
         """Say whether the `kind` stream ("inference" or "label") has nothing left unread.
 
         While it is idle its clock follows the other stream's, so what waits for it can expire
         (without this a model whose labels never come would keep every prediction until the
         `max_pending` cap); reading an event of that kind ends the idleness. Returns the fates.
         """
-        out: list[tuple] = []
+        out: list[Observation] = []
         if idle:
             self.idle.add(kind)
             self._advance(out)
@@ -246,7 +251,7 @@ class Intake:
         return out
 
     # -- internals ------------------------------------------------------------------------------
-    def _advance(self, out: list[tuple]) -> None:
+    def _advance(self, out: list[Observation]) -> None:
         if self.idle:
             if "label" in self.idle and self.inference_time > self.label_time:
                 self.label_time = self.inference_time
@@ -257,9 +262,9 @@ class Intake:
             self._drain(out)
         self.shadow.expire(min(self.inference_time, self.label_time))
 
-    def _drain(self, out: list[tuple]) -> None:
+    def _drain(self, out: list[Observation]) -> None:
         for model, kind, outcome in self.join.fates:
-            out.append((FATE, model if model is not None else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
+            out.append(FateObservation(model if model is not None else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
         self.join.fates.clear()
 
     def _tick(self) -> None:
@@ -267,81 +272,80 @@ class Intake:
         if self._since_evict >= EVICT_EVERY:
             self._since_evict = 0
 
-    def _outcomes(self, joined: Joined, out: list[tuple]) -> None:
+    def _outcomes(self, joined: Joined, out: list[Observation]) -> None:
         p = joined.prediction
         delay = joined.label_timestamp - p.timestamp
         delay = delay if delay > 0.0 else 0.0
         values = getattr(p, "values", None)  # None: held in a snapshot from before slices
         for seg in p.segments:
-            out.append((OUTCOME, p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction, joined.label, delay,
-                        p.score, values, p.segments if seg == ALL_SEGMENT else None))
+            out.append(_new(OutcomeObservation, (p.model, seg, p.prediction_id, joined.label_timestamp, p.prediction,
+                                                 joined.label, delay, p.score, values,
+                                                 p.segments if seg == ALL_SEGMENT else None)))
         rid = joined.request_id
         if rid is not None and self.shadow.compared(p.model):
             for pair in self.shadow.add(p.model, rid, is_correct(p.prediction, joined.label), p.segments,
                                         joined.label_timestamp):
                 for seg in pair.segments:
-                    out.append((PAIR, pair.challenger, seg, pair.champion, pair.timestamp, pair.challenger_correct,
-                                pair.champion_correct))
+                    out.append(PairObservation(pair.challenger, seg, pair.champion, pair.timestamp,
+                                               pair.challenger_correct, pair.champion_correct))
 
 
-def observe(bank: DetectorBank, o, refused: list[Invalid] | None = None) -> list[DriftRecord]:
-    """Apply one observation (a tuple, or the list it becomes on the wire) to the bank; an
-    inference of a model the bank refuses (`max_models`) is appended to `refused`."""
-    kind = o[0]
+def observe(bank: DetectorBank, o: Observation, refused: list[Invalid] | None = None) -> list[DriftRecord]:
+    """Apply one observation to the bank (a record of the observations topic: decode it first
+    with detectors.observations.from_wire); an inference of a model the bank refuses
+    (`max_models`) is appended to `refused`."""
+    t = type(o)
     models = bank.models
-    if models.slots is not None and o[1] not in models.known and (kind == FATE or not models.admit(o[1])):
+    if models.slots is not None and o.model not in models.known and (t is FateObservation or not models.admit(o.model)):
         return _refuse(bank, o, refused)
-    segment = o[2]
-    if segment != ALL_SEGMENT and kind != FATE and kind != FOLD:
+    segment = o.segment
+    if segment != ALL_SEGMENT and t is not FateObservation and t is not FoldObservation:
         # The cardinality guard: this bank owns every value of the segment's (model, attribute).
-        segment = bank.admit(o[1], segment, kind == INFERENCE)
-    if kind == INFERENCE:
-        return bank.observe_inference(o[1], segment, o[7] or {}, o[5], o[6], o[4], o[3])
-    if kind == OUTCOME:
-        # o[8], the prediction's score, and o[9], o[10], the slice accountant's values and segment
-        # labels, are absent from observations of workers before them
-        n = len(o)
-        return bank.observe_outcome(o[1], segment, o[5], o[6], o[4], o[3], o[7], o[8] if n > 8 else None,
-                                    o[9] if n > 9 else None, o[10] if n > 10 else None)
-    if kind == LLM:
-        call = o[5]
-        return bank.observe_llm(o[1], segment, call if type(call) is LLMObservation else LLMObservation(*call), o[4], o[3])
-    if kind == FATE:
-        bank.observe_fate(o[1], o[3], o[4])
-    elif kind == FOLD:
-        bank.observe_fold(o[1], o[3])
-    elif kind == PAIR:
-        bank.observe_pair(o[1], segment, o[3], o[4], o[5], o[6])
+        segment = bank.admit(o.model, segment, t is InferenceObservation)
+    if t is InferenceObservation:
+        return bank.observe_inference(o.model, segment, o.features or {}, o.prediction, o.score, o.timestamp,
+                                      o.prediction_id)
+    if t is OutcomeObservation:
+        return bank.observe_outcome(o.model, segment, o.prediction, o.label, o.timestamp, o.prediction_id, o.delay,
+                                    o.score, o.values, o.segments)
+    if t is LLMCallObservation:
+        return bank.observe_llm(o.model, segment, o.call, o.timestamp, o.prediction_id)
+    if t is FateObservation:
+        bank.observe_fate(o.model, o.event_kind, o.outcome)
+    elif t is FoldObservation:
+        bank.observe_fold(o.model, o.attribute)
+    elif t is PairObservation:
+        bank.observe_pair(o.model, segment, o.champion, o.timestamp, o.challenger_correct, o.champion_correct)
     else:
-        raise ValueError(f"unknown observation kind {kind!r}")
+        raise TypeError(f"not an observation: {o!r}")
     return []
 
 
-def _refuse(bank: DetectorBank, o, refused: list[Invalid] | None) -> list[DriftRecord]:
+def _refuse(bank: DetectorBank, o: Observation, refused: list[Invalid] | None) -> list[DriftRecord]:
     """An observation of a model the bank does not monitor: each of its events counts once under
     `__unknown__`. Its inference (at `__all__`) is refused (`invalid`, dead-lettered by the caller
     with reason `too_many_models`); a label that joined it counts as `unmatched` (it matched no
     monitored prediction), as before stage 2 decided; its other segments, LLM calls and pairs
     count nothing. Fates count under `__unknown__`, but the expiry of a refused inference, which
     was counted when it was refused."""
-    kind = o[0]
-    if kind == FATE:
-        if not (o[3] == "inference" and o[4] == "expired"):
-            bank.observe_fate(UNKNOWN_MODEL, o[3], o[4])
-    elif o[2] == ALL_SEGMENT:
-        if kind == INFERENCE:
+    t = type(o)
+    if t is FateObservation:
+        if not (o.event_kind == "inference" and o.outcome == "expired"):
+            bank.observe_fate(UNKNOWN_MODEL, o.event_kind, o.outcome)
+    elif o.segment == ALL_SEGMENT:
+        if t is InferenceObservation:
             bank.observe_fate(UNKNOWN_MODEL, "inference", "invalid")
             if refused is not None:
                 limit = bank.models.slots + len(bank.models.configured)
-                raw = b64decode(o[8]) if len(o) > 8 else b""
+                raw = b64decode(o.raw) if o.raw else b""
                 refused.append(Invalid("inference", "too_many_models",
-                                       f"model {o[1]!r} would exceed limits.max_models={limit}", raw, o[1]))
-        elif kind == OUTCOME:
+                                       f"model {o.model!r} would exceed limits.max_models={limit}", raw, o.model))
+        elif t is OutcomeObservation:
             bank.observe_fate(UNKNOWN_MODEL, "label", "unmatched")
     return []
 
 
-def feed(bank: DetectorBank, observations: Iterable, refused: list[Invalid] | None = None) -> list[DriftRecord]:
+def feed(bank: DetectorBank, observations: Iterable[Observation], refused: list[Invalid] | None = None) -> list[DriftRecord]:
     """Apply observations to the bank; returns every detection they caused (and appends the
     inferences it refused to `refused`)."""
     found: list[DriftRecord] = []

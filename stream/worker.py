@@ -44,6 +44,7 @@ from confluent_kafka import (
 )
 
 from driftline.detectors.bank import DetectorBank
+from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, from_wire, to_wire
 from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
@@ -53,7 +54,7 @@ from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_infe
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS
 from driftline.stream.logs import kafka_logger
-from driftline.stream.ordering import EventTimeDriver
+from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
 from driftline.stream.pipeline import Intake, observe
 from driftline.stream.transactions import (
     BrokerAway,
@@ -132,7 +133,7 @@ class BankPartition:
         last = seen.get(src)
         out = []
         for r in recs:
-            mark = (r[0], r[1])
+            mark = (r[WIRE_OFFSET], r[WIRE_INDEX])
             if last is not None and mark <= last:
                 continue
             last = mark
@@ -154,6 +155,7 @@ class WorkerStats:
     def __init__(self) -> None:
         self.replayed = 0  # events read again after taking over a partition (checkpoint -> committed)
         self.deduplicated = 0  # observations skipped as already applied
+        self.unreadable_observations = 0  # observations messages of an unknown format (dead-lettered)
         self.rebalances = 0
         self.checkpoints = {"ok": 0, "failed": 0}
         self.checkpoint_seconds = 0.0  # duration of the last checkpoint
@@ -434,11 +436,11 @@ class Worker:
                               dead_letter_record(refused, topic=topic, partition=p, offset=offset))
             src = ip.epoch + code
             for k, o in enumerate(obs):
-                dest = route.get((o[1], o[2]))
+                dest = route.get((o.model, o.segment))
                 if dest is None:
-                    dest = self._route(o[1], o[2])
-                rec = [offset, k]
-                rec.extend(o)
+                    dest = self._route(o.model, o.segment)
+                # to_wire(offset, k, o), inlined for outcomes (an inference may drop its raw field)
+                rec = [offset, k, OUTCOME, *o] if o.KIND == OUTCOME else to_wire(offset, k, o)
                 bucket = batches.get((src, dest))
                 if bucket is None:
                     batches[(src, dest)] = [rec]
@@ -456,7 +458,8 @@ class Worker:
         for (src, dest), recs in batches.items():
             key = src.encode()
             for i in range(0, len(recs), OBS_PER_MESSAGE):
-                self._produce(obs_topic, key, orjson.dumps(self._obs_message(src, recs[i:i + OBS_PER_MESSAGE], src_part[src])), dest)
+                self._produce(obs_topic, key, orjson.dumps(self._obs_message(src, recs[i:i + OBS_PER_MESSAGE], src_part[src])),
+                              dest, FORMAT_HEADERS)
 
     @staticmethod
     def _quiet(part, topic: str, offset: int) -> bool:
@@ -500,7 +503,7 @@ class Worker:
 
     @staticmethod
     def _obs_message(src: str, recs: list, partition: int) -> list:
-        """One observations message (format 2, see stream/ordering.py)."""
+        """The value of one observations message (format 3, see stream/ordering.py)."""
         return [src, recs, partition, None, None]
 
     def emit_fates(self, p: int, ip: IntakePartition, fates: list) -> None:
@@ -509,12 +512,13 @@ class Worker:
         src = ip.epoch + "x"
         by_dest: dict[int, list] = {}
         for k, o in enumerate(fates):
-            dest = self._routes.get((o[1], o[2]))
+            dest = self._routes.get((o.model, o.segment))
             if dest is None:
-                dest = self._route(o[1], o[2])
-            by_dest.setdefault(dest, []).append([ip.fate_seq, k, *o])
+                dest = self._route(o.model, o.segment)
+            by_dest.setdefault(dest, []).append(to_wire(ip.fate_seq, k, o))
         for dest, recs in by_dest.items():
-            self._produce(self.topics.observations, src.encode(), orjson.dumps(self._obs_message(src, recs, p)), dest)
+            self._produce(self.topics.observations, src.encode(), orjson.dumps(self._obs_message(src, recs, p)), dest,
+                          FORMAT_HEADERS)
         ip.dirty = True
 
     def _apply(self, msg) -> None:
@@ -524,34 +528,53 @@ class Worker:
         topic = msg.topic()
         if bp.quiet or bp.muted:
             bp.muted = self._quiet(bp, topic, msg.offset())
-        self.event_time.apply(bp, msg.value(), lambda src, r, p: self.apply_record(bp, src, r, p))
+        try:
+            self.event_time.apply(bp, msg.value(), msg.headers(), lambda src, r, p: self.apply_record(bp, src, r, p))
+        except UnknownFormat as exc:
+            self._unknown_format(bp, msg, exc)
         bp.positions[topic] = msg.offset() + 1
         bp.last_ts[topic] = msg.timestamp()[1]
         bp.dirty = True
 
+    def _unknown_format(self, bp: BankPartition, msg, exc: UnknownFormat) -> None:
+        """A message of a format this worker cannot read (a newer worker's, during an upgrade):
+        skipped, counted, and dead-lettered with where it is, so that nothing stops and the skip
+        is visible where refused input goes (docs/events.md)."""
+        self.stats.unreadable_observations += 1
+        if bp.muted:
+            return  # rebuilding: dead-lettered when it was first read
+        log.warning("observations partition %d offset %d skipped: %s", msg.partition(), msg.offset(), exc)
+        self._produce(self.topics.dead_letters, msg.key(),
+                      dead_letter_record(Invalid("observations", "unknown_format", str(exc), msg.value() or b""),
+                                         topic=msg.topic(), partition=msg.partition(), offset=msg.offset()))
+
     def apply_record(self, bp: BankPartition, src: str, r: list, p: int | None = None) -> None:
-        """Apply one observation record to its bank; publish the detections it causes and
-        dead-letter the inference it refuses (max_models; `p`: its input partition)."""
+        """Apply one wire record to its bank; publish the detections it causes and dead-letter
+        the inference it refuses (max_models; `p`: its input partition)."""
         refused: list[Invalid] = []
-        hits = observe(bp.bank, r[2:], refused)
+        o = from_wire(r)
+        hits = observe(bp.bank, o, refused)
         if refused and not bp.muted:  # muted: rebuilding, dead-lettered before
+            pid = o.prediction_id
             for inv in refused:
-                self._produce(self.topics.dead_letters, r[5].encode() if type(r[5]) is str else None,
-                              dead_letter_record(inv, topic=self.topics.inferences, partition=p, offset=r[0]))
+                self._produce(self.topics.dead_letters, pid.encode() if type(pid) is str else None,
+                              dead_letter_record(inv, topic=self.topics.inferences, partition=p, offset=r[WIRE_OFFSET]))
         if bp.muted:
             hits = ()  # rebuilding: these drift events were published before
         for rec in hits:
             d = rec.to_dict()
-            d["source"] = f"{src}:{r[0]}:{r[1]}"  # the same detection replayed carries the same id
+            d["source"] = f"{src}:{r[WIRE_OFFSET]}:{r[WIRE_INDEX]}"  # the same detection replayed carries the same id
             self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
         bp.dirty = True
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,
+                 headers: list | None = None) -> None:
         if self._doomed is not None:
             return  # the open transaction will abort: its records would be discarded anyway
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value, partition=partition, on_delivery=self._delivered)
+                self.producer.produce(topic, key=key, value=value, partition=partition, on_delivery=self._delivered,
+                                      headers=headers)
                 return
             except BufferError:  # the local queue is full (broker slow or away): wait, never drop
                 self.producer.poll(0.1)

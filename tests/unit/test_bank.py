@@ -7,7 +7,8 @@ from driftline.detectors.bank import DetectorBank
 from driftline.detectors.segments import SegmentRouter
 from driftline.detectors.spec import ModelSpec, PageHinkleyParams
 from driftline.detectors.state import SnapshotError, restore, snapshot
-from driftline.stream.pipeline import INFERENCE, OUTCOME, feed
+from driftline.detectors.observations import InferenceObservation, OutcomeObservation
+from driftline.stream.pipeline import feed
 
 SPEC = ModelSpec(
     name="churn", segments=("region", "plan"), max_segments=3,
@@ -30,7 +31,7 @@ def test_cardinality_flood_folds_and_counts():
     bank = DetectorBank(lambda m: SPEC)
     for i in range(10_000):
         for seg in r.route(SPEC, {"region": f"user-{i}"}, None, float(i)):
-            feed(bank, [(INFERENCE, "churn", seg, f"p{i}", float(i), 1, None, {"tenure": 1.0})])
+            feed(bank, [InferenceObservation("churn", seg, f"p{i}", float(i), 1, None, {"tenure": 1.0})])
     keys = {seg for (_, seg), _ in bank.items()}
     assert keys == {"__all__", "region=user-0", "region=user-1", "region=user-2", "region=__other__"}
     assert bank.tally.folded == {("churn", "region"): 10_000 - 3}
@@ -43,8 +44,8 @@ def test_a_folded_value_stays_folded_for_its_outcomes_and_an_admitted_one_keeps_
     obs = []
     for i in range(40):
         region = f"r{i % 5}"  # 5 values, 3 slots: r0..r2 admitted, r3 and r4 folded on every event
-        obs.append((INFERENCE, "churn", f"region={region}", f"p{i}", float(i), 1, None, {}))
-        obs.append((OUTCOME, "churn", f"region={region}", f"p{i}", float(i), 1, 1, 0.0))
+        obs.append(InferenceObservation("churn", f"region={region}", f"p{i}", float(i), 1, None, {}))
+        obs.append(OutcomeObservation("churn", f"region={region}", f"p{i}", float(i), 1, 1, 0.0))
     feed(bank, obs)
     assert {seg: bank.tally.inferences[("churn", seg)] for (_, seg), _ in bank.items()} == {
         "region=r0": 8, "region=r1": 8, "region=r2": 8, "region=__other__": 16}
@@ -55,7 +56,7 @@ def test_a_folded_value_stays_folded_for_its_outcomes_and_an_admitted_one_keeps_
 def test_idle_values_free_their_slot():
     bank = DetectorBank(lambda m: SPEC)
     for i in range(3):
-        feed(bank, [(INFERENCE, "churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
+        feed(bank, [InferenceObservation("churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
     assert bank.admit("churn", "region=new", True) == "region=__other__"
     assert len(bank.evict_idle(older_than=5.0)) == 3
     assert bank.admit("churn", "region=new", True) == "region=new"
@@ -64,7 +65,7 @@ def test_idle_values_free_their_slot():
 def test_a_restored_bank_rebuilds_its_guard_from_its_segments():
     bank = DetectorBank(lambda m: SPEC)
     for i in range(3):
-        feed(bank, [(INFERENCE, "churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
+        feed(bank, [InferenceObservation("churn", f"region=r{i}", f"p{i}", 0.0, 1, None, {})])
     again = DetectorBank.restore(bank.snapshot(), lambda m: SPEC)
     assert again.admit("churn", "region=r9", True) == "region=__other__"
     assert again.admit("churn", "region=r1", True) == "region=r1"

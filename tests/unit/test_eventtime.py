@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.observations import FateObservation, OutcomeObservation
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Label
@@ -39,7 +40,7 @@ def label(i: int, ts: float) -> Label:
 
 
 def fates(obs: list) -> Counter:
-    return Counter((o[3], o[4]) for o in obs if o[0] == FATE)
+    return Counter((o.event_kind, o.outcome) for o in obs if type(o) is FateObservation)
 
 
 # -- stage 1: the join's TTL runs on the stream that can still resolve it --------------------------
@@ -51,7 +52,7 @@ def test_backlog_read_inferences_first_loses_no_join():
         out += intake.take_inference(inference(i, i * 60.0))[0]
     for i in range(600):
         out += intake.take_label(label(i, i * 60.0 + 30.0))[0]
-    assert sum(1 for o in out if o[0] == OUTCOME) == 600
+    assert sum(1 for o in out if type(o) is OutcomeObservation) == 600
     assert fates(out)[("inference", "expired")] == 0
 
 
@@ -110,7 +111,7 @@ def test_a_restored_intake_does_not_believe_its_streams_idle():
     for i in range(600, 1200):
         out += restored.take_label(label(i, i * 60.0 + 30.0))[0]
     assert fates(out)[("inference", "expired")] == 0
-    assert sum(1 for o in out if o[0] == OUTCOME) == 600  # as in one uninterrupted run
+    assert sum(1 for o in out if type(o) is OutcomeObservation) == 600  # as in one uninterrupted run
 
 
 def test_snapshot_before_per_stream_heaps_restores():
@@ -173,13 +174,13 @@ def test_progress_is_the_slower_topic_until_one_is_idle():
 
 
 # -- stage 2: the watermark buffer ---------------------------------------------------------------
-def obs(ts: float, kind=INFERENCE) -> list:
-    return [kind, "m", "__all__", "id", ts, 1, None, {}]
+def wire(offset: int, ts: float, kind=INFERENCE) -> list:
+    return [offset, 0, kind, "m", "__all__", "id", ts, 1, None, {}]
 
 
 def put(buf, p, ts, offset, kind=INFERENCE):
-    o = obs(ts, kind)
-    return buf.add(ordering_key(o), p, offset, 0, f"s{p}", [offset, 0, *o], 100)
+    rec = wire(offset, ts, kind)
+    return buf.add(ordering_key(rec), p, offset, 0, f"s{p}", rec, 100)
 
 
 def test_release_in_event_time_order_across_sources():
@@ -285,7 +286,7 @@ def test_every_ordered_kind_is_held_and_counters_are_not():
             [1, 1, PAIR, "c", "s", "m", 4.0], [1, 2, FATE, "m", "__all__", "label", "duplicate"], [1, 3, FOLD, "m", "__all__", "a"]]
     now = buf.add_records(0, "src", recs, 10)
     assert [r[2] for r in now] == [FATE, FOLD] and buf.held == 4
-    assert all(ordering_key(r[2:]) is not None for r in recs[:4]) and ordering_key(recs[4][2:]) is None
+    assert all(ordering_key(r) is not None for r in recs[:4]) and ordering_key(recs[4]) is None
     buf.note(0, 6.0, False, 0.0)
     assert [buf.record(e)[2] for e in buf.release(0.0)] == [OUTCOME, PAIR, INFERENCE, LLM]
 
