@@ -517,13 +517,7 @@ class DetectorBank:
 
     def evict_idle(self, older_than: float) -> list[tuple[str, str]]:
         """Drop segments with no event since `older_than`; their series leave /metrics with them."""
-        stale = [key for key, st in self._segments.items() if st.last_seen < older_than]
-        for key in stale:
-            del self._segments[key]
-            self.guard.removed(*key)
-            self.models.removed(key[0])
-            self.tally.forget_segment(*key)
-        return stale
+        return self._forget([key for key, st in self._segments.items() if st.last_seen < older_than])
 
     # -- baseline windows ----------------------------------------------------------------------
     def _bind_profile(self, state: SegmentState, model: str, segment: str) -> None:
@@ -580,13 +574,16 @@ class DetectorBank:
     def drop_segments(self, foreign: Callable[[str, str], bool]) -> list[tuple[str, str]]:
         """Drop the segments `foreign(model, segment)` says this bank does not own (a restored
         checkpoint of an older routing); their series leave /metrics with them."""
-        gone = [key for key in self._segments if foreign(*key)]
-        for key in gone:
+        return self._forget([key for key in self._segments if foreign(*key)])
+
+    def _forget(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remove segments with everything derived from them: both guards' slots and their counters."""
+        for key in keys:
             del self._segments[key]
             self.guard.removed(*key)
             self.models.removed(key[0])
             self.tally.forget_segment(*key)
-        return gone
+        return keys
 
     # -- internals -----------------------------------------------------------------------------
     def _tick(self, timestamp: float) -> None:
