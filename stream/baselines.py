@@ -226,12 +226,12 @@ def publish_profile(settings, profile: BaselineProfile, timeout: float = 30.0) -
     from confluent_kafka import Producer
 
     from driftline.stream.admin import ensure_topics
+    from driftline.stream.clients import client_config
 
     ensure_topics(settings, timeout)
     topic = settings.kafka.topics.baselines
-    producer = Producer({"compression.type": "lz4", **settings.kafka.client_config,
-                         "bootstrap.servers": settings.kafka.bootstrap, "acks": "all",
-                         "enable.idempotence": True, "message.max.bytes": 16 * 1024 * 1024})
+    producer = Producer(client_config(settings, {"compression.type": "lz4"},
+                                      {"acks": "all", "enable.idempotence": True, "message.max.bytes": 16 * 1024 * 1024}))
     where: list = []
     producer.produce(topic, key=profile.key.encode(), value=profile.to_json(indent=False),
                      on_delivery=lambda err, msg: where.append((err, msg)))
@@ -252,7 +252,7 @@ class BaselineTopic:
     a file.
     """
 
-    def __init__(self, settings, book: ProfileBook, consumer_config: dict | None = None):
+    def __init__(self, settings, book: ProfileBook):
         self.settings = settings
         self.book = book
         self.topic = settings.kafka.topics.baselines
@@ -260,44 +260,32 @@ class BaselineTopic:
         self.refused = 0  # records that are not valid profiles
         self._arrival = 0
         self._consumer = None
-        self._conf = consumer_config or {}
 
     def start(self, timeout: float = 30.0) -> int:
         """Read the topic to its end and apply what it holds; returns the profiles in use from it.
         A broker that cannot be read now is not fatal: `poll()` tries again."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+        from confluent_kafka import Consumer, KafkaException
 
-        kafka = self.settings.kafka
+        from driftline.stream.clients import client_config
+        from driftline.stream.topic_reader import TopicUnreadable, partitions_of, read_to_end
+
         try:
-            consumer = Consumer({
-                **kafka.client_config, **self._conf, "bootstrap.servers": kafka.bootstrap,
+            consumer = Consumer(client_config(self.settings, {}, {
                 "group.id": "driftline-baseline-reader", "enable.auto.commit": False,
-                "enable.partition.eof": False, "auto.offset.reset": "earliest",
-            })
-            md = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
-            if md is None or md.error is not None or not md.partitions:
-                consumer.close()
-                log.warning("baselines topic %r is not readable yet (%s); will retry", self.topic,
-                            md.error if md is not None else "missing")
-                return 0
-            ends = {}
-            for p in md.partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)
-                ends[p] = high
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in md.partitions])
+                "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            }))
         except KafkaException as exc:
             log.warning("cannot read baselines topic %r: %s; will retry", self.topic, exc)
             return 0
+        try:
+            partitions = partitions_of(consumer, self.topic, timeout)
+        except (TopicUnreadable, KafkaException) as exc:
+            consumer.close()
+            log.warning("baselines topic %r is not readable yet (%s); will retry", self.topic, exc)
+            return 0
         self._consumer = consumer
         touched: set[str] = set()
-        deadline = time.monotonic() + timeout
-        positions = {p: 0 for p in ends}
-        while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-            for msg in consumer.consume(POLL_BATCH, 0.5):
-                if msg.error() is None:
-                    positions[msg.partition()] = msg.offset() + 1
-                self._take(msg, touched)
-        if any(positions[p] < ends[p] for p in ends):
+        if not read_to_end(consumer, self.topic, partitions, lambda msg: self._take(msg, touched), timeout):
             log.warning("baselines topic %r not read to its end within %.0f s; the rest comes with polling",
                         self.topic, timeout)
         self._apply(touched)
@@ -322,9 +310,12 @@ class BaselineTopic:
             self._consumer = None
 
     def _take(self, msg, touched: set[str]) -> None:
+        from confluent_kafka import KafkaError
+
         err = msg.error()
         if err is not None:
-            log.warning("reading baselines topic %r: %s", self.topic, err)
+            if err.code() != KafkaError._PARTITION_EOF:  # the end of what is published: nothing to say
+                log.warning("reading baselines topic %r: %s", self.topic, err)
             return
         key = msg.key().decode(errors="replace") if msg.key() else ""
         model = key.split("/", 1)[0]

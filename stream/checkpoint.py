@@ -30,7 +30,10 @@ import zlib
 from typing import Iterable
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from driftline.stream.clients import merge_config
+from driftline.stream.topic_reader import TopicUnreadable, partitions_of, read_to_end
 
 log = logging.getLogger("driftline.checkpoint")
 
@@ -75,11 +78,10 @@ class CheckpointStore:
         # A producer of its own (flushing it waits for checkpoint records only), or the worker's
         # transactional one, whose transaction this store's writes then join.
         self._owns_producer = producer is None
-        self._producer = producer or Producer({
-            "bootstrap.servers": bootstrap, "logger": logging.getLogger("driftline.kafka"), **self.client_config,
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "compression.type": "lz4", "message.max.bytes": CHUNK_BYTES + 64 * 1024,
-        })
+        self._producer = producer or Producer(merge_config(self.client_config, bootstrap, {
+            "linger.ms": 5, "compression.type": "lz4"}, {
+            "acks": "all", "enable.idempotence": True, "message.max.bytes": CHUNK_BYTES + 64 * 1024,
+        }))
 
     def use_producer(self, producer: Producer) -> None:
         """Write through `producer` from now on (the worker replaced its transactional one)."""
@@ -188,50 +190,34 @@ class CheckpointStore:
         """Every key's latest manifest (the manifest topic, read from its start to its end)."""
         consumer = self._consumer()
         latest: dict[str, Manifest] = {}
+
+        def take(msg) -> None:
+            if msg.error():
+                raise CheckpointError(f"reading {self.manifests_topic}: {msg.error()}")
+            key = msg.key().decode() if msg.key() else ""
+            if msg.value() is None:
+                latest.pop(key, None)  # tombstone
+            else:
+                latest[key] = Manifest.from_json(key, msg.value())
+
         try:
-            md = consumer.list_topics(self.manifests_topic, timeout=timeout).topics.get(self.manifests_topic)
-            if md is None or md.error is not None:
-                raise CheckpointError(f"checkpoint topic {self.manifests_topic!r} is missing: {md.error if md else ''}")
-            ends: dict[int, int] = {}
-            for part in md.partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(self.manifests_topic, part), timeout=timeout)
-                if high > 0:
-                    ends[part] = high
-            if not ends:
-                return {}
-            consumer.assign([TopicPartition(self.manifests_topic, p, OFFSET_BEGINNING) for p in ends])
-            deadline = time.monotonic() + timeout
-            done: set[int] = set()
-            while len(done) < len(ends):
-                if time.monotonic() > deadline:
-                    raise CheckpointError(f"reading {self.manifests_topic} timed out after {timeout:.0f} s")
-                for msg in consumer.consume(1000, 0.5):
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            # The end of what is committed: under read_committed the last offsets
-                            # are transaction markers (or an open transaction), never delivered.
-                            done.add(msg.partition())
-                            continue
-                        raise CheckpointError(f"reading {self.manifests_topic}: {msg.error()}")
-                    key = msg.key().decode() if msg.key() else ""
-                    if msg.value() is None:
-                        latest.pop(key, None)  # tombstone
-                    else:
-                        latest[key] = Manifest.from_json(key, msg.value())
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        done.add(msg.partition())
+            try:
+                partitions = partitions_of(consumer, self.manifests_topic, timeout)
+            except TopicUnreadable as exc:
+                raise CheckpointError(f"checkpoint {exc}") from None
+            if not read_to_end(consumer, self.manifests_topic, partitions, take, timeout):
+                raise CheckpointError(f"reading {self.manifests_topic} timed out after {timeout:.0f} s")
         finally:
             consumer.close()
         return latest
 
     def _consumer(self) -> Consumer:
-        return Consumer({
-            "bootstrap.servers": self.bootstrap, "logger": logging.getLogger("driftline.kafka"), **self.client_config,
+        return Consumer(merge_config(self.client_config, self.bootstrap, {
+            "fetch.max.bytes": 8 * CHUNK_BYTES, "max.partition.fetch.bytes": 2 * CHUNK_BYTES}, {
             "group.id": "driftline-checkpoint-reader", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",  # records of aborted or open transactions: never
-            "fetch.max.bytes": 8 * CHUNK_BYTES, "max.partition.fetch.bytes": 2 * CHUNK_BYTES,
-        })
+        }))
 
     @staticmethod
     def _poll_one(consumer: Consumer, timeout: float, what: str):

@@ -22,9 +22,21 @@ def transactional_id(settings) -> str:
     return f"driftline-{settings.kafka.group_id}-{uuid.uuid4().hex[:12]}"
 
 
+def merge_config(user: dict, bootstrap: str, tunables: dict, required: dict | None = None) -> dict:
+    """The one rule for every librdkafka config driftline builds: our tunables (and librdkafka's
+    lines through logging), then the user's `kafka.config` (which may override them), then the
+    bootstrap servers and what correctness needs (which nobody overrides)."""
+    return {"logger": kafka_logger(), **tunables, **user, "bootstrap.servers": bootstrap, **(required or {})}
+
+
+def client_config(settings, tunables: dict, required: dict | None = None) -> dict:
+    """`merge_config` for the settings' Kafka (`kafka.bootstrap`, `kafka.config`)."""
+    return merge_config(settings.kafka.client_config, settings.kafka.bootstrap, tunables, required)
+
+
 def consumer_config(settings, client_id: str) -> dict:
     kafka, worker = settings.kafka, settings.worker
-    return {
+    return client_config(settings, {
         # A broker outage shorter than the session timeout keeps the partitions (librdkafka
         # drops its assignment after a session timeout without a heartbeat answer); a dead
         # worker's partitions move to the others after it.
@@ -34,9 +46,7 @@ def consumer_config(settings, client_id: str) -> dict:
         # librdkafka's statistics carry each partition's last stable offset from its fetch
         # responses (ReadableEnds): lag and "caught up" without a request to the broker.
         "statistics.interval.ms": 1000,
-        "logger": kafka_logger(),  # librdkafka's lines through logging (rate-limited repeats)
-        **kafka.client_config,
-        "bootstrap.servers": kafka.bootstrap,
+    }, {
         "group.id": kafka.group_id,
         "client.id": client_id,
         # range: partition p of every subscribed topic goes to the same member when the
@@ -49,7 +59,7 @@ def consumer_config(settings, client_id: str) -> dict:
         "enable.partition.eof": True,
         # Observations of a transaction that aborted are never applied (exactly-once).
         "isolation.level": "read_committed",
-    }
+    })
 
 
 class ReadableEnds:
@@ -104,11 +114,10 @@ class ReadableEnds:
 
 
 def producer_config(settings, transactional: str | None) -> dict:
-    kafka, worker = settings.kafka, settings.worker
-    conf = {"linger.ms": 20, "compression.type": "lz4", "logger": kafka_logger(), **kafka.client_config,
-            "bootstrap.servers": kafka.bootstrap,
-            "enable.idempotence": True,  # ordered, no duplicates from retries
-            "acks": "all"}
+    worker = settings.worker
+    conf = client_config(settings, {"linger.ms": 20, "compression.type": "lz4"},
+                         {"enable.idempotence": True,  # ordered, no duplicates from retries
+                          "acks": "all"})
     if transactional is None:
         # Never give up on a record: while the broker is away the local queue fills and
         # produce() blocks the loop (back pressure), and nothing is dropped.

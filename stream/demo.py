@@ -395,8 +395,8 @@ def _plot(samples, result, files: DemoFiles, path: Path) -> Path | None:
 def plot_accuracy(path: Path, samples: list[tuple[float, dict[str, float]]],
                   detections: list[tuple[float, str, str]], drift_at: float, xlabel: str, title: str) -> Path | None:
     """One panel per segment: its rolling accuracy over x, a line at each error-signal detection
-    (x, segment, detector), the injected drift dashed. Shared by the replay and live demos; None
-    without matplotlib."""
+    (x, segment, detector), the injected drift dashed (a note instead when nothing was counted).
+    Shared by the replay and live demos; None without matplotlib."""
     try:
         import matplotlib
 
@@ -406,7 +406,15 @@ def plot_accuracy(path: Path, samples: list[tuple[float, dict[str, float]]],
         return None
     segments = sorted({s for _, acc in samples for s in acc})
     if not segments:
-        return None
+        # A worker far behind (a busy machine) may have counted nothing yet: the plot says so,
+        # rather than the run leaving no plot at all.
+        fig, ax = plt.subplots(figsize=(10, 2.2))
+        ax.text(0.5, 0.5, "no rolling accuracy counted yet", ha="center", va="center")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=10)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
     fig, axes = plt.subplots(len(segments), 1, figsize=(10, 2.2 * len(segments)), sharex=True, squeeze=False)
     axes = axes[:, 0]
     for ax, seg in zip(axes, segments):

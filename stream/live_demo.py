@@ -445,40 +445,27 @@ def read_drift_records(bootstrap: str, topic: str, timeout: float) -> list[dict]
 
     The worker writes this topic inside its transactions, so the readable end is the last stable
     offset, not the high watermark (an open transaction's records and the commit markers sit
-    past it); on a busy machine a single watermark request can also time out, so it is retried.
+    past it); stream/topic_reader.py reads to that end, retrying the watermark requests a busy
+    machine can time out.
     """
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaException
+
+    from driftline.stream.topic_reader import read_to_end
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-demo-reader",
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "enable.partition.eof": True, "log_level": 3})
     records: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        low = high = None
-        while high is None and time.monotonic() < deadline:
-            try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0),
-                                                           timeout=max(min(deadline - time.monotonic(), 5.0), 0.5))
-            except KafkaException:
-                time.sleep(0.5)
-        if high is None or high <= low:
-            return records
-        consumer.assign([TopicPartition(topic, 0, low)])
-        while time.monotonic() < deadline:
-            msg = consumer.poll(min(0.5, max(deadline - time.monotonic(), 0.01)))
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                # The end of what is readable now: past the last committed record (and its
-                # marker), or at the first record of a transaction still open.
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
+
+    def take(msg) -> None:
+        if msg.error() is None:
             try:
                 records.append(orjson.loads(msg.value()))
             except orjson.JSONDecodeError:
                 pass
+
+    try:
+        read_to_end(consumer, topic, [0], take, timeout)  # what was read in time, if not all
     except KafkaException:
         pass
     finally:

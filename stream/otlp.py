@@ -261,15 +261,15 @@ class OTLPBridge:
 
         self.settings = settings
         self.otlp = settings.otlp
+        from driftline.stream.clients import client_config
+
         kafka = settings.kafka
-        user = dict(kafka.client_config)
-        self.consumer = Consumer({
-            "session.timeout.ms": 10_000, "fetch.wait.max.ms": 100, **user,
-            "bootstrap.servers": kafka.bootstrap, "group.id": self.otlp.group_id or f"{kafka.group_id}.otlp",
+        self.consumer = Consumer(client_config(settings, {"session.timeout.ms": 10_000, "fetch.wait.max.ms": 100}, {
+            "group.id": self.otlp.group_id or f"{kafka.group_id}.otlp",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        })
-        self.producer = Producer({"linger.ms": 20, "compression.type": "lz4", **user,
-                                  "bootstrap.servers": kafka.bootstrap, "enable.idempotence": True, "acks": "all"})
+        }))
+        self.producer = Producer(client_config(settings, {"linger.ms": 20, "compression.type": "lz4"},
+                                               {"enable.idempotence": True, "acks": "all"}))
         self.batch = batch
         self.stopping = threading.Event()
         self.spans: Counter = Counter()  # outcome -> spans (converted, invalid, skipped) and messages malformed

@@ -53,7 +53,6 @@ from driftline.stream.clients import ReadableEnds, consumer_config, producer_con
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS
-from driftline.stream.logs import kafka_logger
 from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
 from driftline.stream.pipeline import Intake, observe
 from driftline.stream.transactions import (
@@ -212,8 +211,7 @@ class Worker:
         # Reference profiles: the config's files, then what the baselines topic publishes
         # (stream/baselines.py); one book for every bank of this process.
         self.profiles = profile_book(settings)
-        # Its librdkafka lines go through logging too (rate-limited repeats during an outage).
-        self.baseline_topic = BaselineTopic(settings, self.profiles, consumer_config={"logger": kafka_logger()})
+        self.baseline_topic = BaselineTopic(settings, self.profiles)
         self._next_baselines = 0.0
         group = settings.kafka.group_id
         self._key_prefix = f"{group}/"
