@@ -30,7 +30,10 @@ class RollingAccuracy:
         if window < 1:
             raise ValueError("window must be >= 1")
         self.window = window
-        self._ring = bytearray(window)
+        # Grown by `update` up to the window, a ring from then on: most segments of a
+        # high-cardinality model never see a window of labels. (Checkpoints before 18e hold a
+        # full-size ring from the start: it is written in place, as before.)
+        self._ring = bytearray()
         self._pos = 0
         self._n = 0
         self._correct = 0
@@ -38,11 +41,16 @@ class RollingAccuracy:
     def update(self, correct: bool) -> None:
         bit = 1 if correct else 0
         pos = self._pos
+        ring = self._ring
         if self._n == self.window:
-            self._correct -= self._ring[pos]
+            self._correct -= ring[pos]
+            ring[pos] = bit
         else:
             self._n += 1
-        self._ring[pos] = bit
+            if pos == len(ring):
+                ring.append(bit)
+            else:
+                ring[pos] = bit
         self._correct += bit
         self._pos = pos + 1 if pos + 1 < self.window else 0
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from bisect import bisect_left
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Sequence
 
 from driftline.detectors.accuracy import RollingAccuracy, RollingError
 from driftline.detectors.baseline import ProfileBook, Window, category_key
-from driftline.detectors.calibration import CalibratedDetector, Standardizer, stream_arl, streams_per_event
+from driftline.detectors.calibration import (DEFAULT_PH_DELTA, CalibratedDetector, Standardizer, calibrated_statistics,
+                                             raw_detector, standardised_detector, stream_arl, streams_per_event)
 from driftline.detectors.categorical import CategorySurprisal
 from driftline.detectors.challenger import ChallengerComparison
 from driftline.detectors.classification import ClassQuality, confidence
@@ -110,64 +111,174 @@ class ExplanationRecord:
                 "labelled_after": self.labelled_after, "explanation": self.explanation}
 
 
-@persistent("bank.signal")
+@persistent("bank.signal_config")
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """What a signal's detectors are, shared by every signal of that kind of a model (one per
+    bank snapshot, shared again after a restore): configuration, kept with the state because
+    the detectors built from it are (a later config change applies to new signals only)."""
+
+    names: tuple[str, ...]  # the detectors, in the spec's order
+    raw: tuple[bool, ...]  # per detector: reads raw values (else z-scores of the signal's Standardizer)
+    arl: float | None = None  # calibrated (a false-alarm budget): each detector's ARL, else None
+    kind: str | None = None  # calibrated: "numeric" or "binary" (the 0/1 error stream)
+    ph_delta: float | None = None  # calibrated: Page-Hinkley's drift allowance
+
+    def standardised(self, i: int, std: Standardizer) -> Detector:
+        return standardised_detector(self.names[i], self.arl, self.kind, self.ph_delta, std)
+
+
+_CONFIGS: dict[SignalConfig, SignalConfig] = {}
+
+
+def shared_config(config: SignalConfig) -> SignalConfig:
+    """One object per distinct config (restored checkpoints of old versions included)."""
+    return _CONFIGS.setdefault(config, config)
+
+
+class Detection(NamedTuple):
+    """A detection one value made on a signal, read before the detector re-warms."""
+
+    detector: str
+    direction: int  # +1: the signal's mean went up, -1 down
+    statistics: dict[str, float]
+
+
+class DetectorReading(NamedTuple):
+    """What an exporter reads of one detector on one signal (a copy: the bank goes on)."""
+
+    detector: str
+    last_detection: float | None  # event time of its last detection
+    direction: int  # of that detection: +1 up, -1 down, 0 none yet
+    statistics: dict[str, float] | None  # None unless asked for
+
+
+@persistent("bank.signal", version=2)
 class SignalState:
-    """The detectors on one signal of one segment, with their detection history."""
+    """One signal of one segment: its detectors and, under a false-alarm budget, the one
+    Standardizer that turns its values into z-scores for them; `update(x)` is the one entry.
 
-    __slots__ = ("detectors", "last_detection", "last_direction", "transform", "std", "feeds", "warm")
+    One object per signal (with a list of its detectors): a segment of a high-cardinality model
+    holds seven of these, and most never leave their warm-up. A detector that reads z-scores is
+    built when the first z-score comes (after the warm-up, and again after each detection: see
+    `update`); while none of a signal's detectors is built, `detectors` is None; the detection
+    history exists from the first detection on.
+    """
 
-    def __init__(self, detectors: list[Detector], transform: CategorySurprisal | None = None,
-                 std: Standardizer | None = None):
-        self.detectors = detectors
-        self.last_detection: list[float | None] = [None] * len(detectors)
-        self.last_direction: list[int] = [0] * len(detectors)  # of the last detection: +1 up, -1 down
+    __slots__ = ("config", "transform", "std", "detectors", "last_detection", "last_direction")
+
+    def __init__(self, config: SignalConfig, detectors: list[Detector | None] | None,
+                 transform: CategorySurprisal | None = None, std: Standardizer | None = None):
+        self.config = config
         self.transform = transform
-        # Under a false-alarm budget, one Standardizer per signal (not per detector) turns values
-        # into z-scores; `feeds` says, per detector, which update to call and whether with z.
-        self.std = std
-        self.warm = std is None  # once warm, z-detectors are called directly (one call less a value)
-        self.feeds: list[tuple[int, object, bool]] = self._feeds()
+        self.std = std  # None when no detector reads z-scores
+        self.detectors = detectors
+        self.last_detection: list[float | None] | None = None
+        self.last_direction: list[int] | None = None  # of the last detection: +1 up, -1 down
 
-    def _feeds(self) -> list[tuple[int, object, bool]]:
-        feeds: list[tuple[int, object, bool]] = []
-        for i, det in enumerate(self.detectors):
-            if isinstance(det, CalibratedDetector):
-                if det.takes_z:  # once warm, straight to the inner detector (see DetectorBank._update)
-                    inner = det.inner if self.warm else None
-                    feeds.append((i, inner.update if inner is not None else det.update_z, True))
-                else:
-                    feeds.append((i, det.inner.update, False))  # raw ADWIN on a 0/1 stream
+    def update(self, x: float, timestamp: float) -> list[Detection] | None:
+        """One value of the signal: the detections it completed, or None."""
+        std = self.std
+        z = std.transform(x) if std is not None else None  # None while the signal warms up
+        found = None
+        dets = self.detectors
+        if dets is None:  # every detector reads z-scores, none built yet
+            if z is None:
+                return None
+            dets = self.detectors = [None] * len(self.config.names)
+        raw = self.config.raw
+        for i in range(len(dets)):
+            if raw[i]:
+                det = dets[i]
+                if not det.update(x):
+                    continue
+            elif z is None:
+                continue
             else:
-                feeds.append((i, det.update, False))
-        return feeds
+                det = dets[i]
+                if det is None:
+                    det = dets[i] = self.config.standardised(i, std)
+                if not det.update(z):
+                    continue
+            if found is None:
+                found = []
+            found.append(Detection(det.name, det.direction, self._statistics(i, det)))
+            self._record(i, det.direction, timestamp)
+            if std is not None:
+                # After a detection the standardised detectors learn the signal's new mean and
+                # scale (from the next value on): the old ones would make them alarm again and
+                # again on a level that has simply moved. Raw detectors go on.
+                std = self.std = Standardizer(std.warmup, binary=std.binary, clip=std.clip)
+                if any(raw):
+                    for j in range(len(dets)):
+                        if not raw[j]:
+                            dets[j] = None
+                else:
+                    self.detectors = None
+                z = None
+        return found
 
-    # -- state: `feeds` holds bound methods, derived from the detectors: rebuilt, not stored ----
-    def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "feeds"}
+    def _record(self, i: int, direction: int, timestamp: float) -> None:
+        if self.last_detection is None:
+            n = len(self.config.names)
+            self.last_detection, self.last_direction = [None] * n, [0] * n
+        self.last_detection[i] = timestamp
+        self.last_direction[i] = direction
 
-    def __setstate__(self, state: dict) -> None:
-        for name in self.__slots__:
-            if name != "feeds":
-                setattr(self, name, state[name])
-        self.feeds = self._feeds()
+    def _statistics(self, i: int, det: Detector | None) -> dict[str, float]:
+        if self.config.arl is None:
+            return det.statistics()
+        return calibrated_statistics(det, None if self.config.raw[i] else self.std)
+
+    def readings(self, statistics: bool = False) -> list[DetectorReading]:
+        """Each detector's name, last detection and direction (and statistics if asked)."""
+        last, way, dets = self.last_detection, self.last_direction, self.detectors
+        return [DetectorReading(name, last[i] if last is not None else None, way[i] if way is not None else 0,
+                                self._statistics(i, dets[i] if dets is not None else None) if statistics else None)
+                for i, name in enumerate(self.config.names)]
+
+    # -- checkpoints before 18e (version 1): SignalState + one CalibratedDetector per detector ----
+    @classmethod
+    def upgrade_state(cls, version: int, f: dict) -> dict:
+        if version != 1:
+            raise ValueError(f"bank.signal version {version}")
+        dets = f["detectors"]
+        names = tuple(d.name for d in dets)
+        if dets and isinstance(dets[0], CalibratedDetector):
+            d0 = dets[0]
+            config = SignalConfig(names, tuple(not d.takes_z for d in dets), d0.arl, d0.kind, d0.ph_delta)
+            dets = [d.inner for d in dets]
+        else:
+            config = SignalConfig(names, (True,) * len(dets))
+        last, way = f["last_detection"], f["last_direction"]
+        detected = any(t is not None for t in last)
+        unbuilt = not any(config.raw) and all(d is None for d in dets)
+        return {"config": shared_config(config), "transform": f["transform"], "std": f["std"],
+                "detectors": None if unbuilt else list(dets), "last_detection": list(last) if detected else None,
+                "last_direction": list(way) if detected else None}
+
+
+DERIVED = ("dist", "profile_gen", "features", "feature_signals")  # SegmentState's fields that are not state
 
 
 @persistent("bank.segment")
 class SegmentState:
     """Everything of one (model, segment) but its counters (those are in the bank's Tally).
 
-    `plan` lists the model's configured features as [name, numeric, SignalState | None]: the
-    hot loop walks it instead of looking each signal up by name; a signal's detectors are
-    built when its first value comes.
+    `features` (the model's configured features as (name, numeric) pairs, one tuple shared by
+    the bank's segments of the model) and `feature_signals` (their SignalStates, None until a
+    feature's first value) are what the hot loop walks instead of looking each signal up by
+    name; both are derived (from the spec and `signals`), never stored.
     """
 
-    __slots__ = ("signals", "plan", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
+    __slots__ = ("signals", "features", "feature_signals", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
                  "quality", "challengers", "slices", "llm",
                  "estimate")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
-        self.plan: list[list] = [[name, kind == "numeric", None] for name, kind in spec.features.items()]
+        self.features: tuple[tuple[str, bool], ...] | None = None  # bound by DetectorBank._bind_features
+        self.feature_signals: list[SignalState | None] | None = None
         # LLM calls: the rolling share of good feedback, in the accuracy's place.
         self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task in ("classification", "llm") else None
         self.errors = RollingError(spec.accuracy_window) if spec.task == "regression" else None
@@ -188,8 +299,14 @@ class SegmentState:
         # Label-free accuracy from calibrated scores (classification with scores; made on the first).
         self.estimate: AccuracyEstimate | None = None
 
+    def detector_readings(self, internal: Sequence[str] = (), all_internal: bool = False
+                          ) -> list[tuple[str, list[DetectorReading]]]:
+        """Each signal's detector readings (a copy, for exporters), with statistics for the
+        signals named in `internal` (or every signal with `all_internal`)."""
+        return [(name, sig.readings(all_internal or name in internal)) for name, sig in list(self.signals.items())]
+
     def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__ if name not in ("dist", "profile_gen")}
+        return {name: getattr(self, name) for name in self.__slots__ if name not in DERIVED}
 
     def __setstate__(self, state) -> None:
         if isinstance(state, tuple):  # a snapshot from before baselines: (None, {slot: value})
@@ -200,6 +317,7 @@ class SegmentState:
             self.windows = {}
         self.profile_gen = -1  # check the profile again on the next event
         self.dist = None
+        self.features = self.feature_signals = None  # (checkpoints before 18e also hold a "plan": derived)
 
 
 def slice_accountant(spec: ModelSpec, segment: str, profiles: ProfileBook | None = None) -> SliceAccountant:
@@ -248,6 +366,7 @@ class DetectorBank:
         self.models = ModelGuard(configured, max_models)
         self.watermark = 0.0
         self._since_evict = 0
+        self._features: dict[str, tuple[ModelSpec, tuple]] = {}  # model -> (spec, its features): see _bind_features
 
     # -- snapshot: the spec lookup is configuration, not state; the restorer passes it again --
     def __getstate__(self) -> dict:
@@ -264,6 +383,7 @@ class DetectorBank:
         self.idle_after = state["idle_after"]
         self.watermark = state["watermark"]
         self._since_evict = state["since_evict"]
+        self._features = {}
 
     def bind(self, spec_for: Callable[[str], ModelSpec], profiles: ProfileBook | None = None,
              max_models: int | None = None, configured=()) -> "DetectorBank":
@@ -327,21 +447,32 @@ class DetectorBank:
         if prediction is not None:
             if state.errors is not None:  # regression: the predicted value itself
                 if is_number(prediction):
-                    self._update(self._signal(state, model, PREDICTION, False), PREDICTION, float(prediction), ctx, found)
+                    sig = self._signal(state, model, PREDICTION, False)
+                    x = float(prediction)
+                    hits = sig.update(x, timestamp)
+                    if hits is not None:
+                        self._detections(hits, PREDICTION, x, ctx, found)
             else:
                 sig = self._signal(state, model, PREDICTION, True)
                 x = sig.transform.transform(prediction)
                 if x is not None:
-                    self._update(sig, PREDICTION, x, ctx, found)
+                    hits = sig.update(x, timestamp)
+                    if hits is not None:
+                        self._detections(hits, PREDICTION, x, ctx, found)
         if score is not None:
-            self._update(self._signal(state, model, SCORE, False), SCORE, score, ctx, found)
+            sig = self._signal(state, model, SCORE, False)
+            hits = sig.update(score, timestamp)
+            if hits is not None:
+                self._detections(hits, SCORE, score, ctx, found)
             if state.accuracy is not None and prediction is not None:
                 spec = self._spec_for(model)
                 if spec.task == "classification":  # not LLM calls: their label is feedback
                     self._estimate(state, model).predicted(confidence(spec.quality, prediction, score),
                                                            state.accuracy.window)
-        for slot in state.plan:
-            name, numeric, sig = slot
+        fsigs = state.feature_signals
+        if fsigs is None:
+            fsigs = self._bind_features(state, model)
+        for k, (name, numeric) in enumerate(state.features):
             value = features.get(name)
             if value is None:
                 continue  # missing: counted by data quality, not a detector input
@@ -352,15 +483,19 @@ class DetectorBank:
                         tally.invalid_features[(model, name, "type")] += 1
                     continue
                 x = value
+                sig = fsigs[k]
                 if sig is None:
-                    sig = slot[2] = self._signal(state, model, name, False)
+                    sig = fsigs[k] = self._signal(state, model, name, False)
             else:
+                sig = fsigs[k]
                 if sig is None:
-                    sig = slot[2] = self._signal(state, model, name, True)
+                    sig = fsigs[k] = self._signal(state, model, name, True)
                 x = sig.transform.transform(value)
                 if x is None:
                     continue
-            self._update(sig, name, x, ctx, found)
+            hits = sig.update(x, timestamp)
+            if hits is not None:
+                self._detections(hits, name, x, ctx, found)
         book = self.profiles
         if book is not None:
             if state.profile_gen != book.generation:
@@ -405,7 +540,11 @@ class DetectorBank:
             error = float(prediction) - float(label)
             tally.labeled[(model, segment)] += 1
             state.errors.update(error)
-            self._update(self._signal(state, model, ERROR, False), ERROR, abs(error), ctx, found)
+            sig = self._signal(state, model, ERROR, False)
+            x = abs(error)
+            hits = sig.update(x, timestamp)
+            if hits is not None:
+                self._detections(hits, ERROR, x, ctx, found)
         else:
             spec = self._spec_for(model)
             llm = spec.task == "llm"
@@ -431,7 +570,11 @@ class DetectorBank:
             if slices is None or (slices.stale and not slices.active):
                 slices = state.slices = self._new_slices(model, segment)
             refresh = slices.observe(values, segments, correct, timestamp)
-            self._update(self._signal(state, model, ERROR, False), ERROR, 0.0 if correct else 1.0, ctx, found)
+            sig = self._signal(state, model, ERROR, False)
+            x = 0.0 if correct else 1.0
+            hits = sig.update(x, timestamp)
+            if hits is not None:
+                self._detections(hits, ERROR, x, ctx, found)
             if found:
                 self._explain(found, slices, model, timestamp)
             elif refresh is not None:
@@ -487,7 +630,9 @@ class DetectorBank:
                 value = sig.transform.transform(value)
                 if value is None:
                     continue
-            self._update(sig, signal, value, ctx, found)
+            hits = sig.update(value, timestamp)
+            if hits is not None:
+                self._detections(hits, signal, value, ctx, found)
         return found
 
     def _embedding_reference(self, model: str, segment: str):
@@ -601,6 +746,16 @@ class DetectorBank:
             est = state.estimate = AccuracyEstimate(self._spec_for(model).accuracy_window)
         return est
 
+    def _bind_features(self, state: SegmentState, model: str) -> list[SignalState | None]:
+        """A new or restored segment's feature plan: the spec's features, their signals."""
+        spec = self._spec_for(model)
+        known = self._features.get(model)
+        if known is None or known[0] is not spec:
+            known = self._features[model] = (spec, tuple((name, kind == "numeric") for name, kind in spec.features.items()))
+        state.features = known[1]
+        fsigs = state.feature_signals = [state.signals.get(name) for name, _ in known[1]]
+        return fsigs
+
     def _new_state(self, model: str, segment: str) -> SegmentState:
         state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))
         self.guard.added(model, segment)
@@ -611,68 +766,33 @@ class DetectorBank:
         sig = state.signals.get(signal)
         if sig is None:
             spec = self._spec_for(model)
-            if spec.false_alarm_budget is None:
-                detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in spec.detectors]
-            else:
-                # Every event feeds (1 + attributes) segments x signals x detectors: each detector
-                # gets its share of the model's budget (detectors/calibration.py).
-                llm_signals = spec.llm.signal_count() if spec.llm is not None else 0
-                streams = streams_per_event(len(spec.segments), 3 + len(spec.features) + llm_signals,
-                                            len(spec.detectors))
-                arl = stream_arl(spec.false_alarm_budget, streams)
-                kind = "binary" if signal == ERROR and spec.task == "classification" else "numeric"
-                std = Standardizer(spec.warmup, binary=kind == "binary")
-                detectors = [CalibratedDetector(name, arl, kind, warmup=spec.warmup, std=std) for name in spec.detectors]
-                sig = state.signals[signal] = SignalState(
-                    detectors, CategorySurprisal(spec.categorical_reference) if categorical else None,
-                    std if any(d.takes_z for d in detectors) else None)
-                return sig
             transform = CategorySurprisal(spec.categorical_reference) if categorical else None
-            sig = state.signals[signal] = SignalState(detectors, transform)
+            names = tuple(spec.detectors)
+            if spec.false_alarm_budget is None:
+                config = shared_config(SignalConfig(names, (True,) * len(names)))
+                detectors = [build_detector(name, spec.adwin, spec.page_hinkley) for name in names]
+                sig = state.signals[signal] = SignalState(config, detectors, transform)
+                return sig
+            # Every event feeds (1 + attributes) segments x signals x detectors: each detector
+            # gets its share of the model's budget (detectors/calibration.py).
+            llm_signals = spec.llm.signal_count() if spec.llm is not None else 0
+            streams = streams_per_event(len(spec.segments), 3 + len(spec.features) + llm_signals, len(names))
+            arl = stream_arl(spec.false_alarm_budget, streams)
+            kind = "binary" if signal == ERROR and spec.task == "classification" else "numeric"
+            detectors = [raw_detector(name, arl, kind) for name in names]
+            config = shared_config(SignalConfig(names, tuple(d is not None for d in detectors), arl, kind,
+                                                DEFAULT_PH_DELTA[kind]))
+            std = Standardizer(spec.warmup, binary=kind == "binary") if not all(config.raw) else None
+            if not any(config.raw):
+                detectors = None  # built when the warm-up is over (SignalState.update)
+            sig = state.signals[signal] = SignalState(config, detectors, transform, std)
         return sig
 
-    @staticmethod
-    def _rewarm(sig: SignalState) -> None:
-        # After a detection the standardised detectors learn the signal's new mean and scale: the
-        # old ones would make them alarm again and again on a level that has simply moved.
-        old = sig.std
-        sig.std = std = Standardizer(old.warmup, binary=old.binary, clip=old.clip)
-        sig.warm = False
-        feeds = []
-        for i, det in enumerate(sig.detectors):
-            if isinstance(det, CalibratedDetector) and det.takes_z:
-                det.rebind(std)
-                feeds.append((i, det.update_z, True))
-            else:
-                feeds.append(sig.feeds[i])
-        sig.feeds = feeds
-
-    def _update(self, sig: SignalState, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
-        std = sig.std
-        z = std.transform(x) if std is not None else None  # None while the signal warms up
-        for i, update, takes_z in sig.feeds:
-            if takes_z:
-                if z is None:
-                    continue
-                if update(z):
-                    self._detected(sig, i, signal, x, ctx, found)
-                    z = None  # re-warming from the next value on (see _rewarm)
-            elif update(x):
-                self._detected(sig, i, signal, x, ctx, found)
-                if sig.std is not std:
-                    z = None
-        if not sig.warm and z is not None:
-            sig.warm = True
-            sig.feeds = [(i, sig.detectors[i].inner.update, True) if takes_z else (i, update, False)
-                         for i, update, takes_z in sig.feeds]
-
-    def _detected(self, sig: SignalState, i: int, signal: str, x: float, ctx, found: list[DriftRecord]) -> None:
+    def _detections(self, hits: list[Detection], signal: str, x: float, ctx, found: list) -> None:
+        """The drift records (and counts) of the detections one value made on a signal."""
         model, segment, timestamp, pid = ctx
-        det = sig.detectors[i]
-        self.tally.detections[(model, segment, signal, det.name)] += 1
-        sig.last_detection[i] = timestamp
-        sig.last_direction[i] = det.direction
-        found.append(DriftRecord(model, segment, signal, det.name, timestamp, pid, float(x), det.statistics(),
-                                 "up" if det.direction > 0 else "down"))
-        if sig.std is not None:
-            self._rewarm(sig)  # after reading the detector's direction and statistics
+        detections = self.tally.detections
+        for hit in hits:
+            detections[(model, segment, signal, hit.detector)] += 1
+            found.append(DriftRecord(model, segment, signal, hit.detector, timestamp, pid, float(x), hit.statistics,
+                                     "up" if hit.direction > 0 else "down"))

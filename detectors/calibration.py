@@ -342,6 +342,21 @@ class Standardizer:
         self.scale = sd if sd > 0.0 else 1e-9 * max(1.0, abs(self._mean))
 
 
+def raw_detector(name: str, arl: float, kind: SignalKind) -> ADWINDetector | None:
+    """The detector of a calibrated stream that reads raw values (ADWIN on a 0/1 stream: what its
+    bound is made for), built at once; None for one that reads z-scores."""
+    return ADWINDetector(adwin_params(arl, "binary")) if name == "adwin" and kind == "binary" else None
+
+
+def standardised_detector(name: str, arl: float, kind: SignalKind, ph_delta: float,
+                          std: Standardizer) -> ADWINDetector | PageHinkleyDetector:
+    """The detector of a calibrated stream that reads z-scores of `std`, built once `std` is
+    learnt (a binary Page-Hinkley's threshold depends on the learnt rate)."""
+    if name == "adwin":
+        return ADWINDetector(adwin_params(arl, "numeric"))
+    return PageHinkleyDetector(page_hinkley_params(arl, kind, ph_delta, std.rate_low))
+
+
 @persistent("calibration.detector")
 class CalibratedDetector:
     """A River detector whose threshold comes from a per-stream ARL; the `Detector` protocol.
@@ -351,6 +366,11 @@ class CalibratedDetector:
     standardised by the warm-up error rate, threshold from the binary table at a cautious
     (one standard error lower) rate.
     Nothing is detected during the warm-up.
+
+    One detector on one stream, with its own Standardizer (bench/quality.py, tests): the bank's
+    signals (detectors/bank.py `SignalState`) standardise once for all their detectors, with the
+    same `raw_detector` / `standardised_detector` builds. Checkpoints written before a signal was
+    one object hold these (`bank.signal` version 1), and are upgraded from them.
     """
 
     __slots__ = ("name", "arl", "kind", "ph_delta", "_std", "_inner")
@@ -363,7 +383,6 @@ class CalibratedDetector:
         warmup: int = DEFAULT_WARMUP,
         ph_delta: float | None = None,
         clip: float | None = CLIP,
-        std: "Standardizer | None" = None,
     ):
         if name not in ("adwin", "page_hinkley"):
             raise ValueError(f"unknown detector {name!r}; known: adwin, page_hinkley")
@@ -376,31 +395,15 @@ class CalibratedDetector:
         self.arl = float(arl)
         self.kind = kind
         self.ph_delta = ph_delta
-        self._inner: ADWINDetector | PageHinkleyDetector | None = None
+        self._inner: ADWINDetector | PageHinkleyDetector | None = raw_detector(name, self.arl, kind)
         self._std: Standardizer | None = None
-        if name == "adwin" and kind == "binary":
-            self._inner = ADWINDetector(adwin_params(self.arl, "binary"))
-        else:
-            # `std` given: the caller standardises once per signal and feeds `update_z()`.
-            self._std = std if std is not None else Standardizer(warmup, binary=kind == "binary", clip=clip)
+        if self._inner is None:
+            self._std = Standardizer(warmup, binary=kind == "binary", clip=clip)
 
     @property
     def takes_z(self) -> bool:
         """True if this detector reads standardised values (False: raw ADWIN on a 0/1 stream)."""
         return self._std is not None
-
-    def rebind(self, std: "Standardizer") -> None:
-        """Start over on a fresh (shared) Standardizer: after a change, learn the new normal."""
-        if self._std is not None:
-            self._std = std
-            self._inner = None
-
-    def update_z(self, z: float) -> bool:
-        """A value already standardised by this detector's (shared) Standardizer."""
-        inner = self._inner
-        if inner is None:
-            inner = self._inner = self._build(self._std)
-        return inner.update(z)
 
     def update(self, x: float) -> bool:
         std = self._std
@@ -415,9 +418,7 @@ class CalibratedDetector:
         return inner.update(z)
 
     def _build(self, std: Standardizer) -> ADWINDetector | PageHinkleyDetector:
-        if self.name == "adwin":
-            return ADWINDetector(adwin_params(self.arl, "numeric"))
-        return PageHinkleyDetector(page_hinkley_params(self.arl, self.kind, self.ph_delta, std.rate_low))
+        return standardised_detector(self.name, self.arl, self.kind, self.ph_delta, std)
 
     @property
     def inner(self) -> ADWINDetector | PageHinkleyDetector | None:
@@ -433,11 +434,16 @@ class CalibratedDetector:
         return 0 if self._std is None else self._std.count
 
     def statistics(self) -> dict[str, float]:
-        std = self._std
-        if self._inner is None:
-            return {"warmup_remaining": float(std.remaining)}
-        out = self._inner.statistics()
-        if std is not None:
-            out["center"] = float(std.center)
-            out["scale"] = float(std.scale)
-        return out
+        return calibrated_statistics(self._inner, self._std)
+
+
+def calibrated_statistics(inner: ADWINDetector | PageHinkleyDetector | None, std: Standardizer | None) -> dict[str, float]:
+    """A calibrated detector's statistics: its inner detector's, with the z-scores' center and
+    scale when it reads them (`std`); only the warm-up left while it is not built yet."""
+    if inner is None:
+        return {"warmup_remaining": float(std.remaining)}
+    out = inner.statistics()
+    if std is not None:
+        out["center"] = float(std.center)
+        out["scale"] = float(std.scale)
+    return out

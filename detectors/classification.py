@@ -60,8 +60,9 @@ class ClassQuality:
         self.cost = 0.0
         self.value = 0.0
         w = window
-        # Positive-class window: one code per labelled outcome (PRED_POS | ACTUAL_POS bits).
-        self.codes = bytearray(w)
+        # Positive-class window: one code per labelled outcome (PRED_POS | ACTUAL_POS bits),
+        # grown by `_window` up to the window (checkpoints before 18e: full-size from the start).
+        self.codes = bytearray()
         self.pos = 0
         self.n = 0
         self.tp = self.fp = self.fn = 0
@@ -111,15 +112,22 @@ class ClassQuality:
         return OTHER_CLASS
 
     def _window(self, window: int, pp: bool, ap: bool) -> None:
-        if len(self.codes) != window:  # restored under a config with another window: start again
-            self.codes, self.pos, self.n, self.tp, self.fp, self.fn = bytearray(window), 0, 0, 0, 0, 0
+        codes = self.codes
+        size = len(codes)
+        if size != window and not (size < window and self.pos == size):  # growing, or full: a ring
+            # restored under a config with another window: start again
+            codes, self.pos, self.n, self.tp, self.fp, self.fn = bytearray(), 0, 0, 0, 0, 0
+            self.codes = codes
         code = (PRED_POS if pp else 0) | (ACTUAL_POS if ap else 0)
         pos = self.pos
         if self.n == window:
-            self._count(self.codes[pos], -1)
+            self._count(codes[pos], -1)
         else:
             self.n += 1
-        self.codes[pos] = code
+        if pos == len(codes):  # growing: see __init__
+            codes.append(code)
+        else:
+            codes[pos] = code
         self._count(code, 1)
         self.pos = 0 if pos + 1 == window else pos + 1
 

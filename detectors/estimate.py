@@ -77,7 +77,7 @@ class AccuracyEstimate:
         self.ref_correct = [0] * BINS
         self.ref_n = 0
         self.calib: list[float] | None = None  # P(correct) per bin once the reference is full
-        self.pred_ring = bytearray(window)
+        self.pred_ring = bytearray()  # grown by `predicted` up to the window (before 18e: full-size)
         self.pred_pos = 0
         self.pred_n = 0
         self.pred_counts = [0] * BINS
@@ -101,15 +101,21 @@ class AccuracyEstimate:
     # -- feeding ---------------------------------------------------------------------------------
     def predicted(self, confidence: float, window: int) -> None:
         """A prediction's confidence in its class (labelled or not)."""
-        if len(self.pred_ring) != window:
-            self.pred_ring, self.pred_pos, self.pred_n, self.pred_counts = bytearray(window), 0, 0, [0] * BINS
+        ring = self.pred_ring
+        size = len(ring)
+        if size != window and not (size < window and self.pred_pos == size):  # growing, or full: a ring
+            ring, self.pred_pos, self.pred_n, self.pred_counts = bytearray(), 0, 0, [0] * BINS
+            self.pred_ring = ring
         b = bin_of(confidence)
         pos = self.pred_pos
         if self.pred_n == window:
-            self.pred_counts[self.pred_ring[pos]] -= 1
+            self.pred_counts[ring[pos]] -= 1
         else:
             self.pred_n += 1
-        self.pred_ring[pos] = b
+        if pos == len(ring):
+            ring.append(b)
+        else:
+            ring[pos] = b
         self.pred_counts[b] += 1
         self.pred_pos = 0 if pos + 1 == window else pos + 1
 

@@ -288,21 +288,21 @@ class DriftlineMetrics:
                         if ev.accuracy_before is not None:
                             slice_acc.add(lv + ("before",), ev.accuracy_before)
                         slice_acc.add(lv + ("after",), ev.accuracy_after)
-                for signal, sg in list(st.signals.items()):
-                    internals = at_all or signal in INTERNAL_SIGNALS
-                    for det, last, way in zip(sg.detectors, sg.last_detection, sg.last_direction):
-                        lv = (model, segment, signal, det.name)
+                for signal, readings in st.detector_readings(INTERNAL_SIGNALS, at_all):
+                    for r in readings:
+                        lv = (model, segment, signal, r.detector)
                         exported.add(lv)
                         # A live signal exports 0 before its first detection, so increase() works.
                         detected.add(lv, detections.get(lv, 0))
+                        last = r.last_detection
                         active.add(lv, 1.0 if last is not None and now - last < hold else 0.0)
-                        direction.add(lv, way)
-                        if internals:
-                            stats = det.statistics()  # only {"warmup_remaining": n} while warming up
-                            if det.name == "adwin" and "width" in stats:
+                        direction.add(lv, r.direction)
+                        stats = r.statistics  # only {"warmup_remaining": n} while warming up
+                        if stats is not None:
+                            if r.detector == "adwin" and "width" in stats:
                                 width.add((model, segment, signal), stats["width"])
                                 mean.add((model, segment, signal), stats["mean"])
-                            elif det.name == "page_hinkley" and "statistic" in stats:
+                            elif r.detector == "page_hinkley" and "statistic" in stats:
                                 ph_stat.add((model, segment, signal), stats["statistic"])
                                 ph_thr.add((model, segment, signal), stats["threshold"])
         for lv, n in detections.items():

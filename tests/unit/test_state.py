@@ -91,10 +91,9 @@ def test_a_restored_partition_continues_exactly_as_the_uninterrupted_one(demo_st
     intake2 = Intake.from_resume_state(back["intake"], settings)
     bank2 = back["bank"].bind(settings.spec_for, book)
 
-    # Shared objects stay shared: a signal's Standardizer is its detectors' Standardizer.
-    shared = [(sig, det) for seg in bank2._segments.values() for sig in seg.signals.values()
-              for det in sig.detectors if getattr(det, "_std", None) is not None]
-    assert shared and all(det._std is sig.std for sig, det in shared)
+    # Shared objects stay shared: every signal of a kind (numeric, the 0/1 error) has one config.
+    configs = {id(sig.config) for _, seg in bank2.items() for sig in seg.signals.values()}
+    assert len(configs) == 2
 
     rest_a = _run(intake, bank, events[half:end])
     rest_b = _run(intake2, bank2, events[half:end])
@@ -105,6 +104,33 @@ def test_a_restored_partition_continues_exactly_as_the_uninterrupted_one(demo_st
         return DriftlineMetrics(settings, intakes=lambda: (i,), banks=lambda: (b,), clock=lambda: i.watermark).render()
 
     assert exposition(intake, bank) == exposition(intake2, bank2)
+
+
+def test_a_checkpoint_of_signals_before_one_object_per_signal_restores_and_continues_the_same(demo_stream):
+    """The committed fixture (tests/fixtures/checkpoints/make_dls2_signals.py, run at c252071:
+    signals as `bank.signal` version 1, one CalibratedDetector per detector sharing the signal's
+    Standardizer) restores into today's one-object signals, and the rest of the demo stream then
+    makes exactly the drift records and the exposition that driftline made from it."""
+    import hashlib
+
+    from driftline.detectors.bank import SignalState
+
+    settings, events, _ = demo_stream
+    expected = orjson.loads((FIXTURES / "dls2-signals-v1.json").read_bytes())
+    back = decode_state((FIXTURES / "dls2-signals-v1.bin").read_bytes())
+    assert type(back) is not Unreadable, back
+    intake = Intake.from_resume_state(back["intake"], settings)
+    bank = back["bank"].bind(settings.spec_for)
+    signals = [sig for _, seg in bank.items() for sig in seg.signals.values()]
+    assert signals and all(type(sig) is SignalState for sig in signals)
+    # Upgraded signals share their config, as new ones do (one per model and kind of signal).
+    assert len({id(sig.config) for sig in signals}) == 2
+    found = [r.to_dict() for r in _run(intake, bank, events[expected["snapshot_after_event"] + 1:])]
+    assert len(found) == len(expected["drift_records"]) > 0
+    assert found == expected["drift_records"]
+    text = DriftlineMetrics(settings, intakes=lambda: (intake,), banks=lambda: (bank,),
+                            clock=lambda: intake.watermark).render()
+    assert hashlib.sha256(text).hexdigest() == expected["exposition_sha256"]
 
 
 def test_the_bytes_name_no_python_module_and_carry_the_versions(demo_stream):
