@@ -179,7 +179,18 @@ class SignalState:
     def update(self, x: float, timestamp: float) -> list[Detection] | None:
         """One value of the signal: the detections it completed, or None."""
         std = self.std
-        z = std.transform(x) if std is not None else None  # None while the signal warms up
+        if std is None:
+            z = None
+        elif std.scale is not None:  # learnt: Standardizer.transform's first branch, a call less per value
+            z = (x - std.center) / std.scale
+            c = std.clip
+            if c is not None:
+                if z > c:
+                    z = c
+                elif z < -c:
+                    z = -c
+        else:
+            z = std.transform(x)  # None while the signal warms up
         found = None
         dets = self.detectors
         if dets is None:  # every detector reads z-scores, none built yet
@@ -447,20 +458,20 @@ class DetectorBank:
         if prediction is not None:
             if state.errors is not None:  # regression: the predicted value itself
                 if is_number(prediction):
-                    sig = self._signal(state, model, PREDICTION, False)
+                    sig = state.signals.get(PREDICTION) or self._signal(state, model, PREDICTION, False)
                     x = float(prediction)
                     hits = sig.update(x, timestamp)
                     if hits is not None:
                         self._detections(hits, PREDICTION, x, ctx, found)
             else:
-                sig = self._signal(state, model, PREDICTION, True)
+                sig = state.signals.get(PREDICTION) or self._signal(state, model, PREDICTION, True)
                 x = sig.transform.transform(prediction)
                 if x is not None:
                     hits = sig.update(x, timestamp)
                     if hits is not None:
                         self._detections(hits, PREDICTION, x, ctx, found)
         if score is not None:
-            sig = self._signal(state, model, SCORE, False)
+            sig = state.signals.get(SCORE) or self._signal(state, model, SCORE, False)
             hits = sig.update(score, timestamp)
             if hits is not None:
                 self._detections(hits, SCORE, score, ctx, found)
@@ -540,7 +551,7 @@ class DetectorBank:
             error = float(prediction) - float(label)
             tally.labeled[(model, segment)] += 1
             state.errors.update(error)
-            sig = self._signal(state, model, ERROR, False)
+            sig = state.signals.get(ERROR) or self._signal(state, model, ERROR, False)
             x = abs(error)
             hits = sig.update(x, timestamp)
             if hits is not None:
@@ -570,7 +581,7 @@ class DetectorBank:
             if slices is None or (slices.stale and not slices.active):
                 slices = state.slices = self._new_slices(model, segment)
             refresh = slices.observe(values, segments, correct, timestamp)
-            sig = self._signal(state, model, ERROR, False)
+            sig = state.signals.get(ERROR) or self._signal(state, model, ERROR, False)
             x = 0.0 if correct else 1.0
             hits = sig.update(x, timestamp)
             if hits is not None:
