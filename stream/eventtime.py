@@ -69,15 +69,26 @@ class SourceAlignment:
 
     def observe(self, now: float, caught_up: dict[str, bool], positions: dict[str, int | None]) -> None:
         """Whether each topic has nothing unread, and its read position: a topic is caught up
-        *since* the last time it read something, so a sparse topic never looks idle."""
+        *since* the last time it read something, so a sparse topic never looks idle. A topic that
+        was idle and read again (it *woke*: a burst was published) makes the other topic's
+        idleness start over: its "caught up" rests on a cached high watermark that may not show
+        yet what was published with the burst (WatermarkBuffer does the same across sources)."""
+        woke = []
         for kind, up in caught_up.items():
+            was_idle = self.idle(kind, now)
             self._caught_up[kind] = up
             moved = positions.get(kind) != self._positions.get(kind)
             self._positions[kind] = positions.get(kind)
+            if moved and was_idle:
+                woke.append(kind)
             if not up:
                 self._caught_up_since[kind] = None
             elif self._caught_up_since[kind] is None or moved:
                 self._caught_up_since[kind] = now
+        for kind in woke:
+            other = LABELS if kind == INFERENCES else INFERENCES
+            if self._caught_up_since[other] is not None:
+                self._caught_up_since[other] = now
 
     def idle(self, kind: str, now: float) -> bool:
         """Caught up for at least `idle_timeout`: its progress no longer holds anything back."""
@@ -134,6 +145,7 @@ class SourceMark:
     progress: float | None = None
     idle: bool = False
     heard_at: float | None = None  # the bank's clock when it last heard from the source
+    said_at: float | None = None  # the source's clock (Kafka timestamp) when it made its last heartbeat
 
 
 class WatermarkBuffer:
@@ -144,9 +156,19 @@ class WatermarkBuffer:
     size)`, so the buffer snapshots as plain data; `record(entry)` decodes one. Bounds: at most `max_held` entries and `max_bytes` bytes (as
     measured on the wire); past either the oldest is released early and the watermark moves to
     it (what then arrives behind it is late: applied and counted).
+
+    An idle source's word is only as fresh as the heartbeat that said it. When a source the bank
+    holds idle sends observations (it *woke*: a backlog or a burst was published), every other
+    source's idleness may be just as stale, its own events unread behind a cached high watermark
+    and an uncommitted transaction: an idle source is then passed only once it has said idle
+    again in a heartbeat made `confirm_after` seconds after the wake, by the sources' clocks (the
+    messages' Kafka timestamps). Its worker's fetcher has by then seen what was published with
+    the events that woke the other source, so it says "not idle" instead, with its progress.
+    A wake is waited on for at most SILENT_AFTER of the bank's clock (a sender whose clock runs
+    far ahead must not stop the bank): then idle sources pass as before.
     """
 
-    def __init__(self, sources: int, max_held: int, max_bytes: int, now: float):
+    def __init__(self, sources: int, max_held: int, max_bytes: int, now: float, confirm_after: float = 0.0):
         self.sources = sources
         self.max_held = max_held
         self.max_bytes = max_bytes
@@ -157,19 +179,26 @@ class WatermarkBuffer:
         self.late = 0  # observations that arrived behind the watermark (applied at once)
         self.early = 0  # observations released early by the bounds
         self.created = now
+        self.confirm_after = confirm_after
+        self.woke_at: float | None = None  # source clock of the last wake (see the class doc)
+        self.woke_seen = now  # the bank's clock when it saw that wake
         self._seq = 0
 
     # -- state ------------------------------------------------------------------------------------
     def to_state(self) -> dict:
-        return {"marks": {p: [m.progress, m.idle] for p, m in self.marks.items()},
+        return {"marks": {p: [m.progress, m.idle, m.said_at] for p, m in self.marks.items()},
                 "heap": self.heap, "held_bytes": self.held_bytes, "floor": self.floor,
-                "late": self.late, "early": self.early, "seq": self._seq}
+                "late": self.late, "early": self.early, "seq": self._seq, "woke_at": self.woke_at}
 
     @classmethod
-    def from_state(cls, state: dict, sources: int, max_held: int, max_bytes: int, now: float) -> "WatermarkBuffer":
-        buf = cls(sources, max_held, max_bytes, now)
-        # The bank's clock does not travel: every source gets a fresh grace period.
-        buf.marks = {int(p): SourceMark(m[0], m[1], now) for p, m in state["marks"].items()}
+    def from_state(cls, state: dict, sources: int, max_held: int, max_bytes: int, now: float,
+                   confirm_after: float = 0.0) -> "WatermarkBuffer":
+        buf = cls(sources, max_held, max_bytes, now, confirm_after)
+        # The bank's clock does not travel: every source gets a fresh grace period. The sources'
+        # clocks do (Kafka timestamps); a mark of a checkpoint written before them has none.
+        buf.marks = {int(p): SourceMark(m[0], m[1], now, m[2] if len(m) > 2 else None)
+                     for p, m in state["marks"].items()}
+        buf.woke_at = state.get("woke_at")  # waited on afresh from `now` (woke_seen)
         buf.heap = [tuple(e) if isinstance(e[7], bytes) else (*e[:7], orjson.dumps(e[7]), e[8]) for e in state["heap"]]
         heapq.heapify(buf.heap)
         buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]
@@ -196,15 +225,19 @@ class WatermarkBuffer:
         return len(self.heap)
 
     # -- input ------------------------------------------------------------------------------------
-    def note(self, partition: int, progress: float | None, idle: bool | None, now: float) -> None:
+    def note(self, partition: int, progress: float | None, idle: bool | None, now: float,
+             said_at: float | None = None) -> None:
         """What input partition `partition` says of itself: a heartbeat carries its progress and
-        idleness; a data message (progress and idle None) only that it is alive."""
+        idleness (and `said_at`, the source's clock when it made it); a data message (progress and
+        idle None) only that it is alive."""
         mark = self.marks.get(partition)
         if mark is None:
             mark = self.marks[partition] = SourceMark()
         mark.heard_at = now
         if idle is None:
             return
+        if said_at is not None and (mark.said_at is None or said_at > mark.said_at):
+            mark.said_at = said_at
         # Progress never goes back: a successor replaying from a checkpoint re-reads events
         # whose observations this bank has applied already.
         if progress is not None and (mark.progress is None or progress > mark.progress):
@@ -222,10 +255,14 @@ class WatermarkBuffer:
         self.held_bytes += size
         return True
 
-    def add_records(self, partition: int, src: str, recs: list, size: int) -> list:
+    def add_records(self, partition: int, src: str, recs: list, size: int, sent_at: float | None = None,
+                    now: float | None = None) -> list:
         """Hold wire records `[offset, index, kind, *fields]` of one source; returns those to apply
-        at once (counters, and late ones), in arrival order. The hot path: one call per message."""
+        at once (counters, and late ones), in arrival order. The hot path: one call per message.
+        `sent_at`: the source's clock when it sent them (the message's Kafka timestamp); `now`:
+        the bank's."""
         now_apply = []
+        ordered = len(recs)
         heap, floor, push, dumps = self.heap, self.floor, heapq.heappush, orjson.dumps
         seq = self._seq
         held = 0
@@ -238,6 +275,7 @@ class WatermarkBuffer:
                 order = 1
             else:
                 now_apply.append(r)
+                ordered -= 1
                 continue
             ts = r[at_time]
             if ts < floor:
@@ -252,24 +290,43 @@ class WatermarkBuffer:
             held += size
         self._seq = seq
         self.held_bytes += held
+        if ordered:
+            mark = self.marks.get(partition)
+            if mark is not None and mark.idle:
+                self._woke(mark, sent_at, now)
         return now_apply
+
+    def _woke(self, mark: SourceMark, sent_at: float | None, now: float | None) -> None:
+        """A source held idle sent observations: it is not idle (its progress comes with its next
+        heartbeat), and every other idle source must say so again after this (class doc)."""
+        mark.idle = False
+        mark.progress = None
+        if sent_at is not None and (self.woke_at is None or sent_at > self.woke_at):
+            self.woke_at = sent_at
+            if now is not None:
+                self.woke_seen = now
 
     # -- output -----------------------------------------------------------------------------------
     def watermark(self, now: float) -> float:
         """The least progress over the sources that are neither idle nor silent; +inf when all
         are; -inf while one that counts has not said where it is."""
         low = math.inf
+        confirmed = None
+        if self.woke_at is not None and now - self.woke_seen < SILENT_AFTER:
+            confirmed = self.woke_at + self.confirm_after
         for p in range(self.sources):
             mark = self.marks.get(p)
             heard = self.created if mark is None or mark.heard_at is None else mark.heard_at
             if now - heard >= SILENT_AFTER:
                 continue  # silent: its owner is gone (a successor's first heartbeat brings it back)
-            if mark is None or mark.progress is None:
-                if mark is not None and mark.idle:
-                    continue
+            if mark is None:
                 return -math.inf
             if mark.idle:
+                if confirmed is not None and (mark.said_at is None or mark.said_at < confirmed):
+                    return -math.inf  # idle as of before a wake: wait for its word again
                 continue
+            if mark.progress is None:
+                return -math.inf
             if mark.progress < low:
                 low = mark.progress
         return low
@@ -296,6 +353,23 @@ class WatermarkBuffer:
             self.floor = max(self.floor, entry[0])
             out.append(entry)
         return out
+
+    def describe(self, now: float) -> str:
+        """Each source's mark as the bank sees it now (for the log line that explains a late
+        observation): its progress, idle, or silent, and how long ago it was last heard."""
+        out = []
+        for p in range(self.sources):
+            mark = self.marks.get(p)
+            if mark is None or mark.heard_at is None:
+                out.append(f"{p}: never heard ({now - self.created:.1f} s)")
+                continue
+            ago = now - mark.heard_at
+            state = "silent" if ago >= SILENT_AFTER else "idle" if mark.idle else "progress"
+            shown = "none" if mark.progress is None else f"{mark.progress:.3f}"
+            said = "" if mark.said_at is None else f", said at {mark.said_at:.3f}"
+            out.append(f"{p}: {state} {shown} ({ago:.1f} s ago{said})")
+        woke = "" if self.woke_at is None else f"; last wake at {self.woke_at:.3f}"
+        return "; ".join(out) + woke
 
     def lowest_progress(self, now: float) -> float | None:
         """The slowest source's progress (idle and silent ones left out), for the fleet skew bound."""

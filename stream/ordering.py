@@ -25,6 +25,7 @@ format (a newer worker's): it is dead-lettered (`UnknownFormat`, docs/events.md)
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -39,6 +40,8 @@ FORMAT_HEADERS = [(FORMAT_HEADER, str(OBS_FORMAT).encode())]  # what every obser
 HEARTBEAT_EVERY = 0.05  # seconds between progress heartbeats: the release latency they add
 ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
 PAUSE_REASONS = ("align", "skew")  # what SourceAlignment.decide gives as a pause's reason
+
+log = logging.getLogger("driftline.ordering")
 
 
 class UnknownFormat(ValueError):
@@ -95,9 +98,11 @@ class EventTimeDriver:
 
     def new_buffer(self, state: dict | None = None) -> WatermarkBuffer:
         now = self.clock()
+        # A source's idleness said this long after a wake is fresh (WatermarkBuffer's doc).
+        confirm = self.ws.idle_timeout
         if state is None:
-            return WatermarkBuffer(self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
-        return WatermarkBuffer.from_state(state, self.sources, self.ws.max_held, self.ws.max_held_bytes, now)
+            return WatermarkBuffer(self.sources, self.ws.max_held, self.ws.max_held_bytes, now, confirm)
+        return WatermarkBuffer.from_state(state, self.sources, self.ws.max_held, self.ws.max_held_bytes, now, confirm)
 
     def assigned(self, partitions: list) -> None:
         """After an assignment: every input partition starts unpaused (resumed explicitly, as
@@ -121,11 +126,11 @@ class EventTimeDriver:
             self.worker.consumer.resume(mine)
 
     # -- stage 2: one observations message -----------------------------------------------------
-    def apply(self, bp, value: bytes, headers: list | None, apply_one) -> None:
+    def apply(self, bp, value: bytes, headers: list | None, apply_one, sent_at: float | None = None) -> None:
         """Decode one observations message for bank partition `bp`; `apply_one(src, rec, p)` applies
         one wire record (from input partition p) (it de-duplicates nothing: records arrive here
-        de-duplicated). Raises UnknownFormat, before applying anything, for a message of a
-        format it does not read."""
+        de-duplicated); `sent_at` is the message's Kafka timestamp in seconds (the sender's clock).
+        Raises UnknownFormat, before applying anything, for a message of a format it does not read."""
         tagged = message_format(headers)
         msg = orjson.loads(value)
         if tagged is None and len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
@@ -138,12 +143,23 @@ class EventTimeDriver:
         buffer = bp.buffer
         if recs:
             size = len(value) // len(recs) + 1
+            late = buffer.late
             # Counters, and late records (counted by the buffer), apply now; the rest wait.
-            for rec in buffer.add_records(p, src, self._fresh(bp, src, recs), size):
+            for rec in buffer.add_records(p, src, self._fresh(bp, src, recs), size, sent_at, now):
                 apply_one(src, rec, p)
-        buffer.note(p, progress, idle, now)
+            if buffer.late != late:
+                self._warn_late(bp, p, buffer.late - late, now)
+        buffer.note(p, progress, idle, now, sent_at)
         for entry in buffer.release(now):
             apply_one(buffer.source(entry), buffer.record(entry), buffer.partition(entry))
+
+    def _warn_late(self, bp, p: int, n: int, now: float) -> None:
+        """Say why the order broke: late observations are the number that differs from replay,
+        and what each source had told the bank is what explains them (rate-limited, stream/logs.py)."""
+        q = next((q for q, b in self.worker.banks.items() if b is bp), -1)
+        log.warning("observations partition %d: %d observations from input partition %d arrived behind its "
+                    "watermark %.3f and were applied out of event-time order (driftline_observations_late_total); "
+                    "what the sources had said: %s", q, n, p, bp.buffer.floor, bp.buffer.describe(now))
 
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""

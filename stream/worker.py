@@ -526,12 +526,15 @@ class Worker:
         topic = msg.topic()
         if bp.quiet or bp.muted:
             bp.muted = self._quiet(bp, topic, msg.offset())
+        ts_type, ts_ms = msg.timestamp()
+        sent_at = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE else None  # the sender's clock
         try:
-            self.event_time.apply(bp, msg.value(), msg.headers(), lambda src, r, p: self.apply_record(bp, src, r, p))
+            self.event_time.apply(bp, msg.value(), msg.headers(), lambda src, r, p: self.apply_record(bp, src, r, p),
+                                  sent_at)
         except UnknownFormat as exc:
             self._unknown_format(bp, msg, exc)
         bp.positions[topic] = msg.offset() + 1
-        bp.last_ts[topic] = msg.timestamp()[1]
+        bp.last_ts[topic] = ts_ms
         bp.dirty = True
 
     def _unknown_format(self, bp: BankPartition, msg, exc: UnknownFormat) -> None:

@@ -178,3 +178,23 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0
 
 def unique_prefix() -> str:
     return f"ft{uuid.uuid4().hex[:8]}"
+
+
+# The fleet's event-time figures: what a failed "agrees with replay" test prints, so that the
+# next failure says whether the order broke (late, released early) or a count was still in flight.
+EVENT_TIME_FIGURES = ("driftline_observations_late_total", "driftline_observations_released_early_total",
+                      "driftline_observations_held", "driftline_observations_deduplicated_total",
+                      "driftline_rebalances_total")
+
+
+def event_time_report(samples: Iterable[dict]) -> str:
+    """One line per figure: the fleet's sum, then each worker's per-partition values."""
+    samples = list(samples)
+    lines = []
+    for name in EVENT_TIME_FIGURES:
+        per_worker = [{dict(lv).get("partition", ""): v for (n, lv), v in m.items() if n == name} for m in samples]
+        fleet = sum(sum(w.values()) for w in per_worker)
+        shown = "; ".join(",".join(f"{p}={v:g}" if p else f"{v:g}" for p, v in sorted(w.items())) or "-"
+                          for w in per_worker)
+        lines.append(f"{name}: {fleet:g} (per worker: {shown})")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ checkpoints). docs/guarantees.md ("Event time") states why they are equal, not j
 """
 from __future__ import annotations
 
+import math
 import time
 
 import orjson
@@ -26,6 +27,7 @@ from tests.integration.harness import (
     CLI,
     WorkerProcess,
     consume_all,
+    event_time_report,
     parse,
     producer,
     publish,
@@ -75,13 +77,62 @@ def expected(config, stream):
     return result, samples
 
 
-def fleet_samples(workers) -> dict:
-    """The fleet's /metrics as one: each series is exported by the one worker owning it."""
+def fleet_samples(workers, scraped: list | None = None) -> dict:
+    """The fleet's /metrics as one: each series is exported by the one worker owning it
+    (`scraped`, if given, receives each worker's samples)."""
     out: dict = {}
     for w in workers:
-        for k, v in w.metrics().items():
+        samples = w.metrics()
+        if scraped is not None:
+            scraped.append(samples)
+        for k, v in samples.items():
             out[k] = out.get(k, 0.0) + v
     return out
+
+
+def compared(samples: dict) -> dict:
+    return {k: v for k, v in samples.items() if k[0] in COMPARED and v}
+
+
+def short_of(got: dict, want: dict) -> dict:
+    """The compared series of replay's the fleet has not reached yet: (fleet, replay)."""
+    return {k: (got.get(k, 0.0), v) for k, v in compared(want).items() if got.get(k, 0.0) < v}
+
+
+def settle(ws, want, timeout: float = 120.0) -> tuple[dict, str]:
+    """Wait for what is compared, not for a proxy of it: every compared series at least at
+    replay's value, nothing held in a bank, then the compared values unchanged over two more
+    checkpoint rounds of every worker (a count still in an open transaction, or in flight on
+    the observations topic, shows up within them). Returns the fleet's samples and its
+    event-time figures; times out naming what is short, with those figures."""
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+
+    def reached():
+        scraped: list = []
+        got = fleet_samples(ws, scraped)
+        state.update(got=got, report=event_time_report(scraped), scraped=scraped)
+        return not short_of(got, want) and total(got, "driftline_observations_held") == 0
+
+    def rounds(scraped):  # a worker owning nothing has nothing to commit: it never holds a count
+        return [total(m, "driftline_checkpoints_total", outcome="ok")
+                if total(m, "driftline_worker_partitions") else math.inf for m in scraped]
+
+    try:
+        wait_for("every compared count reached, nothing held", reached, timeout, ws)
+        while True:
+            before, start = compared(state["got"]), rounds(state["scraped"])
+
+            def two_more_rounds():
+                reached()  # scrapes again
+                return all(now >= then + 2 for then, now in zip(start, rounds(state["scraped"])))
+
+            wait_for("two checkpoint rounds of every worker", two_more_rounds, max(deadline - time.monotonic(), 1.0), ws)
+            if compared(state["got"]) == before and total(state["got"], "driftline_observations_held") == 0:
+                return state["got"], state["report"]
+    except AssertionError as exc:
+        short = short_of(state.get("got", {}), want)
+        raise AssertionError(f"{exc}\nshort of replay (fleet, replay): {short}\n{state.get('report')}") from None
 
 
 def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=CLI):
@@ -89,7 +140,6 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=
     config = write_config(tmp / "driftline.yml", kafka_bootstrap, prefix, MODELS, partitions=6)
     topics = {k: f"{prefix}.{k}" for k in ("inferences", "labels", "drift-events")}
     result, want = expected(config, stream)
-    want_labeled = total(want, "driftline_labeled_total", segment="__all__")
     # The topics exist (6 partitions each) before the backlog is published: published first, it
     # would auto-create them with the broker's default of 1 partition, and a worker finding them
     # keeps that count.
@@ -113,34 +163,33 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=
             # Stopped mid-stream; the next phase is published meanwhile.
             assert [w.terminate() for w in ws] == [0] * fleet
     ws = workers[-1]
-    # Everything read; the last observations leave the stage-2 buffers once all sources are idle.
-    wait_for("every outcome applied", lambda: total(m := fleet_samples(ws), "driftline_labeled_total", segment="__all__")
-             >= want_labeled and total(m, "driftline_observations_held") == 0, 120, ws)
-    time.sleep(2.0)  # idle expiry and the last fates travel one more hop
-    got = fleet_samples(ws)
+    # Everything read; the last observations leave the stage-2 buffers once all sources are idle,
+    # and reach each bank on the worker owning it (segments' banks and `__all__`'s may differ).
+    got, report = settle(ws, want)
     assert [w.terminate() for w in ws] == [0] * fleet
     # Detections and explanation refreshes (issue 16) share the drift-events topic, as in replay.
     events = [orjson.loads(m.value()) for m in consume_all(kafka_bootstrap, topics["drift-events"], len(result.records))]
-    return dict(result=result, want=want, got=got, events=events, workers=workers)
+    return dict(result=result, want=want, got=got, events=events, workers=workers, report=report)
 
 
 def compare(run):
-    want, got = run["want"], run["got"]
+    want, got, report = run["want"], run["got"], run["report"]
+    print(f"\nthe fleet's event-time figures:\n{report}")
     for name in COMPARED:
         mine = {k: v for k, v in got.items() if k[0] == name and v}
         theirs = {k: v for k, v in want.items() if k[0] == name and v}
-        assert mine == theirs, f"{name} differs from replay"
+        assert mine == theirs, f"{name} differs from replay\n{report}"
     # Rolling accuracy (500 outcomes): equal only if every segment saw its outcomes in replay's order.
     for (name, labels), v in want.items():
         if name == "driftline_accuracy":
-            assert got[(name, labels)] == pytest.approx(v, abs=1e-12), labels
+            assert got[(name, labels)] == pytest.approx(v, abs=1e-12), f"{labels}\n{report}"
     # Every record on the drift-events topic (detections and their explanations), field for field
     # but the worker's `source` id: statistics too, which depend on the order the detector saw.
     key = lambda d: orjson.dumps({k: v for k, v in d.items() if k != "source"}, option=orjson.OPT_SORT_KEYS)
-    assert sorted(map(key, run["events"])) == sorted(key(r.to_dict()) for r in run["result"].records)
+    assert sorted(map(key, run["events"])) == sorted(key(r.to_dict()) for r in run["result"].records), report
     assert run["result"].detections, "the drift must be detected at all"
     # Nothing behind the watermark: the order was never broken.
-    assert total(got, "driftline_observations_late_total") == 0
+    assert total(got, "driftline_observations_late_total") == 0, report
 
 
 def test_backlog_on_six_partitions_agrees_with_replay(tmp_path, kafka_bootstrap, stream):

@@ -173,6 +173,22 @@ def test_progress_is_the_slower_topic_until_one_is_idle():
     assert al.progress({INFERENCES: 500.0, LABELS: None}, 1.2) == (None, False)
 
 
+def test_a_topic_waking_makes_the_other_topics_idleness_start_over():
+    """Both topics idle (an empty partition); a burst is published, inferences first: the labels
+    topic's "caught up" still rests on a high watermark cached before the burst, so it must not
+    stay idle (its clock out of the progress) the moment the inferences wake."""
+    al = aligner(idle=1.0)
+    al.observe(0.0, {INFERENCES: True, LABELS: True}, {INFERENCES: 0, LABELS: 0})
+    al.observe(1.5, {INFERENCES: True, LABELS: True}, {INFERENCES: 0, LABELS: 0})
+    assert al.progress({INFERENCES: None, LABELS: None}, 1.5) == (None, True)  # both idle
+    al.observe(2.0, {INFERENCES: False, LABELS: True}, {INFERENCES: 40, LABELS: 0})  # inferences read
+    times = {INFERENCES: 100.0, LABELS: None}
+    assert al.idle(LABELS, 2.5) is False  # labels: idle again only after idle_timeout
+    assert al.progress(times, 2.5) == (None, False)  # so nothing is passed on the labels' behalf
+    al.observe(3.0, {INFERENCES: True, LABELS: True}, {INFERENCES: 40, LABELS: 0})
+    assert al.idle(LABELS, 3.0) is True and al.progress(times, 3.0) == (100.0, False)
+
+
 # -- stage 2: the watermark buffer ---------------------------------------------------------------
 def wire(offset: int, ts: float, kind=INFERENCE) -> list:
     return [offset, 0, kind, "m", "__all__", "id", ts, 1, None, {}]
@@ -311,3 +327,76 @@ def test_a_refused_llm_call_does_not_move_the_event_clock():
     assert fates(out)[("inference", "expired")] == 0
     assert intake.join.pending_predictions == 5
     assert intake.inference_time == 4.0
+
+
+def test_idle_sources_must_say_so_again_after_another_source_wakes():
+    """The fleet idle, then a burst published to every partition (the max_models test's
+    scenario): source 1's observations reach the bank first, source 0's idleness was said before
+    the burst. Released at once (source 0 idle), source 1's later events would pass source 0's
+    earlier ones, which then arrive late: first-come admission (max_models, max_segments) would
+    differ from replay. The bank waits until source 0 has spoken after the wake."""
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
+    buf.note(0, None, True, 1.0, said_at=100.0)
+    buf.note(1, None, True, 1.0, said_at=100.0)
+    assert buf.watermark(1.0) == math.inf  # both idle: nothing to wait for
+    woke = [wire(0, 50.0 + k, INFERENCE) for k in range(3)]  # source 1's events at 50, 51, 52
+    assert buf.add_records(1, "s1", woke, 100, sent_at=101.0, now=1.05) == [] and buf.woke_at == 101.0
+    assert buf.release(1.1) == []  # source 1's own progress comes with its next heartbeat
+    buf.note(1, 60.0, False, 1.1, said_at=101.05)
+    assert buf.release(1.1) == []  # source 0 said idle before the wake
+    buf.note(0, None, True, 1.15, said_at=101.1)  # said within confirm_after of the wake: not yet
+    assert buf.release(1.15) == []
+    # Source 0's worker has now seen its own part of the burst: not idle, progress 40.
+    assert buf.add_records(0, "s0", [wire(0, 40.0, INFERENCE), wire(1, 49.0, INFERENCE)], 100, sent_at=101.3) == []
+    buf.note(0, 49.0, False, 1.3, said_at=101.3)
+    assert [e[0] for e in buf.release(1.3)] == [40.0]
+    buf.note(0, None, True, 1.6, said_at=101.6)  # read everything: idle, said after the wake
+    assert [e[0] for e in buf.release(1.6)] == [49.0, 50.0, 51.0, 52.0]
+    assert buf.late == 0 and buf.held == 0
+
+
+def test_without_the_wake_rule_the_earlier_events_arrive_late():
+    """The same arrival order with the confirmation off (the rule removed): source 1's events
+    leave at once and source 0's earlier ones are late, applied out of order."""
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0)
+    buf.note(0, None, True, 1.0)  # heartbeats without timestamps (format 2 senders)
+    buf.note(1, None, True, 1.0)
+    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100)  # no sender time: no confirmation asked
+    buf.note(1, 60.0, False, 1.1)
+    assert [e[0] for e in buf.release(1.1)] == [50.0]
+    assert buf.add_records(0, "s0", [wire(0, 40.0, INFERENCE)], 100) != [] and buf.late == 1
+
+
+def test_wake_marks_travel_with_the_buffer_state():
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
+    buf.note(0, None, True, 1.0, said_at=100.0)
+    buf.note(1, None, True, 1.0, said_at=100.0)
+    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100, sent_at=101.0)
+    buf.note(1, 60.0, False, 1.1, said_at=101.05)
+    back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), 2, 1000, 1 << 20, now=5.0,
+                                      confirm_after=0.2)
+    assert back.woke_at == 101.0 and back.marks[0].said_at == 100.0
+    assert back.release(5.0) == []  # source 0 still owes its word after the wake
+    back.note(0, None, True, 5.0, said_at=102.0)
+    assert [e[0] for e in back.release(5.0)] == [50.0]
+    # A checkpoint written before marks had timestamps restores (no wake asked, none known).
+    old = buf.to_state()
+    old["marks"] = {p: m[:2] for p, m in old["marks"].items()}
+    del old["woke_at"]
+    legacy = WatermarkBuffer.from_state(old, 2, 1000, 1 << 20, now=5.0, confirm_after=0.2)
+    assert legacy.woke_at is None and legacy.marks[0].said_at is None
+
+
+def test_a_wake_is_waited_on_for_a_bounded_time():
+    """A source whose word never comes after the wake (a worker whose clock runs far behind the
+    waking one's) holds the bank at most SILENT_AFTER; then idle sources pass as before."""
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
+    buf.note(0, None, True, 1.0, said_at=100.0)
+    buf.note(1, None, True, 1.0, said_at=100.0)
+    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100, sent_at=5000.0, now=1.0)  # its clock: far ahead
+    buf.note(1, None, True, 1.0, said_at=5000.0)
+    for t in (2.0, 10.0, 30.0):
+        buf.note(0, None, True, t, said_at=100.0 + t)
+        assert buf.release(t) == []
+    buf.note(0, None, True, 1.0 + SILENT_AFTER, said_at=131.0)
+    assert [e[0] for e in buf.release(1.0 + SILENT_AFTER)] == [50.0]
