@@ -810,7 +810,7 @@ def river_plan(settings, inf: list[bytes], lab: list[bytes]) -> FloorPlan:
     signals = {}
     for (model, segment), state in bank.items():
         if segment == "__all__":
-            signals = {name: [d.name for d in sig.detectors] for name, sig in state.signals.items()}
+            signals = {name: [r.detector for r in readings] for name, readings in state.detector_readings()}
     return FloorPlan(events=tuple(events), detectors=tuple(clones.values()), inferences=n_inf,
                      labels=len(recorded) - n_inf, inference_updates=upd_inf,
                      label_updates=sum(len(m) for _, k, m in recorded if k == 1),
@@ -863,6 +863,8 @@ def main() -> int:
     ap.add_argument("--transactions-only", action="store_true",
                     help="only the cost of exactly-once: 1 worker with worker.exactly_once off and on, alternating, "
                          "on one backlog; merged into perf.json's \"transactions\"")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory per segment (in process, 1k and 10k segments), merged into perf.json's \"memory\"")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
@@ -900,6 +902,14 @@ def main() -> int:
         return 0
     if args.readme:
         readme(json.loads((out / "perf.json").read_text()), REPO / "README.md")
+        return 0
+    if args.memory_only:
+        path = out / "perf.json"
+        memory = memory_per_segment((1_000,) if args.quick else (1_000, 10_000))
+        results = json.loads(path.read_text()) if path.exists() else {}  # read last: a full run may have written it
+        results["memory"] = [m | {"date": time.strftime("%Y-%m-%d"), "run": "--memory-only"} for m in memory]
+        path.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["memory"], indent=2))
         return 0
     if args.slices_only:
         path = out / "perf.json"
@@ -1071,7 +1081,8 @@ def table(r: dict) -> str:
     lines.append(f"| latency, publish -> counted on /metrics, {lat['offered_events_per_s']:.0f} events/s offered | "
                  f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |")
     for m in r["memory"]:
-        lines.append(f"| memory, {m['segments']:,} segments (demo model) | {m['bytes_per_segment'] / 1024:.1f} KiB RSS "
+        when = f", {m['date']}, {m['run']}" if m.get("run") else ""
+        lines.append(f"| memory, {m['segments']:,} segments (demo model{when}) | {m['bytes_per_segment'] / 1024:.1f} KiB RSS "
                      f"per segment, {m['snapshot_bytes_per_segment'] / 1024:.1f} KiB checkpointed | |")
     for s in r["scrape"]:
         lines.append(f"| /metrics render, {s['series']:,} series | {s['seconds'] * 1000:.0f} ms, "
