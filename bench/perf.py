@@ -307,6 +307,10 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
             time.sleep(0.1)
         took = time.perf_counter() - t0
         cpu = ws.sum("process_cpu_seconds_total")  # the workers' CPU: steadier than wall time here
+        # Where the loop waited: input paused by the event-time alignment, and commit rounds.
+        waits = {f"paused_{reason}_s": ws.sum("driftline_alignment_paused_seconds_total", reason=reason)
+                 for reason in ("align", "skew")}
+        waits["checkpoint_rounds"] = ws.sum("driftline_checkpoints_total", outcome="ok")
     finally:
         ws.stop()
     counted = 2 * (n_pairs - done0)
@@ -316,7 +320,7 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         return {"workers": k, "events": counted, "seconds": took, "events_per_s": None, "events_per_s_per_worker": None}
     rate = counted / took
     return {"workers": k, "events": counted, "seconds": took, "events_per_s": rate,
-            "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu}
+            "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu, **waits}
 
 
 def transactions_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, rounds: int = 2) -> dict:
@@ -343,6 +347,31 @@ def transactions_cost(bootstrap: str, prefix: str, rows: int, partitions: int, l
     return out
 
 
+def commit_wait(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, before: str,
+                latency_rows: int) -> dict:
+    """Where an exactly-once worker waits (issue 18c), this tree against the tree `before` in the
+    same run, alternating (before, after) per figure so that the machine's drift hits both alike:
+    1 worker and 2 workers on the backlog (events/s, events per CPU second, input paused by the
+    alignment, commit rounds), and publish -> counted at 1,000 events/s."""
+    out: dict = {"rows": rows, "partitions": partitions, "before": {}, "after": {}}
+    for name, figure in (("one", lambda pp: worker_throughput(bootstrap, prefix, rows, partitions, 1, logdir,
+                                                              pythonpath=pp)),
+                         ("two", lambda pp: worker_throughput(bootstrap, prefix, rows, partitions, 2, logdir,
+                                                              pythonpath=pp)),
+                         ("latency", lambda pp: latency(bootstrap, latency_rows, 1000.0, logdir, pythonpath=pp))):
+        for tree, pp in (("before", before), ("after", None)):
+            try:
+                out[tree][name] = figure(pp)
+            except WorkerDied as exc:  # a figure is missing; the run goes on
+                out[tree][name] = {"error": str(exc)}
+            log(f"commit wait, {tree}, {name}: { {k: v for k, v in out[tree][name].items() if k != 'events'} }")
+    for tree in ("before", "after"):
+        r = out[tree]
+        if r["one"].get("events_per_s") and r["two"].get("events_per_s"):
+            r["two_to_one"] = r["two"]["events_per_s"] / r["one"]["events_per_s"]
+    return out
+
+
 def all_assigned(ws: "Workers", partitions: int, k: int) -> bool:
     owned = []
     for url in ws.urls:
@@ -357,7 +386,7 @@ def all_assigned(ws: "Workers", partitions: int, k: int) -> bool:
 
 
 def latency(bootstrap: str, rows: int, rate: float, logdir: Path, live: int | None = None,
-            sparse_every: float = 3.0) -> dict:
+            sparse_every: float = 3.0, pythonpath: str | None = None) -> dict:
     """publish -> counted at a fixed rate on 4 partitions; with `live`, the load goes to the first
     `live` partitions only and the others get one event every `sparse_every` s (sparse sources:
     the watermark waits for them up to worker.idle_timeout)."""
@@ -366,7 +395,7 @@ def latency(bootstrap: str, rows: int, rate: float, logdir: Path, live: int | No
     group = f"perf-lat-{uuid.uuid4().hex[:8]}"
     n_part = 4
     cfg = worker_config(logdir / f"{group}.yml", bootstrap, group, group, n_part)
-    ws = Workers(cfg, 1, logdir)
+    ws = Workers(cfg, 1, logdir, pythonpath)
     inf, _ = demo_raw(rows)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     try:
@@ -865,6 +894,9 @@ def main() -> int:
                          "on one backlog; merged into perf.json's \"transactions\"")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the memory per segment (in process, 1k and 10k segments), merged into perf.json's \"memory\"")
+    ap.add_argument("--commit-wait-only", action="store_true",
+                    help="only where an exactly-once worker waits: 1 and 2 workers on one backlog and latency, "
+                         "this tree and the --before tree alternating; merged into perf.json's \"commit_wait\"")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
@@ -899,6 +931,22 @@ def main() -> int:
         results["transactions"] = cost
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps({k: v for k, v in results["transactions"].items() if k != "runs"}, indent=2))
+        return 0
+    if args.commit_wait_only:
+        if not args.before:
+            raise SystemExit("--commit-wait-only needs --before TREE (a PYTHONPATH whose driftline is the baseline)")
+        path = out / "perf.json"
+        rows = 20_000 if args.quick else 100_000
+        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+            prefix = f"perf-{uuid.uuid4().hex[:8]}"
+            inf, lab = demo_raw(rows)
+            fill(broker.bootstrap, prefix, 6, inf, lab)
+            wait = commit_wait(broker.bootstrap, prefix, rows, 6, Path(tmp), args.before,
+                               8_000 if args.quick else 20_000) | {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+        results = json.loads(path.read_text()) if path.exists() else {}  # read at the end: only this key is ours
+        results["commit_wait"] = wait
+        path.write_text(json.dumps(results, indent=2))
+        print(json.dumps(wait, indent=2))
         return 0
     if args.readme:
         readme(json.loads((out / "perf.json").read_text()), REPO / "README.md")
@@ -1077,6 +1125,7 @@ def table(r: dict) -> str:
                      f"{x['events_per_s_on']:,.0f} / {x['events_per_s_off']:,.0f} events/s, "
                      f"{x['events_per_cpu_s_on']:,.0f} / {x['events_per_cpu_s_off']:,.0f} per CPU s | "
                      f"{x['events_per_s_on_to_off']:.2f}x events/s, {x['events_per_cpu_s_on_to_off']:.2f}x per CPU s |")
+    lines += commit_wait_rows(r.get("commit_wait"))
     lat = r["latency"]
     lines.append(f"| latency, publish -> counted on /metrics, {lat['offered_events_per_s']:.0f} events/s offered | "
                  f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms | |")
@@ -1089,6 +1138,35 @@ def table(r: dict) -> str:
                      f"{s['bytes'] / 2**20:.1f} MiB | |")
     lines += llm_rows(r.get("llm") or {})
     return "\n".join(lines)
+
+
+def commit_wait_rows(w: dict | None) -> list[str]:
+    """`--commit-wait-only`: the exactly-once worker's waits, this tree against the tree before."""
+    if not w:
+        return []
+    b, a = w["before"], w["after"]
+    rows = []
+    one_b, one_a = b.get("one", {}), a.get("one", {})
+    if one_b.get("events_per_s") and one_a.get("events_per_s"):
+        rows.append(f"| 1 worker, exactly-once, backlog, before / after issue 18c's commit cadence and skew bound "
+                    f"({w['date']}, one run each, same backlog; --commit-wait-only) | "
+                    f"{one_b['events_per_s']:,.0f} / {one_a['events_per_s']:,.0f} events/s, "
+                    f"{one_b['events_per_cpu_s']:,.0f} / {one_a['events_per_cpu_s']:,.0f} per CPU s, "
+                    f"{one_b['checkpoint_rounds']:.0f} / {one_a['checkpoint_rounds']:.0f} commits | "
+                    f"{one_a['events_per_s'] / one_b['events_per_s']:.2f}x events/s |")
+    if b.get("two_to_one") and a.get("two_to_one"):
+        rows.append(f"| 2 workers / 1 worker, same run, before / after | {b['two']['events_per_s']:,.0f} / "
+                    f"{a['two']['events_per_s']:,.0f} events/s | {b['two_to_one']:.2f}x / {a['two_to_one']:.2f}x |")
+    for tree in ("before", "after"):
+        for name in ("one", "two"):
+            if "error" in w[tree].get(name, {}):
+                rows.append(f"| {'1 worker' if name == 'one' else '2 workers'}, {tree} | no figure: "
+                            f"{w[tree][name]['error'][:120]} | |")
+    lb, la = b.get("latency", {}), a.get("latency", {})
+    if lb.get("p50_ms") and la.get("p50_ms"):
+        rows.append(f"| latency at 1,000 events/s, before / after (same run) | p50 {lb['p50_ms']:,.0f} / "
+                    f"{la['p50_ms']:,.0f} ms, p99 {lb['p99_ms']:,.0f} / {la['p99_ms']:,.0f} ms | |")
+    return rows
 
 
 def llm_rows(llm: dict) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 import uuid
@@ -47,6 +48,52 @@ DATA_RETENTION_MS = 3 * 86_400_000  # far longer than MAX_CHECKPOINT_AGE: a marg
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CheckpointCadence:
+    """When the worker's next checkpoint round is due (with exactly-once: its next commit).
+
+    A round costs time in proportion to the state it snapshots. While the worker is busy (a
+    backlog) that time is taken from processing: rounds are then spaced at least
+    `1 / BUSY_SHARE` times the last one's duration apart, so they take at most ~10% of the
+    worker's time. Once the loop has waited for input (seconds blocked in the consumer since
+    the last round) at least as long as a round takes, the round takes waiting time instead:
+    it is due after `1 / DRAINED_SHARE` times its duration. With exactly-once nothing the worker
+    wrote is visible before its commit, not even to its own stage 2, so the 10x spacing with
+    the input drained was pure waiting (measured: a backlog's last 10-20 s, its observations
+    held until the commit). Never sooner than `interval`; never later than `longest`: an
+    exactly-once transaction must commit well within the broker's transaction timeout, which
+    aborts it and fences the producer (a backlog's worker died so, the 10x spacing of a 2.4 s
+    round being 24 s)."""
+
+    BUSY_SHARE = 0.1
+    DRAINED_SHARE = 0.5
+
+    def __init__(self, interval: float, longest: float = math.inf):
+        self.interval = interval
+        self.longest = max(longest, interval)
+        self.last = -math.inf  # monotonic end of the last round: the first one is due at once
+        self.took = 0.0  # seconds the last round took
+        self.waited = 0.0
+
+    def wait(self, seconds: float) -> None:
+        """The loop spent `seconds` waiting for input."""
+        self.waited += seconds
+
+    def gap(self) -> float:
+        """Seconds from the end of the last round to the next."""
+        share = self.DRAINED_SHARE if self.waited >= self.took else self.BUSY_SHARE
+        return min(max(self.interval, self.took / share), self.longest)
+
+    def due(self, now: float) -> bool:
+        return now >= self.last + self.gap()
+
+    def done(self, now: float, took: float) -> None:
+        """A round ended at `now` after `took` seconds (0: it failed or had nothing to write;
+        the next attempt is then due after `interval`)."""
+        self.last = now
+        self.took = took
+        self.waited = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -186,8 +186,15 @@ class WatermarkBuffer:
 
     # -- state ------------------------------------------------------------------------------------
     def to_state(self) -> dict:
+        # The held entries packed in two values (their keys as one JSON array, their records'
+        # JSON joined by newlines, which orjson never writes inside a value), not one value per
+        # entry: a backlog's bank can hold 100k+ of them, snapshotted at every commit until
+        # released (measured: 1.7 s per 100k entries entry by entry, 0.5 s packed).
+        heap = self.heap
         return {"marks": {p: [m.progress, m.idle, m.said_at] for p, m in self.marks.items()},
-                "heap": self.heap, "held_bytes": self.held_bytes, "floor": self.floor,
+                "held_keys": orjson.dumps([e[:7] + (e[8],) for e in heap]),
+                "held_records": b"\n".join([e[7] for e in heap]),
+                "held_bytes": self.held_bytes, "floor": self.floor,
                 "late": self.late, "early": self.early, "seq": self._seq, "woke_at": self.woke_at}
 
     @classmethod
@@ -199,7 +206,12 @@ class WatermarkBuffer:
         buf.marks = {int(p): SourceMark(m[0], m[1], now, m[2] if len(m) > 2 else None)
                      for p, m in state["marks"].items()}
         buf.woke_at = state.get("woke_at")  # waited on afresh from `now` (woke_seen)
-        buf.heap = [tuple(e) if isinstance(e[7], bytes) else (*e[:7], orjson.dumps(e[7]), e[8]) for e in state["heap"]]
+        if "held_keys" in state:
+            keys, recs = orjson.loads(state["held_keys"]), state["held_records"]
+            buf.heap = [(*k[:7], r, k[7]) for k, r in zip(keys, recs.split(b"\n") if keys else ())]
+        else:  # written before the packing: one value per entry
+            buf.heap = [tuple(e) if isinstance(e[7], bytes) else (*e[:7], orjson.dumps(e[7]), e[8])
+                        for e in state["heap"]]
         heapq.heapify(buf.heap)
         buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]
         buf.late, buf.early, buf._seq = state["late"], state["early"], state["seq"]
@@ -307,15 +319,26 @@ class WatermarkBuffer:
                 self.woke_seen = now
 
     # -- output -----------------------------------------------------------------------------------
-    def watermark(self, now: float) -> float:
+    def watermark(self, now: float, local: dict[int, tuple[float | None, bool]] | None = None) -> float:
         """The least progress over the sources that are neither idle nor silent; +inf when all
-        are; -inf while one that counts has not said where it is."""
+        are; -inf while one that counts has not said where it is. `local`: what this process
+        knows first-hand of the input partitions it owns (their alignment's (progress, idle)),
+        used instead of what their heartbeats said so far (see `lowest_progress`)."""
         low = math.inf
         confirmed = None
         if self.woke_at is not None and now - self.woke_seen < SILENT_AFTER:
             confirmed = self.woke_at + self.confirm_after
         for p in range(self.sources):
             mark = self.marks.get(p)
+            if local is not None and p in local:
+                progress, idle = local[p]
+                if idle:
+                    continue
+                if progress is not None:
+                    if progress < low:
+                        low = progress
+                    continue
+                # Nothing read yet: what the bank heard (a restored mark, or nothing) stands.
             heard = self.created if mark is None or mark.heard_at is None else mark.heard_at
             if now - heard >= SILENT_AFTER:
                 continue  # silent: its owner is gone (a successor's first heartbeat brings it back)
@@ -331,14 +354,20 @@ class WatermarkBuffer:
                 low = mark.progress
         return low
 
-    def release(self, now: float) -> list[tuple]:
-        """Held entries the watermark (or a bound) lets go, in ordering-key order."""
+    def release(self, now: float, budget: float = math.inf) -> list[tuple]:
+        """Held entries the watermark (or a bound) lets go, in ordering-key order; at most
+        `budget` of those the watermark passed (the rest wait for the next call, still in
+        order: the watermark then counts as reached only up to the last one released)."""
         heap = self.heap
         if not heap:
             return []
         out = []
         mark = self.watermark(now)
         while heap and heap[0][0] < mark:
+            if len(out) >= budget:
+                if out:
+                    self.floor = max(self.floor, out[-1][0])
+                return out
             entry = heapq.heappop(heap)
             self.held_bytes -= entry[8]
             out.append(entry)
@@ -371,7 +400,16 @@ class WatermarkBuffer:
         woke = "" if self.woke_at is None else f"; last wake at {self.woke_at:.3f}"
         return "; ".join(out) + woke
 
-    def lowest_progress(self, now: float) -> float | None:
-        """The slowest source's progress (idle and silent ones left out), for the fleet skew bound."""
-        mark = self.watermark(now)
+    def lowest_progress(self, now: float, local: dict[int, tuple[float | None, bool]] | None = None) -> float | None:
+        """The slowest source's progress (idle and silent ones left out), for the fleet skew bound.
+
+        `local` gives the live (progress, idle) of the input partitions this process owns. A
+        bank hears a source's progress from heartbeats, which with exactly-once become visible
+        only when the source's transaction commits, together with the observations they cover.
+        So what the bank will know when an owned partition's observations reach it is that
+        partition's progress at that commit, not the older one heard so far: the skew bound
+        measured against the live figure still bounds what the bank holds (an owned partition
+        cannot be ahead of itself), while against the heard one it would pause a backlog at
+        every commit until the next one (measured: most of a 1 s-spaced backlog's wall time)."""
+        mark = self.watermark(now, local)
         return mark if math.isfinite(mark) else None

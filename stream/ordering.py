@@ -40,6 +40,13 @@ FORMAT_HEADERS = [(FORMAT_HEADER, str(OBS_FORMAT).encode())]  # what every obser
 HEARTBEAT_EVERY = 0.05  # seconds between progress heartbeats: the release latency they add
 ALIGN_EVERY = 0.05  # seconds between pause/resume decisions
 PAUSE_REASONS = ("align", "skew")  # what SourceAlignment.decide gives as a pause's reason
+# Held observations released (applied) per loop step at most, over all banks: bounds how long
+# one step keeps the loop from polling, heartbeats and its commit. A backlog's bank whose
+# watermark jumped released 120k at once (20+ s in one call on a loaded machine): the open
+# transaction outlived worker.transaction_timeout, the broker aborted it, the worker died fenced.
+# Well above what one step's input batch makes (~2 per event), so stage 2 catches up (5,000
+# starved it: held grew until stage 1 had read everything).
+RELEASE_PER_STEP = 20_000
 
 log = logging.getLogger("driftline.ordering")
 
@@ -91,6 +98,8 @@ class EventTimeDriver:
         self._next_heartbeat = 0.0
         self._paused_at: dict[tuple[str, int], tuple[float, str]] = {}  # (topic, p) -> (since, reason)
         self.unaligned = False  # assigned since the last tick: no batch before the next one
+        self._allowance = RELEASE_PER_STEP  # releases left in this loop step
+        self._more = False  # a release stopped at the allowance: the next step continues it
 
     # -- state objects ------------------------------------------------------------------------------
     def new_alignment(self) -> SourceAlignment:
@@ -150,7 +159,7 @@ class EventTimeDriver:
             if buffer.late != late:
                 self._warn_late(bp, p, buffer.late - late, now)
         buffer.note(p, progress, idle, now, sent_at)
-        for entry in buffer.release(now):
+        for entry in self._released(buffer, now):
             apply_one(buffer.source(entry), buffer.record(entry), buffer.partition(entry))
 
     def _warn_late(self, bp, p: int, n: int, now: float) -> None:
@@ -160,6 +169,19 @@ class EventTimeDriver:
         log.warning("observations partition %d: %d observations from input partition %d arrived behind its "
                     "watermark %.3f and were applied out of event-time order (driftline_observations_late_total); "
                     "what the sources had said: %s", q, n, p, bp.buffer.floor, bp.buffer.describe(now))
+
+    @property
+    def releasing(self) -> bool:
+        """Observations the watermark passed wait for the next loop step (which should not wait)."""
+        return self._more
+
+    def _released(self, buffer, now: float) -> list:
+        """What `buffer` releases now, within this loop step's allowance (RELEASE_PER_STEP)."""
+        out = buffer.release(now, self._allowance)
+        self._allowance -= len(out)
+        if self._allowance <= 0:
+            self._more = True
+        return out
 
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
@@ -178,7 +200,10 @@ class EventTimeDriver:
             self._heartbeat(now)
             self._release(now)
             self._refresh_stats(now)
+        elif self._more:
+            self._release(now)
         self.unaligned = False
+        self._allowance = RELEASE_PER_STEP  # the next loop step's
 
     def _caught_up(self, ip, p: int) -> dict[str, bool]:
         out = {}
@@ -194,8 +219,10 @@ class EventTimeDriver:
         return out
 
     def fleet_min(self, now: float) -> float | None:
-        """The slowest input partition's progress, as this worker's banks hear it (None: no bank)."""
-        lows = [bp.buffer.lowest_progress(now) for bp in self.worker.banks.values()]
+        """The slowest input partition's progress, as this worker's banks hear it, the partitions
+        it owns at their live progress (WatermarkBuffer.lowest_progress says why; None: no bank)."""
+        local = {p: ip.alignment.progress(ip.read_time, now) for p, ip in self.worker.intakes.items()}
+        lows = [bp.buffer.lowest_progress(now, local) for bp in self.worker.banks.values()]
         lows = [x for x in lows if x is not None]
         return min(lows) if lows else None
 
@@ -243,8 +270,9 @@ class EventTimeDriver:
                 worker._produce(obs_topic, None, value, q, FORMAT_HEADERS)
 
     def _release(self, now: float) -> None:
+        self._more = False
         for bp in self.worker.banks.values():
-            for entry in bp.buffer.release(now):
+            for entry in self._released(bp.buffer, now):
                 buf = bp.buffer
                 self.worker.apply_record(bp, buf.source(entry), buf.record(entry), buf.partition(entry))
 

@@ -99,8 +99,9 @@ class WorkerSettings:
     # Seconds between checkpoints of changed partition state. With exactly_once each checkpoint
     # is a Kafka transaction that also commits the outputs and the input offsets, so this is
     # also how long outputs wait before readers see them. Each checkpoint costs time in
-    # proportion to the state's size, so the worker waits at least 10x the last one's duration
-    # (checkpointing takes at most ~10% of its time). See docs/guarantees.md.
+    # proportion to the state's size: a slow one stretches the interval, to 10x its duration
+    # while the worker is busy, 2x once it waits for input, at most transaction_timeout / 3
+    # (stream/checkpoint.py CheckpointCadence, docs/guarantees.md).
     checkpoint_interval: float = 1.0
     # Without exactly_once: seconds between offset commits (lag and replay accounting).
     commit_interval: float = 1.0

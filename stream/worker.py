@@ -25,6 +25,7 @@ offsets, and the banks skip replayed observations they already applied.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -48,7 +49,7 @@ from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, f
 from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
-from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointError, CheckpointStore
+from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointCadence, CheckpointError, CheckpointStore
 from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
@@ -205,7 +206,6 @@ class Worker:
         self.rebalancing = False
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        self._next_checkpoint = 0.0
         self._next_commit = 0.0
         self._next_lag = 0.0
         # Reference profiles: the config's files, then what the baselines topic publishes
@@ -237,6 +237,9 @@ class Worker:
         self._holding = False  # input paused for a broker outage (exactly-once), see _ride_out_outage
         self._doomed: str | None = None  # why the open transaction cannot commit (a failed delivery)
         self.event_time = EventTimeDriver(self, self.source_partitions)
+        # With exactly-once a round may be stretched to a third of the transaction timeout at most.
+        self.cadence = CheckpointCadence(settings.worker.checkpoint_interval,
+                                         settings.worker.transaction_timeout / 3 if eos else math.inf)
         self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
                                      self.topics.checkpoint_data, producer=self.producer if eos else None)
 
@@ -270,7 +273,9 @@ class Worker:
             while not self.stopping.is_set() and self.fatal is None:
                 # A short timeout: consume() waits for a full batch until it expires, which at low
                 # rates is pure latency; an idle loop wakes 50 times a second, which costs nothing.
-                msgs = self.consumer.consume(batch, 0.02)
+                waiting = time.monotonic()
+                msgs = self.consumer.consume(batch, 0.0 if self.event_time.releasing else 0.02)
+                self.cadence.wait(time.monotonic() - waiting)
                 if msgs:
                     with self.lock:
                         if self.event_time.unaligned:
@@ -295,7 +300,7 @@ class Worker:
                 if now >= self._next_baselines:
                     self.baseline_topic.poll(self.lock)
                     self._next_baselines = now + BASELINES_EVERY
-                if now >= self._next_checkpoint and not outage:
+                if not outage and self.cadence.due(now):
                     self._checkpoint()
                 with self.lock:
                     self.event_time.tick()
@@ -320,11 +325,11 @@ class Worker:
             self._holding = True
             self._doomed = self._doomed or "broker outage"
             self._pause_assigned(True)
-        if now >= self._next_checkpoint:
+        if self.cadence.due(now):
             self.stats.checkpoints["failed"] += 1
             log.warning("checkpoint round skipped: every broker is unreachable (%d partitions hold their state)",
                         len(self.intakes) + len(self.banks))
-            self._next_checkpoint = now + self.settings.worker.checkpoint_interval
+            self.cadence.done(now, 0.0)
         if not self.broker.probe(self.consumer):
             return
         with self.lock:
@@ -643,7 +648,7 @@ class Worker:
             except (CheckpointError, KafkaException) as exc:
                 self.stats.checkpoints["failed"] += 1
                 log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
-                self._next_checkpoint = time.monotonic() + self.settings.worker.checkpoint_interval
+                self.cadence.done(time.monotonic(), 0.0)
                 return
             for part in owners:
                 part.dirty = False
@@ -655,11 +660,12 @@ class Worker:
 
     def _checkpointed(self, started: float, wrote: bool) -> None:
         """A successful round (or one with nothing to write): the age restarts, the next is due."""
-        took = time.monotonic() - started
+        now = time.monotonic()
+        took = now - started
         if wrote:
             self.stats.checkpoint_seconds = took
-        self.stats.checkpoint_ok_at = time.monotonic()
-        self._next_checkpoint = time.monotonic() + max(self.settings.worker.checkpoint_interval, 10 * took)
+        self.stats.checkpoint_ok_at = now
+        self.cadence.done(now, took)
 
     def _commit_transaction(self, force: bool, timeout: float, only: set[str] | None = None,
                             rewind: bool = True) -> bool:
@@ -697,7 +703,7 @@ class Worker:
             if not rewind or time.monotonic() - self.txn.started > self.txn.timeout:
                 self._failed(f"transaction open longer than {self.txn.timeout:.0f} s: {exc}"
                              if rewind else str(exc), rewind)
-            self._next_checkpoint = time.monotonic() + self.settings.worker.checkpoint_interval
+            self.cadence.done(time.monotonic(), 0.0)
             return False
         except TransactionAborted as exc:
             self.stats.checkpoints["failed"] += 1

@@ -400,3 +400,64 @@ def test_a_wake_is_waited_on_for_a_bounded_time():
         assert buf.release(t) == []
     buf.note(0, None, True, 1.0 + SILENT_AFTER, said_at=131.0)
     assert [e[0] for e in buf.release(1.0 + SILENT_AFTER)] == [50.0]
+
+
+def test_a_budgeted_release_continues_in_order_and_nothing_behind_it_is_late():
+    buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
+    for k in range(10):
+        put(buf, 0, float(k), k)
+    buf.note(0, 100.0, False, 0.0)
+    first = buf.release(0.0, budget=4)
+    assert [e[0] for e in first] == [0.0, 1.0, 2.0, 3.0] and buf.held == 6
+    # The watermark passed 100, but only what was released counts as behind it: an arrival
+    # between the last released and the watermark is held and released in order, not late.
+    assert put(buf, 0, 5.5, 20) is True and buf.late == 0
+    rest = buf.release(0.0, budget=4) + buf.release(0.0)
+    assert [e[0] for e in first + rest] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0]
+    assert buf.release(0.0, budget=0) == [] and buf.held == 0
+    assert put(buf, 0, 50.0, 21) is False and buf.late == 1  # now the whole way to 100 is passed
+
+
+def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
+    buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
+    for k in range(5):
+        put(buf, 0, float(5 - k), k, kind=OUTCOME if k % 2 else INFERENCE)
+    state = buf.to_state()
+    assert "heap" not in state and isinstance(state["held_records"], bytes)
+    old = {k: v for k, v in state.items() if not k.startswith("held_") or k == "held_bytes"}
+    old["heap"] = list(buf.heap)  # the layout before the packing: one value per entry
+    for snap in (state, old):
+        back = WatermarkBuffer.from_state(restore_state(snapshot_state(snap)), 1, 1000, 1 << 20, now=1.0)
+        back.note(0, 10.0, False, 1.0)
+        assert [(e[0], back.record(e)) for e in back.release(1.0)] == \
+               [(e[0], buf.record(e)) for e in sorted(buf.heap)]
+    empty = WatermarkBuffer(sources=1, max_held=10, max_bytes=1 << 20, now=0.0)
+    assert WatermarkBuffer.from_state(restore_state(snapshot_state(empty.to_state())), 1, 10, 1 << 20, 0.0).held == 0
+
+
+def test_the_skew_bound_counts_owned_partitions_at_their_live_progress():
+    """With exactly-once a bank hears an input partition's progress only when the heartbeat's
+    transaction commits; the partitions this worker owns are known first-hand. A backlog at
+    1 s of event time per event moves thousands of seconds between two commits: measured
+    against what the bank heard at the last commit, every owned partition ran past max_skew
+    and paused until the next commit."""
+    buf = WatermarkBuffer(sources=3, max_held=1000, max_bytes=1 << 20, now=0.0)
+    buf.note(0, 1000.0, False, 0.0)  # as heard at the last commit
+    buf.note(1, 1200.0, False, 0.0)
+    buf.note(2, 9000.0, False, 0.0)  # another worker's partition, committed far ahead
+    live = {0: (4800.0, False), 1: (5000.0, False)}  # this worker's partitions 0 and 1 now
+    assert buf.lowest_progress(0.0) == 1000.0
+    assert buf.lowest_progress(0.0, live) == 4800.0
+    assert buf.watermark(0.0) == 1000.0  # what the bank releases still waits for the commit
+    al = aligner(skew=900.0)
+    al.observe(0.0, {INFERENCES: False, LABELS: False}, {INFERENCES: 1, LABELS: 1})
+    ahead = {INFERENCES: 5000.0, LABELS: 5000.0}
+    assert al.decide(ahead, 0.0, buf.lowest_progress(0.0)) == {INFERENCES: "skew", LABELS: "skew"}
+    assert al.decide(ahead, 0.1, buf.lowest_progress(0.1, live)) == {}
+    # An owned partition that is idle is left out; one that has read nothing yet keeps what
+    # the bank heard of it (a restored mark), as does one this worker does not own.
+    assert buf.lowest_progress(0.0, {0: (None, True), 1: (5000.0, False)}) == 5000.0
+    assert buf.lowest_progress(0.0, {0: (None, False), 1: (5000.0, False)}) == 1000.0
+    # A partition truly behind still holds the owned ones back.
+    assert al.decide(ahead, 0.2, buf.lowest_progress(0.2, {0: (3000.0, False), 1: (5000.0, False)})) == \
+           {INFERENCES: "skew", LABELS: "skew"}
