@@ -196,3 +196,36 @@ def test_budgeted_signal_detects_a_level_shift_once_then_learns_the_new_level():
     assert all(way == "up" for _, _, way in hits)
     assert len(hits) <= 2  # one per detector at most
     assert hits[0][0] < 5_100
+
+
+def test_a_signal_builds_its_detectors_when_its_warm_up_ends_and_again_after_a_detection():
+    """One object per signal: while a standardised signal learns its normal it holds no detector
+    (most segments of a high-cardinality model never leave the warm-up), and what /metrics reads
+    of it says how much warm-up is left; the detectors exist from the first z-score, and a
+    detection returns them to the warm-up (the records carry the detector's statistics)."""
+    spec = ModelSpec(name="m", features={"x": "numeric"}, false_alarm_budget=1e7, warmup=200)
+    bank = DetectorBank(lambda m: spec)
+    rng = random.Random(3)
+
+    def feed_one(i: int, x: float) -> list:
+        return [r for r in bank.observe_inference("m", "__all__", {"x": x}, None, None, float(i), str(i))
+                if r.signal == "x"]
+
+    for i in range(150):
+        feed_one(i, rng.gauss(0, 1))
+    sig = bank.get("m", "__all__").signals["x"]
+    assert sig.detectors is None and sig.last_detection is None
+    (_, readings), = [r for r in bank.get("m", "__all__").detector_readings(("x",)) if r[0] == "x"]
+    assert [(r.detector, r.last_detection, r.direction, r.statistics) for r in readings] == [
+        ("adwin", None, 0, {"warmup_remaining": 50.0}), ("page_hinkley", None, 0, {"warmup_remaining": 50.0})]
+    for i in range(150, 260):
+        feed_one(i, rng.gauss(0, 1))
+    assert [type(d).__name__ for d in sig.detectors] == ["ADWINDetector", "PageHinkleyDetector"]
+    hits = []
+    i = 260
+    while not hits:
+        hits = feed_one(i, rng.gauss(4, 1))
+        i += 1
+    assert {"center", "scale"} <= set(hits[0].statistics)
+    assert sig.detectors is None  # learning the new level
+    assert sig.last_detection[[r.detector for r in sig.readings()].index(hits[0].detector)] == float(i - 1)
