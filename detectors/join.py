@@ -18,8 +18,11 @@ have. When the two topics are read at different speeds (a backlog: all inference
 labels), the stream that runs ahead therefore expires nothing of the other's. `expire(now)`
 runs all three on one clock (one merged, time-ordered stream, as `driftline replay` reads).
 
-Fates other than a join (`duplicate`, `expired`, `unmatched`) are appended to `fates` as
-(model, kind, outcome) for the caller to drain; a join is the return value.
+Every entry point returns what it did as a value: `add_prediction` and `add_label` a
+`JoinResult` (the predictions joined to labels, the `Fate`s of events that did not join:
+`duplicate`, `expired` and `unmatched` ones the cap pushed out, and why a label was refused),
+`expire` and `expire_streams` the fates of what their clocks let go. The join keeps no
+results for a caller to collect.
 
 Requests (shadow traffic): a prediction may carry a request_id, the same for every model that
 scored one request. A label naming a request_id instead of a prediction_id grades every
@@ -33,13 +36,23 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from typing import Callable, Literal
+from typing import Callable, NamedTuple
 
 from driftline.detectors.state import SnapshotError, persistent
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 
-Fate = tuple  # (model | None, kind, outcome)
+
+
+class Fate(NamedTuple):
+    """An event that did not join, counted by the caller (`driftline_events_total`'s outcome)."""
+
+    model: str | None  # None: a label that named no model and whose prediction never came
+    kind: str  # "inference" or "label"
+    outcome: str  # "duplicate", "expired", "unmatched" or "invalid"
+
+
+NO_FATES: tuple[Fate, ...] = ()
 
 
 @persistent("join.pending")
@@ -69,6 +82,29 @@ class Joined:
     @property
     def delay(self) -> float:
         return self.label_timestamp - self.prediction.timestamp
+
+
+class JoinResult(NamedTuple):
+    """What one `add_prediction` / `add_label` did."""
+
+    # Predictions graded by this call: one, or for a label naming a request_id every prediction
+    # of the request it graded (maybe none).
+    joined: tuple[Joined, ...] = ()
+    fates: tuple[Fate, ...] = NO_FATES
+    # Why a label was refused ("model_mismatch", "request_mismatch"): the caller dead-letters it;
+    # the join did not change. None otherwise.
+    refused: str | None = None
+
+
+# The results made once: held or waiting (nothing happened yet), and the two refusals.
+WAITING = JoinResult()
+MODEL_MISMATCH = JoinResult(refused="model_mismatch")
+REQUEST_MISMATCH = JoinResult(refused="request_mismatch")
+_new_result = tuple.__new__  # a JoinResult from its three fields, without NamedTuple's Python __new__
+
+
+def _result(joined: tuple, fates: list | tuple) -> JoinResult:
+    return _new_result(JoinResult, (joined, tuple(fates) if fates else NO_FATES, None))
 
 
 @persistent("join.held_label")
@@ -102,9 +138,6 @@ class LabelJoin:
         # "r": labels naming a request_id (they wait for predictions, like held labels)
         self._deadlines: dict[str, list[tuple[float, int, str]]] = {"p": [], "h": [], "j": [], "r": []}
         self._seq = 0
-        # (model, kind, outcome) of events that did not join; the model is None for labels that
-        # named none and whose prediction never came. Drained by the caller.
-        self.fates: list[Fate] = []
         self._init_requests()
 
     def _init_requests(self) -> None:
@@ -119,11 +152,16 @@ class LabelJoin:
 
     # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
+        state = {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
+        # The join once collected fates for its caller in a `fates` list, always empty at a
+        # snapshot: still written, so that a worker of the version before reads this snapshot.
+        state["fates"] = []
+        return state
 
     def __setstate__(self, state: dict) -> None:
         if "_requests" not in state:  # a snapshot from before requests
             self._init_requests()
+        state = {k: v for k, v in state.items() if k != "fates"}  # see __getstate__
         self.__dict__.update(state)
         self._ttl_for = None  # set by LabelJoin.restore / bind()
         if isinstance(self._deadlines, list):  # a snapshot from before the per-map heaps
@@ -164,78 +202,84 @@ class LabelJoin:
         return prediction_id in self._pending or prediction_id in self._joined
 
     # -- input ---------------------------------------------------------------------------------
-    def add_prediction(self, pred: PendingPrediction, request_id: str | None = None
-                       ) -> Joined | None | Literal["duplicate"]:
-        """Register a prediction; returns the outcome at once when its label was waiting."""
+    def add_prediction(self, pred: PendingPrediction, request_id: str | None = None) -> JoinResult:
+        """Register a prediction; `joined` holds it at once when its label was waiting."""
         pid = pred.prediction_id
         if pid in self._pending or pid in self._joined:
-            self.fates.append((pred.model, "inference", "duplicate"))
-            return "duplicate"
+            return _result((), (Fate(pred.model, "inference", "duplicate"),))
+        fates: list[Fate] = []
         held = self._held.get(pid)
         if held is not None and held.model is not None and held.model != pred.model:
             # The early label named another model: it grades nothing here.
             del self._held[pid]
             self._held_request.pop(pid, None)
-            self.fates.append((held.model, "label", "unmatched"))
+            fates.append(Fate(held.model, "label", "unmatched"))
             held = None
         elif held is not None:
             del self._held[pid]
             named = self._held_request.pop(pid, None)
             if named is not None and named != request_id:
-                self.fates.append((held.model or pred.model, "label", "invalid"))  # request_mismatch, late
+                fates.append(Fate(held.model or pred.model, "label", "invalid"))  # request_mismatch, late
                 held = None
         if held is not None:
-            self._remember_joined(pid, pred.model, held.timestamp)
-            return Joined(pred, held.label, held.timestamp, request_id)
+            self._remember_joined(pid, pred.model, held.timestamp, fates)
+            return _result((Joined(pred, held.label, held.timestamp, request_id),), fates)
         if request_id is not None:
             rl = self._request_labels.get(request_id)
             if rl is not None and (rl.model is None or rl.model == pred.model):
                 rl.graded += 1
-                self._remember_joined(pid, pred.model, rl.timestamp)
-                return Joined(pred, rl.label, rl.timestamp, request_id)
+                self._remember_joined(pid, pred.model, rl.timestamp, fates)
+                return _result((Joined(pred, rl.label, rl.timestamp, request_id),), fates)
         self._pending[pid] = pred
         if request_id is not None:
             self._request_of[pid] = request_id
             self._requests.setdefault(request_id, []).append(pid)
         self._schedule(pred.timestamp + self._ttl_for(pred.model), "p", pid)
-        self._cap(self._pending, "p")
-        return None
+        if len(self._pending) > self.max_pending:
+            self._cap(self._pending, "p", fates)
+        return _result((), fates) if fates else WAITING
 
     def add_label(
         self, prediction_id: str | None, label: object, timestamp: float, model: str | None = None,
         request_id: str | None = None,
-    ) -> Joined | list[Joined] | None | Literal["duplicate", "model_mismatch", "request_mismatch"]:
-        """Join a label; None means it is held until its prediction comes or its TTL ends. A
-        label with a request_id and no prediction_id returns the (maybe empty) list it graded."""
+    ) -> JoinResult:
+        """Join a label. Nothing joined and no fate: it is held until its prediction comes or its
+        TTL ends. A label with a request_id and no prediction_id joins every waiting prediction
+        of the request (maybe none). `refused`: the label contradicts its prediction and changed
+        nothing (`model_mismatch`: it names another model; `request_mismatch`: the two ids name
+        different predictions)."""
         if prediction_id is None:
             return self._add_request_label(request_id, label, timestamp, model)
         pred = self._pending.get(prediction_id)
         if pred is not None:
             if model is not None and model != pred.model:
-                return "model_mismatch"  # the caller dead-letters it: the label names another model
+                return MODEL_MISMATCH
             rid = self._request_of.get(prediction_id)
             if request_id is not None and request_id != rid:
-                return "request_mismatch"  # dead-lettered: the two ids name different predictions
+                return REQUEST_MISMATCH
             del self._pending[prediction_id]
             self._unlink_request(prediction_id)
-            self._remember_joined(prediction_id, pred.model, timestamp)
-            return Joined(pred, label, timestamp, rid)
+            fates: list[Fate] = []
+            self._remember_joined(prediction_id, pred.model, timestamp, fates)
+            return _result((Joined(pred, label, timestamp, rid),), fates)
         if prediction_id in self._joined or prediction_id in self._held:
-            self.fates.append((model, "label", "duplicate"))
-            return "duplicate"
+            return _result((), (Fate(model, "label", "duplicate"),))
         self._held[prediction_id] = _HeldLabel(label, timestamp, model)
         if request_id is not None:
             self._held_request[prediction_id] = request_id
         self._schedule(timestamp + self._ttl_for(model), "h", prediction_id)
-        self._cap(self._held, "h")
-        return None
+        if len(self._held) > self.max_pending:
+            fates = []
+            self._cap(self._held, "h", fates)
+            return _result((), fates)
+        return WAITING
 
     def _add_request_label(self, request_id: str, label: object, timestamp: float, model: str | None
-                           ) -> list[Joined] | Literal["duplicate"]:
+                           ) -> JoinResult:
         if request_id in self._request_labels:
-            self.fates.append((model, "label", "duplicate"))
-            return "duplicate"
+            return _result((), (Fate(model, "label", "duplicate"),))
         rl = self._request_labels[request_id] = _RequestLabel(label, timestamp, model)
+        fates: list[Fate] = []
         joined, waiting = [], []
         for pid in self._requests.pop(request_id, ()):
             pred = self._pending.get(pid)
@@ -246,14 +290,14 @@ class LabelJoin:
                 continue
             del self._pending[pid]
             del self._request_of[pid]
-            self._remember_joined(pid, pred.model, timestamp)
+            self._remember_joined(pid, pred.model, timestamp, fates)
             joined.append(Joined(pred, label, timestamp, request_id))
         if waiting:
             self._requests[request_id] = waiting
         rl.graded = len(joined)
         self._schedule(timestamp + self._ttl_for(model), "r", request_id)
-        self._cap(self._request_labels, "r")
-        return joined
+        self._cap(self._request_labels, "r", fates)
+        return _result(tuple(joined), fates)
 
     def _unlink_request(self, pid: str) -> None:
         rid = self._request_of.pop(pid, None)
@@ -265,30 +309,33 @@ class LabelJoin:
                 if not pids:
                     del self._requests[rid]
 
-    def expire(self, now: float) -> int:
+    def expire(self, now: float) -> tuple[Fate, ...]:
         """Let go of everything whose TTL ended before `now` (one clock for both streams)."""
         return self.expire_streams(inferences=now, labels=now)
 
-    def expire_streams(self, inferences: float, labels: float) -> int:
-        """Expire on each stream's own progress (event time read so far); returns how many left.
+    def expire_streams(self, inferences: float, labels: float) -> tuple[Fate, ...]:
+        """Expire on each stream's own progress (event time read so far); returns the fates of
+        what left (a joined id leaves without one).
 
         Pending predictions wait for labels: they expire on `labels`. Held labels wait for
         predictions: they expire on `inferences`. A joined id guards against duplicates on both
         topics: it is forgotten when both have passed its deadline.
         """
-        gone = 0
+        fates: list[Fate] = []
+        deadlines = self._deadlines
         for which, now in (("p", labels), ("h", inferences), ("r", inferences), ("j", min(inferences, labels))):
-            heap = self._deadlines[which]
+            heap = deadlines[which]
             while heap and heap[0][0] <= now:
                 _, _, pid = heapq.heappop(heap)
-                gone += self._drop(which, pid, deadline=now)
-        return gone
+                self._drop(which, pid, now, fates)
+        return tuple(fates) if fates else NO_FATES
 
     # -- internals -----------------------------------------------------------------------------
-    def _remember_joined(self, pid: str, model: str, timestamp: float) -> None:
+    def _remember_joined(self, pid: str, model: str, timestamp: float, fates: list[Fate]) -> None:
         self._joined[pid] = timestamp
         self._schedule(timestamp + self._ttl_for(model), "j", pid)
-        self._cap(self._joined, "j")
+        if len(self._joined) > self.max_pending:
+            self._cap(self._joined, "j", fates)
 
     def _schedule(self, deadline: float, which: str, pid: str) -> None:
         self._seq += 1
@@ -302,19 +349,21 @@ class LabelJoin:
             heapq.heapify(rebuilt)
             self._deadlines[which] = rebuilt
 
-    def _cap(self, table: dict, which: str) -> None:
+    def _cap(self, table: dict, which: str, fates: list[Fate]) -> None:
         # dicts keep insertion order: the first key is the oldest entry.
         while len(table) > self.max_pending:
-            self._drop(which, next(iter(table)), deadline=None)
+            self._drop(which, next(iter(table)), None, fates)
 
-    def _drop(self, which: str, pid: str, deadline: float | None) -> int:
+    def _drop(self, which: str, pid: str, deadline: float | None, fates: list[Fate]) -> int:
+        """Let `pid` of map `which` go (its deadline passed, or the cap: `deadline` None),
+        appending its fate; 0 if it had gone already or was re-registered for later."""
         if which == "p":
             pred = self._pending.get(pid)
             if pred is None or (deadline is not None and pred.timestamp + self._ttl_for(pred.model) > deadline):
                 return 0  # joined already, or re-registered later with a later deadline
             del self._pending[pid]
             self._unlink_request(pid)
-            self.fates.append((pred.model, "inference", "expired"))
+            fates.append(Fate(pred.model, "inference", "expired"))
             return 1
         if which == "h":
             held = self._held.get(pid)
@@ -322,7 +371,7 @@ class LabelJoin:
                 return 0
             del self._held[pid]
             self._held_request.pop(pid, None)
-            self.fates.append((held.model, "label", "unmatched"))
+            fates.append(Fate(held.model, "label", "unmatched"))
             return 1
         if which == "r":
             rl = self._request_labels.get(pid)  # pid is a request_id here
@@ -330,7 +379,7 @@ class LabelJoin:
                 return 0
             del self._request_labels[pid]
             if not rl.graded:
-                self.fates.append((rl.model, "label", "unmatched"))
+                fates.append(Fate(rl.model, "label", "unmatched"))
             return 1
         if pid in self._joined:
             del self._joined[pid]

@@ -26,7 +26,7 @@ from typing import Iterable
 
 from driftline.detectors.bank import DetectorBank, DriftRecord, is_correct
 from driftline.detectors.challenger import ShadowPairs, comparisons
-from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.join import Fate, Joined, LabelJoin, PendingPrediction
 from driftline.detectors.llm import observation as llm_observation
 from driftline.detectors.observations import (
     FATE,
@@ -180,7 +180,7 @@ class Intake:
         if rid is not None and not self.shadow.compared(model):
             self.shadow.count(model, "uncompared")  # still graded by request labels; compared with nothing
         values = tuple([features.get(name) for name in monitored])  # what the slice accountant bins
-        joined = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts, values), rid)
+        result = self.join.add_prediction(PendingPrediction(pid, model, segments, prediction, score, ts, values), rid)
         for seg in segments:
             if raw and seg == ALL_SEGMENT and model not in self.settings.models:
                 # The admission bank may refuse the model: it dead-letters these bytes then.
@@ -190,10 +190,10 @@ class Intake:
                 out.append(_new(InferenceObservation, (model, seg, pid, ts, prediction, score, features, None)))
             if call is not None:
                 out.append(LLMCallObservation(model, seg, pid, ts, call))
-        if joined is not None and joined != "duplicate":
+        for joined in result.joined:
             self._outcomes(joined, out)
-        if self.join.fates:
-            self._drain(out)
+        if result.fates:
+            self._fates(result.fates, out)
         self._tick()
         return out, None
 
@@ -204,22 +204,20 @@ class Intake:
         if ev.timestamp > self.label_time:
             self.label_time = ev.timestamp
             self._advance(out)
-        joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model, ev.request_id)
-        if joined == "model_mismatch":
+        result = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp, ev.model, ev.request_id)
+        refused = result.refused
+        if refused == "model_mismatch":
             invalid = Invalid("label", "model_mismatch",
                               f"label names model {ev.model!r}, its prediction another model", raw, ev.model)
             return out + self.take_invalid(invalid), invalid
-        if joined == "request_mismatch":
+        if refused == "request_mismatch":
             invalid = Invalid("label", "request_mismatch", f"label names request_id {ev.request_id!r}, its prediction "
                               f"{ev.prediction_id!r} another request (or none)", raw, ev.model)
             return out + self.take_invalid(invalid), invalid
-        if isinstance(joined, Joined):
+        for joined in result.joined:
             self._outcomes(joined, out)
-        elif type(joined) is list:
-            for j in joined:
-                self._outcomes(j, out)
-        if self.join.fates:
-            self._drain(out)
+        if result.fates:
+            self._fates(result.fates, out)
         self._tick()
         return out, None
 
@@ -227,12 +225,12 @@ class Intake:
         """Let the join drop what its TTL passed; returns the fates as observations."""
         out: list[Observation] = []
         if now is None:
-            self.join.expire_streams(self.inference_time, self.label_time)
+            fates = self.join.expire_streams(self.inference_time, self.label_time)
         else:
-            self.join.expire(now)
+            fates = self.join.expire(now)
         # A pair's partner is graded by a label or by a late prediction: the slower clock.
         self.shadow.expire(min(self.inference_time, self.label_time) if now is None else now)
-        self._drain(out)
+        self._fates(fates, out)
         return out
 
     def set_idle(self, kind: str, idle: bool = True) -> list[Observation]:
@@ -258,14 +256,17 @@ class Intake:
             if "inference" in self.idle and self.label_time > self.inference_time:
                 self.inference_time = self.label_time
         self.watermark = max(self.inference_time, self.label_time)
-        if self.join.expire_streams(self.inference_time, self.label_time):
-            self._drain(out)
+        fates = self.join.expire_streams(self.inference_time, self.label_time)
+        if fates:
+            self._fates(fates, out)
         self.shadow.expire(min(self.inference_time, self.label_time))
 
-    def _drain(self, out: list[Observation]) -> None:
-        for model, kind, outcome in self.join.fates:
+    @staticmethod
+    def _fates(fates: Iterable[Fate], out: list[Observation]) -> None:
+        """The join's fates as observations (counted at `__all__`; a model-less label's under
+        `__unknown__`)."""
+        for model, kind, outcome in fates:
             out.append(FateObservation(model if model is not None else UNKNOWN_MODEL, ALL_SEGMENT, kind, outcome))
-        self.join.fates.clear()
 
     def _tick(self) -> None:
         self._since_evict += 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from driftline.detectors.challenger import ChallengerComparison, ShadowPairs, comparisons
-from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
+from driftline.detectors.join import WAITING, Fate, Joined, LabelJoin, PendingPrediction
 from driftline.stream.codec import decode_inference, decode_label
 from driftline.stream.events import Invalid, Label
 
@@ -39,40 +39,38 @@ def pred(pid, model="a", ts=0.0):
 
 def test_a_request_label_grades_every_prediction_of_the_request_also_later_ones():
     j = LabelJoin(lambda m: 100.0)
-    assert j.add_prediction(pred("a1", "a"), "r1") is None
-    assert j.add_prediction(pred("b1", "b"), "r1") is None
-    assert j.add_prediction(pred("a2", "a"), "r2") is None
-    graded = j.add_label(None, 1, 5.0, request_id="r1")
+    assert j.add_prediction(pred("a1", "a"), "r1") == WAITING
+    assert j.add_prediction(pred("b1", "b"), "r1") == WAITING
+    assert j.add_prediction(pred("a2", "a"), "r2") == WAITING
+    graded = j.add_label(None, 1, 5.0, request_id="r1").joined
     assert sorted(x.prediction.prediction_id for x in graded) == ["a1", "b1"]
     assert all(isinstance(x, Joined) and x.request_id == "r1" and x.label == 1 for x in graded)
-    late = j.add_prediction(pred("c1", "c", 6.0), "r1")  # a third model's prediction of r1, after the label
+    (late,) = j.add_prediction(pred("c1", "c", 6.0), "r1").joined  # a third model's prediction of r1, after the label
     assert isinstance(late, Joined) and late.label == 1
-    assert j.add_label(None, 0, 7.0, request_id="r1") == "duplicate"
-    assert j.add_label("a1", 0, 7.0) == "duplicate"  # graded already, by its request
+    assert j.add_label(None, 0, 7.0, request_id="r1").fates == (Fate(None, "label", "duplicate"),)
+    assert j.add_label("a1", 0, 7.0).fates == (Fate(None, "label", "duplicate"),)  # graded already, by its request
     assert j.pending_predictions == 1  # a2 waits for its own label
-    j.expire(200.0)
-    assert ("a", "inference", "expired") in j.fates and (None, "label", "unmatched") not in j.fates
+    fates = j.expire(200.0)
+    assert ("a", "inference", "expired") in fates and (None, "label", "unmatched") not in fates
 
 
 def test_a_request_label_that_grades_nothing_is_unmatched_at_its_ttl():
     j = LabelJoin(lambda m: 100.0)
-    assert j.add_label(None, 1, 5.0, request_id="nobody") == []
-    j.expire(104.0)
-    assert j.fates == []
-    j.expire(106.0)
-    assert j.fates == [(None, "label", "unmatched")]
+    assert j.add_label(None, 1, 5.0, request_id="nobody") == WAITING  # graded none (yet)
+    assert j.expire(104.0) == ()
+    assert j.expire(106.0) == (Fate(None, "label", "unmatched"),)
 
 
 def test_disagreeing_ids_are_refused_or_counted_invalid():
     j = LabelJoin(lambda m: 100.0)
     j.add_prediction(pred("a1"), "r1")
-    assert j.add_label("a1", 1, 1.0, request_id="r2") == "request_mismatch"
+    assert j.add_label("a1", 1, 1.0, request_id="r2").refused == "request_mismatch"
     assert j.pending_predictions == 1  # the prediction still waits for a right label
-    assert isinstance(j.add_label("a1", 1, 2.0, request_id="r1"), Joined)
+    assert len(j.add_label("a1", 1, 2.0, request_id="r1").joined) == 1
     # the label first: its prediction then carries another request_id
-    assert j.add_label("a9", 1, 3.0, request_id="r9") is None
-    assert j.add_prediction(pred("a9", ts=4.0), "r8") is None
-    assert j.fates == [("a", "label", "invalid")]
+    assert j.add_label("a9", 1, 3.0, request_id="r9") == WAITING
+    waits = j.add_prediction(pred("a9", ts=4.0), "r8")
+    assert waits.joined == () and waits.fates == (Fate("a", "label", "invalid"),)
     assert j.pending_predictions == 1  # a9 waits on
 
 
@@ -80,7 +78,7 @@ def test_requests_survive_a_snapshot():
     j = LabelJoin(lambda m: 100.0)
     j.add_prediction(pred("a1", "a"), "r1")
     back = LabelJoin.restore(j.snapshot(), lambda m: 100.0)
-    graded = back.add_label(None, 1, 5.0, request_id="r1")
+    graded = back.add_label(None, 1, 5.0, request_id="r1").joined
     assert [x.prediction.prediction_id for x in graded] == ["a1"]
 
 

@@ -1,0 +1,275 @@
+"""CPU per event of the worker's hot path up to the bank, in process: the worker's own code, no broker.
+
+    .venv/bin/python bench/profile_hot_path.py [--rows 20000] [--repeats 3] [--profile] [--out DIR]
+    PYTHONPATH=<another tree> .venv/bin/python bench/profile_hot_path.py ...   # the same on that tree
+
+One `Worker` (demo config, 1 input partition, 6 observations partitions) runs its real stage 1
+(`Worker._process` on inference and label messages: decode, intake, join, routing, wire records,
+one observations message per source and destination) and its real stage 2 (`_process` on the
+observations messages it produced: format check, JSON decode, de-duplication, the ordering
+buffer, `apply_record`, `observe`, the bank), with heartbeats after each batch as its loop sends
+them. Kafka is left out: what the worker would produce is captured in memory and handed back as
+messages (a small class with the confluent-kafka `Message` methods the worker calls). Batches
+of `worker.batch` inference messages, then as many label messages (labels trail their
+inferences by 0.5 s of event time, as in bench/perf.py's backlog).
+
+Figures (CPU seconds of this thread, best of `--repeats`, per event read = inference + label messages):
+- `total_us_per_event`: both stages, the bank included;
+- `bank_us_per_event`: the same bank calls (every `observe_*` / `admit` call the bank received,
+  recorded with its arguments) replayed on a fresh bank: the bank's own share;
+- `path_us_per_event`: the difference, what this script is for: decode -> intake -> wire ->
+  stage-2 decode -> dispatch, everything but the bank.
+
+`--profile` adds one cProfile pass, grouped like bench/profile_worker.py (cProfile inflates
+Python-heavy parts: read the shares). Writes OUT/hot-path.json (default bench/results).
+A/B: run it once per tree, alternating, and compare ratios (the machine is shared and noisy).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as _dt
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import yaml  # noqa: E402
+
+import perf  # noqa: E402  (the demo stream)
+import profile_worker  # noqa: E402  (the grouping of profile entries by part)
+from driftline.stream.demo import DEMO_CONFIG  # noqa: E402
+from driftline.stream.settings import parse_settings  # noqa: E402
+from driftline.stream.worker import Worker  # noqa: E402
+
+OBS_PARTITIONS = 6
+BANK_CALLS = ("observe_", "admit", "apply")  # what counts as the bank's own work
+
+
+class NoClient:
+    """Stands in for the worker's Kafka clients: made, never used (what it produces is captured)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def close(self, *args):
+        pass
+
+
+def without_kafka() -> None:
+    """No broker here: the worker's constructor makes no clients (their threads would retry a
+    connection and spend CPU this script counts)."""
+    import driftline.stream.checkpoint as checkpoint
+    import driftline.stream.worker as worker
+
+    worker.Consumer = worker.Producer = checkpoint.Producer = NoClient
+
+
+class Message:
+    """What the worker reads of a confluent-kafka Message."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_ts", "_headers")
+
+    def __init__(self, topic, partition, offset, key, value, ts_ms, headers=None):
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value, self._ts, self._headers = key, value, ts_ms, headers
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def timestamp(self):
+        return (1, self._ts)  # TIMESTAMP_CREATE_TIME
+
+    def headers(self):
+        return self._headers
+
+
+def settings_for(port: int):
+    data = yaml.safe_load(DEMO_CONFIG)
+    # Nothing listens there: the clients are made, never used (produce is captured).
+    data["kafka"] = {"bootstrap": f"127.0.0.1:{port}", "partitions": 1, "group_id": "hot-path"}
+    data["worker"] = {"exactly_once": False}
+    return parse_settings(data, env={})
+
+
+def record_bank_calls(bank, calls: list) -> None:
+    """Wrap the bank's entry points on this instance: each call is appended as (name, args, kwargs)."""
+    for name in dir(type(bank)):
+        if not name.startswith(BANK_CALLS) or not callable(getattr(type(bank), name)):
+            continue
+        method = getattr(bank, name)
+
+        def wrapped(*args, _m=method, _n=name, **kwargs):
+            calls.append((_n, args, kwargs))
+            return _m(*args, **kwargs)
+        setattr(bank, name, wrapped)
+
+
+class Run:
+    """One worker fed the demo backlog in process."""
+
+    def __init__(self, settings, inf: list[bytes], lab: list[bytes], record: list | None = None):
+        self.worker = w = Worker(settings, OBS_PARTITIONS, source_partitions=1)
+        self.out: list = []
+        w._produce = lambda topic, key, value, partition=-1, headers=None: self.out.append(
+            (topic, key, value, partition, headers))
+        now = w.clock()
+        w.intakes[0] = w._fresh_partition("intake", now)
+        for q in range(OBS_PARTITIONS):
+            w.banks[q] = w._fresh_partition("bank", now)
+            if record is not None:
+                record_bank_calls(w.banks[q].bank, record)
+        t = w.topics
+        ts = [int(perf.orjson.loads(r)["timestamp"] * 1000) for r in inf]
+        keys = [perf.orjson.loads(r)["prediction_id"].encode() for r in inf]
+        self.inf = [Message(t.inferences, 0, i, keys[i], r, ts[i]) for i, r in enumerate(inf)]
+        self.lab = [Message(t.labels, 0, i, keys[i], r, ts[i] + 500) for i, r in enumerate(lab)]
+        self.obs_offsets = [0] * OBS_PARTITIONS
+
+    def _feed_back(self) -> None:
+        """Hand what the worker produced to the observations topic back to its stage 2."""
+        w = self.worker
+        obs_topic = w.topics.observations
+        msgs = []
+        for topic, key, value, partition, headers in self.out:
+            if topic != obs_topic:
+                continue  # dead letters, drift events: nothing reads them here
+            off = self.obs_offsets[partition]
+            self.obs_offsets[partition] = off + 1
+            msgs.append(Message(obs_topic, partition, off, key, value, 0, headers))
+        self.out.clear()
+        if msgs:
+            w._process(msgs)
+
+    def go(self) -> None:
+        w = self.worker
+        batch = w.settings.worker.batch
+        for i in range(0, len(self.inf), batch):
+            for msgs in (self.inf[i:i + batch], self.lab[i:i + batch]):
+                w._process(msgs)
+                self._feed_back()
+            w.event_time._heartbeat(w.event_time.clock())  # as the loop's tick, between batches
+            self._feed_back()
+        # The end: the source says it is idle, the banks release everything they hold.
+        self.out.extend((w.topics.observations, None, perf.orjson.dumps(["", [], 0, None, True]), q,
+                         _headers()) for q in range(OBS_PARTITIONS))
+        self._feed_back()
+        held = sum(bp.buffer.held for bp in w.banks.values())
+        if held:
+            raise RuntimeError(f"{held} observations still held at the end")
+
+
+def _headers():
+    from driftline.stream.ordering import FORMAT_HEADERS
+    return FORMAT_HEADERS
+
+
+def replay_bank(worker, calls: list) -> float:
+    """CPU seconds of the recorded bank calls on one fresh bank (one per observations partition
+    is not needed: the calls name their segments, and each attribute's segments are one bank's)."""
+    bank = worker._fresh_partition("bank", worker.clock()).bank
+    t0 = time.thread_time()
+    for name, args, kwargs in calls:
+        getattr(bank, name)(*args, **kwargs)
+    return time.thread_time() - t0
+
+
+def totals(w) -> dict:
+    """What the banks counted: the same for every tree (the A/B must compare equal work)."""
+    tally = {}
+    for bp in w.banks.values():
+        for (model, kind, outcome), n in bp.bank.tally.events.items():
+            tally[f"{kind}/{outcome}"] = tally.get(f"{kind}/{outcome}", 0) + n
+    return dict(sorted(tally.items()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="add one cProfile pass, grouped by part")
+    ap.add_argument("--out", default=str(REPO / "bench/results"))
+    args = ap.parse_args()
+    without_kafka()
+    settings = settings_for(perf.free_port())
+    inf, lab = perf.demo_raw(args.rows)
+    events = 2 * args.rows
+    best = {"total": float("inf"), "bank": float("inf")}
+    counted = None
+    for _ in range(args.repeats):
+        # The timed pass; then the same pass again recording the bank's calls, and their replay
+        # on a fresh bank, timed. The data of the run (its messages) is frozen out of the
+        # garbage collector's walks: a worker holds one batch of them, not the whole backlog.
+        run = Run(settings, inf, lab)
+        gc.collect()
+        gc.freeze()
+        t0 = time.thread_time()
+        run.go()
+        total = time.thread_time() - t0
+        counted = totals(run.worker)
+        del run
+        gc.unfreeze()
+        calls: list = []
+        Run(settings, inf, lab, record=calls).go()
+        gc.collect()
+        bank_s = replay_bank(Run(settings, [], []).worker, calls)
+        if total < best["total"]:
+            best.update(total=total, bank_calls=len(calls))
+        best["bank"] = min(best["bank"], bank_s)
+        del calls
+    us = 1e6 / events
+    result = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "tree": str(Path(sys.modules["driftline.stream.worker"].__file__).resolve().parents[1]),
+        "rows": args.rows, "events": events, "repeats": args.repeats,
+        "total_us_per_event": best["total"] * us, "bank_us_per_event": best["bank"] * us,
+        "path_us_per_event": (best["total"] - best["bank"]) * us,
+        "bank_calls_per_event": best["bank_calls"] / events, "counted": counted,
+    }
+    if args.profile:
+        run = Run(settings, inf, lab)
+        prof = cProfile.Profile()
+        gc.collect()
+        gc.freeze()
+        prof.enable()
+        run.go()
+        prof.disable()
+        run.worker.consumer.close()
+        with tempfile.NamedTemporaryFile(suffix=".prof") as f:
+            prof.dump_stats(f.name)
+            result["profile"] = profile_worker.grouped(Path(f.name), events)
+    print(f"{result['tree']}: total {result['total_us_per_event']:.2f} us/event, bank {result['bank_us_per_event']:.2f}, "
+          f"path (total - bank) {result['path_us_per_event']:.2f}; {result['bank_calls_per_event']:.2f} bank calls/event")
+    if args.profile:
+        for p in result["profile"]["parts"][:12]:
+            print(f"  {p['us_per_event']:7.2f} us  {p['share']:6.1%}  {p['part']}")
+        for f in result["profile"]["top_functions"][:25]:
+            print(f"  {f['us_per_event']:7.2f} us  {f['function']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hot-path.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
