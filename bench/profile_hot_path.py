@@ -7,7 +7,7 @@ One `Worker` (demo config, 1 input partition, 6 observations partitions) runs it
 (`Worker._process` on inference and label messages: decode, intake, join, routing, wire records,
 one observations message per source and destination) and its real stage 2 (`_process` on the
 observations messages it produced: format check, JSON decode, de-duplication, the ordering
-buffer, `apply_record`, `observe`, the bank), with heartbeats after each batch as its loop sends
+buffer, `apply_observation`, `observe`, the bank), with heartbeats after each batch as its loop sends
 them. Kafka is left out: what the worker would produce is captured in memory and handed back as
 messages (a small class with the confluent-kafka `Message` methods the worker calls). Batches
 of `worker.batch` inference messages, then as many label messages (labels trail their
@@ -18,7 +18,9 @@ Figures (CPU seconds of this thread, best of `--repeats`, per event read = infer
 - `bank_us_per_event`: the same bank calls (every `observe_*` / `admit` call the bank received,
   recorded with its arguments) replayed on a fresh bank: the bank's own share;
 - `path_us_per_event`: the difference, what this script is for: decode -> intake -> wire ->
-  stage-2 decode -> dispatch, everything but the bank.
+  stage-2 decode -> dispatch, everything but the bank;
+- `stubbed_us_per_event`: the same pass with the bank's entry points stubbed out (they return
+  at once): the path alone, measured directly (less noisy than a difference of two figures).
 
 `--profile` adds one cProfile pass, grouped like bench/profile_worker.py (cProfile inflates
 Python-heavy parts: read the shares). Writes OUT/hot-path.json (default bench/results).
@@ -125,10 +127,20 @@ def record_bank_calls(bank, calls: list) -> None:
         setattr(bank, name, wrapped)
 
 
+def stub_bank_calls(bank) -> None:
+    """Make the bank's entry points do nothing (no detections, every segment admitted as it is):
+    what is left is the path to the bank alone, with less noise than total minus bank."""
+    for name in dir(type(bank)):
+        if name.startswith(BANK_CALLS) and callable(getattr(type(bank), name)):
+            setattr(bank, name, (lambda model, segment, inference: segment) if name == "admit" else
+                    (lambda *args, **kwargs: []))
+
+
 class Run:
     """One worker fed the demo backlog in process."""
 
-    def __init__(self, settings, inf: list[bytes], lab: list[bytes], record: list | None = None):
+    def __init__(self, settings, inf: list[bytes], lab: list[bytes], record: list | None = None,
+                 stub: bool = False):
         self.worker = w = Worker(settings, OBS_PARTITIONS, source_partitions=1)
         self.out: list = []
         w._produce = lambda topic, key, value, partition=-1, headers=None: self.out.append(
@@ -139,6 +151,8 @@ class Run:
             w.banks[q] = w._fresh_partition("bank", now)
             if record is not None:
                 record_bank_calls(w.banks[q].bank, record)
+            if stub:
+                stub_bank_calls(w.banks[q].bank)
         t = w.topics
         ts = [int(perf.orjson.loads(r)["timestamp"] * 1000) for r in inf]
         keys = [perf.orjson.loads(r)["prediction_id"].encode() for r in inf]
@@ -214,7 +228,7 @@ def main() -> int:
     settings = settings_for(perf.free_port())
     inf, lab = perf.demo_raw(args.rows)
     events = 2 * args.rows
-    best = {"total": float("inf"), "bank": float("inf")}
+    best = {"total": float("inf"), "bank": float("inf"), "stubbed": float("inf")}
     counted = None
     for _ in range(args.repeats):
         # The timed pass; then the same pass again recording the bank's calls, and their replay
@@ -237,13 +251,21 @@ def main() -> int:
             best.update(total=total, bank_calls=len(calls))
         best["bank"] = min(best["bank"], bank_s)
         del calls
+        run = Run(settings, inf, lab, stub=True)
+        gc.collect()
+        gc.freeze()
+        t0 = time.thread_time()
+        run.go()
+        best["stubbed"] = min(best["stubbed"], time.thread_time() - t0)
+        del run
+        gc.unfreeze()
     us = 1e6 / events
     result = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "tree": str(Path(sys.modules["driftline.stream.worker"].__file__).resolve().parents[1]),
         "rows": args.rows, "events": events, "repeats": args.repeats,
         "total_us_per_event": best["total"] * us, "bank_us_per_event": best["bank"] * us,
-        "path_us_per_event": (best["total"] - best["bank"]) * us,
+        "path_us_per_event": (best["total"] - best["bank"]) * us, "stubbed_us_per_event": best["stubbed"] * us,
         "bank_calls_per_event": best["bank_calls"] / events, "counted": counted,
     }
     if args.profile:
@@ -259,7 +281,8 @@ def main() -> int:
             prof.dump_stats(f.name)
             result["profile"] = profile_worker.grouped(Path(f.name), events)
     print(f"{result['tree']}: total {result['total_us_per_event']:.2f} us/event, bank {result['bank_us_per_event']:.2f}, "
-          f"path (total - bank) {result['path_us_per_event']:.2f}; {result['bank_calls_per_event']:.2f} bank calls/event")
+          f"path (total - bank) {result['path_us_per_event']:.2f}, "
+          f"path with the bank stubbed {result['stubbed_us_per_event']:.2f}; {result['bank_calls_per_event']:.2f} bank calls/event")
     if args.profile:
         for p in result["profile"]["parts"][:12]:
             print(f"  {p['us_per_event']:7.2f} us  {p['share']:6.1%}  {p['part']}")

@@ -146,14 +146,12 @@ def to_wire(offset: int, index: int, obs: Observation) -> list:
 _INFERENCE_SIZE, _OUTCOME_SIZE = _SIZE[INFERENCE], _SIZE[OUTCOME]
 
 
-def from_wire(rec: list) -> Observation:
+def from_wire(rec: list | tuple) -> Observation:
     """The record of a wire record (the inverse of `to_wire`, offset and index dropped)."""
     kind = rec[WIRE_KIND]
     # The hot path (today's inferences and outcomes, almost every record): one C call.
     if kind == INFERENCE and len(rec) == _INFERENCE_SIZE - 1:  # without raw bytes (to_wire)
-        fields = rec[WIRE_FIELDS:]
-        fields.append(None)
-        return _new(InferenceObservation, fields)
+        return _new(InferenceObservation, (*rec[WIRE_FIELDS:], None))
     if kind == INFERENCE and len(rec) == _INFERENCE_SIZE:
         return _new(InferenceObservation, rec[WIRE_FIELDS:])
     if kind == OUTCOME and len(rec) == _OUTCOME_SIZE:

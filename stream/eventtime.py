@@ -27,10 +27,22 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+from typing import NamedTuple
 
 import orjson
 
-from driftline.detectors.observations import INFERENCE, LLM, OUTCOME, PAIR, WIRE_INDEX, WIRE_KIND, WIRE_OFFSET, WIRE_TIME
+from driftline.detectors.observations import (
+    INFERENCE,
+    LLM,
+    OUTCOME,
+    PAIR,
+    WIRE_INDEX,
+    WIRE_KIND,
+    WIRE_OFFSET,
+    WIRE_TIME,
+    Observation,
+    from_wire,
+)
 
 INFERENCES, LABELS = "inference", "label"
 # A source that sent nothing (no data, no heartbeat) for this long is left out of the
@@ -138,6 +150,37 @@ class SourceAlignment:
         return pausing
 
 
+class HeldObservation(NamedTuple):
+    """One observation that reached a bank, decoded, with where it came from: what the worker
+    applies (`held_observation` of a released entry, or handed back at once by `add_records`)."""
+
+    time: float  # ordering key: the event time (fates and folds, applied at once: -inf)
+    order: int  # ... then 0 for an inference (and its LLM call), 1 for a label's outcome or pair
+    partition: int | None  # the input partition that made it (None: a format-1 message)
+    offset: int  # where its source made it (WIRE_OFFSET, WIRE_INDEX): de-duplication, ids
+    index: int
+    seq: int  # arrival order in this buffer
+    src: str  # the source: intake epoch + topic code
+    observation: Observation
+    size: int  # its share of the message's bytes on the wire (for max_held_bytes)
+
+
+_held = tuple.__new__  # a HeldObservation from its fields, without the NamedTuple's Python __new__
+# The heap's own entries are plain tuples with HeldObservation's layout and the wire record's
+# JSON bytes in place of the observation: a plain tuple of atomic values is invisible to the
+# garbage collector (untracked at its first collection), while decoded records (NamedTuples,
+# lists) are walked by every full collection, which walks the whole bank too. Measured
+# (in process, 4,000-8,000 records held): holding decoded records was 18-40% slower than
+# encoding them again, although 27% faster with the collector off. Released entries are
+# decoded one at a time as they are applied, for the same reason.
+_RECORD, _SIZE = HeldObservation._fields.index("observation"), HeldObservation._fields.index("size")
+
+
+def held_observation(entry: tuple) -> HeldObservation:
+    """A released heap entry, decoded."""
+    return _held(HeldObservation, (*entry[:_RECORD], from_wire(orjson.loads(entry[_RECORD])), entry[_SIZE]))
+
+
 @dataclasses.dataclass(slots=True)
 class SourceMark:
     """What a bank knows of one input partition's progress."""
@@ -152,8 +195,9 @@ class WatermarkBuffer:
     """Stage-2 order of one observations partition: hold, then release in ordering-key order.
 
     `sources` is the number of input partitions (every one can feed every bank). Held entries
-    are plain tuples, `(key_time, key_order, partition, offset, index, seq, src, record JSON,
-    size)`, so the buffer snapshots as plain data; `record(entry)` decodes one. Bounds: at most `max_held` entries and `max_bytes` bytes (as
+    are plain tuples with `HeldObservation`'s layout and the record's JSON bytes in place of the
+    observation (see `_held`), so the buffer snapshots as plain data; `held_observation(entry)`
+    decodes a released one. Bounds: at most `max_held` entries and `max_bytes` bytes (as
     measured on the wire); past either the oldest is released early and the watermark moves to
     it (what then arrives behind it is late: applied and counted).
 
@@ -217,21 +261,6 @@ class WatermarkBuffer:
         buf.late, buf.early, buf._seq = state["late"], state["early"], state["seq"]
         return buf
 
-    @staticmethod
-    def record(entry: tuple) -> list:
-        """The wire record `[offset, index, kind, *fields]` of a released entry."""
-        return orjson.loads(entry[7])
-
-    @staticmethod
-    def source(entry: tuple) -> str:
-        """The source (intake epoch + topic code) a released entry came from."""
-        return entry[6]
-
-    @staticmethod
-    def partition(entry: tuple) -> int:
-        """The input partition a released entry came from."""
-        return entry[2]
-
     @property
     def held(self) -> int:
         return len(self.heap)
@@ -267,42 +296,43 @@ class WatermarkBuffer:
         self.held_bytes += size
         return True
 
-    def add_records(self, partition: int, src: str, recs: list, size: int, sent_at: float | None = None,
-                    now: float | None = None) -> list:
+    def add_records(self, partition: int | None, src: str, recs: list, size: int, sent_at: float | None = None,
+                    now: float | None = None) -> list[HeldObservation]:
         """Hold wire records `[offset, index, kind, *fields]` of one source; returns those to apply
-        at once (counters, and late ones), in arrival order. The hot path: one call per message.
-        `sent_at`: the source's clock when it sent them (the message's Kafka timestamp); `now`:
-        the bank's."""
+        at once (counters, late ones, and every record of a format-1 message: `partition` None),
+        decoded, in arrival order. The hot path: one call per message. `sent_at`: the source's
+        clock when it sent them (the message's Kafka timestamp); `now`: the bank's."""
         now_apply = []
         ordered = len(recs)
         heap, floor, push, dumps = self.heap, self.floor, heapq.heappush, orjson.dumps
         seq = self._seq
         held = 0
         at_kind, at_time, at_offset, at_index = WIRE_KIND, WIRE_TIME, WIRE_OFFSET, WIRE_INDEX
+        in_order = partition is not None  # format 1 carries no progress: everything applies now
         for r in recs:
             kind = r[at_kind]  # the same keys as ordering_key(), inlined: one call per record
             if kind == INFERENCE or kind == LLM:
                 order = 0
             elif kind == OUTCOME or kind == PAIR:
                 order = 1
-            else:
-                now_apply.append(r)
+            else:  # a counter
+                now_apply.append(_held(HeldObservation, (-math.inf, 0, partition, r[at_offset], r[at_index], seq, src,
+                                                         from_wire(r), size)))
                 ordered -= 1
                 continue
             ts = r[at_time]
-            if ts < floor:
-                self.late += 1
-                now_apply.append(r)
+            if in_order and ts >= floor:
+                seq += 1
+                push(heap, (ts, order, partition, r[at_offset], r[at_index], seq, src, dumps(r), size))  # see _held
+                held += size
                 continue
-            seq += 1
-            # The record is held as its JSON bytes: a tuple of atomic values is invisible to the
-            # garbage collector, which would otherwise walk every held list and feature dict
-            # on each full collection (measured: a backlog's worker spent most of its time there).
-            push(heap, (ts, order, partition, r[at_offset], r[at_index], seq, src, dumps(r), size))
-            held += size
+            if in_order:
+                self.late += 1
+            now_apply.append(_held(HeldObservation, (ts, order, partition, r[at_offset], r[at_index], seq, src,
+                                                     from_wire(r), size)))
         self._seq = seq
         self.held_bytes += held
-        if ordered:
+        if ordered and in_order:
             mark = self.marks.get(partition)
             if mark is not None and mark.idle:
                 self._woke(mark, sent_at, now)

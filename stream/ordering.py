@@ -32,7 +32,7 @@ import time
 import orjson
 from confluent_kafka import TopicPartition
 
-from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer
+from driftline.stream.eventtime import INFERENCES, LABELS, SourceAlignment, WatermarkBuffer, held_observation
 
 OBS_FORMAT = 3
 FORMAT_HEADER = "driftline-format"
@@ -135,32 +135,33 @@ class EventTimeDriver:
             self.worker.consumer.resume(mine)
 
     # -- stage 2: one observations message -----------------------------------------------------
-    def apply(self, bp, value: bytes, headers: list | None, apply_one, sent_at: float | None = None) -> None:
-        """Decode one observations message for bank partition `bp`; `apply_one(src, rec, p)` applies
-        one wire record (from input partition p) (it de-duplicates nothing: records arrive here
+    def apply(self, bp, value: bytes, headers: list | None, sent_at: float | None = None) -> None:
+        """Decode one observations message for bank partition `bp` and apply, with
+        `Worker.apply_observation`, what it and the watermark let go (records arrive there
         de-duplicated); `sent_at` is the message's Kafka timestamp in seconds (the sender's clock).
         Raises UnknownFormat, before applying anything, for a message of a format it does not read."""
         tagged = message_format(headers)
         msg = orjson.loads(value)
+        apply = self.worker.apply_observation
+        buffer = bp.buffer
         if tagged is None and len(msg) == 2:  # format 1: no progress on the wire, apply in arrival order
             src, recs = msg
-            for rec in self._fresh(bp, src, recs):
-                apply_one(src, rec, None)
+            for held in buffer.add_records(None, src, self._fresh(bp, src, recs), 0):
+                apply(bp, held)
             return
         src, recs, p, progress, idle = msg
         now = self.clock()
-        buffer = bp.buffer
         if recs:
             size = len(value) // len(recs) + 1
             late = buffer.late
             # Counters, and late records (counted by the buffer), apply now; the rest wait.
-            for rec in buffer.add_records(p, src, self._fresh(bp, src, recs), size, sent_at, now):
-                apply_one(src, rec, p)
+            for held in buffer.add_records(p, src, self._fresh(bp, src, recs), size, sent_at, now):
+                apply(bp, held)
             if buffer.late != late:
                 self._warn_late(bp, p, buffer.late - late, now)
         buffer.note(p, progress, idle, now, sent_at)
         for entry in self._released(buffer, now):
-            apply_one(buffer.source(entry), buffer.record(entry), buffer.partition(entry))
+            apply(bp, held_observation(entry))
 
     def _warn_late(self, bp, p: int, n: int, now: float) -> None:
         """Say why the order broke: late observations are the number that differs from replay,
@@ -271,10 +272,10 @@ class EventTimeDriver:
 
     def _release(self, now: float) -> None:
         self._more = False
+        apply = self.worker.apply_observation
         for bp in self.worker.banks.values():
             for entry in self._released(bp.buffer, now):
-                buf = bp.buffer
-                self.worker.apply_record(bp, buf.source(entry), buf.record(entry), buf.partition(entry))
+                apply(bp, held_observation(entry))
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats

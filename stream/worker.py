@@ -45,7 +45,7 @@ from confluent_kafka import (
 )
 
 from driftline.detectors.bank import DetectorBank
-from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, from_wire, to_wire
+from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, to_wire
 from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
@@ -53,7 +53,7 @@ from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointCadence, C
 from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
-from driftline.stream.eventtime import INFERENCES, LABELS
+from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
 from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
 from driftline.stream.pipeline import Intake, observe
 from driftline.stream.transactions import (
@@ -200,6 +200,7 @@ class Worker:
         # States checkpointed at a revoke, kept in case the same partitions come back.
         self._parked: dict[str, Any] = {}
         self.stats = WorkerStats()
+        self._refused: list[Invalid] = []  # apply_observation's scratch list (observe() appends to it)
         for topic in (self.topics.observations, self.topics.dead_letters, self.topics.drift_events):
             self.stats.produce_errors[topic] = 0
         self.assigned_once = False
@@ -534,8 +535,7 @@ class Worker:
         ts_type, ts_ms = msg.timestamp()
         sent_at = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE else None  # the sender's clock
         try:
-            self.event_time.apply(bp, msg.value(), msg.headers(), lambda src, r, p: self.apply_record(bp, src, r, p),
-                                  sent_at)
+            self.event_time.apply(bp, msg.value(), msg.headers(), sent_at)
         except UnknownFormat as exc:
             self._unknown_format(bp, msg, exc)
         bp.positions[topic] = msg.offset() + 1
@@ -554,23 +554,24 @@ class Worker:
                       dead_letter_record(Invalid("observations", "unknown_format", str(exc), msg.value() or b""),
                                          topic=msg.topic(), partition=msg.partition(), offset=msg.offset()))
 
-    def apply_record(self, bp: BankPartition, src: str, r: list, p: int | None = None) -> None:
-        """Apply one wire record to its bank; publish the detections it causes and dead-letter
-        the inference it refuses (max_models; `p`: its input partition)."""
-        refused: list[Invalid] = []
-        o = from_wire(r)
-        hits = observe(bp.bank, o, refused)
-        if refused and not bp.muted:  # muted: rebuilding, dead-lettered before
-            pid = o.prediction_id
-            for inv in refused:
-                self._produce(self.topics.dead_letters, pid.encode() if type(pid) is str else None,
-                              dead_letter_record(inv, topic=self.topics.inferences, partition=p, offset=r[WIRE_OFFSET]))
-        if bp.muted:
-            hits = ()  # rebuilding: these drift events were published before
-        for rec in hits:
-            d = rec.to_dict()
-            d["source"] = f"{src}:{r[WIRE_OFFSET]}:{r[WIRE_INDEX]}"  # the same detection replayed carries the same id
-            self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
+    def apply_observation(self, bp: BankPartition, held: HeldObservation) -> None:
+        """Apply one observation to its bank; publish the detections it causes and dead-letter
+        the inference it refuses (max_models)."""
+        refused = self._refused
+        hits = observe(bp.bank, held.observation, refused)
+        if refused:
+            if not bp.muted:  # muted: rebuilding, dead-lettered before
+                pid = held.observation.prediction_id
+                for inv in refused:
+                    self._produce(self.topics.dead_letters, pid.encode() if type(pid) is str else None,
+                                  dead_letter_record(inv, topic=self.topics.inferences, partition=held.partition,
+                                                     offset=held.offset))
+            refused.clear()
+        if hits and not bp.muted:  # muted: rebuilding, these drift events were published before
+            for rec in hits:
+                d = rec.to_dict()
+                d["source"] = f"{held.src}:{held.offset}:{held.index}"  # the same detection replayed carries the same id
+                self._produce(self.topics.drift_events, f"{rec.model}\x1f{rec.segment}".encode(), orjson.dumps(d))
         bp.dirty = True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
-from driftline.detectors.observations import FateObservation, OutcomeObservation
+from driftline.detectors.observations import FateObservation, InferenceObservation, OutcomeObservation
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Label
@@ -17,6 +17,7 @@ from driftline.stream.eventtime import (
     SILENT_AFTER,
     SourceAlignment,
     WatermarkBuffer,
+    held_observation,
     ordering_key,
 )
 from driftline.stream.pipeline import FATE, INFERENCE, OUTCOME, Intake
@@ -233,7 +234,7 @@ def test_inference_before_label_at_the_same_instant():
     put(buf, 0, 5.0, 0, kind=OUTCOME)
     put(buf, 0, 5.0, 1, kind=INFERENCE)
     buf.note(0, 6.0, False, 0.0)
-    assert [buf.record(e)[2] for e in buf.release(0.0)] == [INFERENCE, OUTCOME]
+    assert [type(held_observation(e).observation) for e in buf.release(0.0)] == [InferenceObservation, OutcomeObservation]
 
 
 def test_unheard_and_silent_sources():
@@ -298,13 +299,15 @@ def test_every_ordered_kind_is_held_and_counters_are_not():
     from driftline.stream.pipeline import FOLD, LLM, PAIR
 
     buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
-    recs = [[0, 0, INFERENCE, "m", "s", "id", 5.0], [0, 1, LLM, "m", "s", "id", 5.0], [1, 0, OUTCOME, "m", "s", "id", 4.0],
-            [1, 1, PAIR, "c", "s", "m", 4.0], [1, 2, FATE, "m", "__all__", "label", "duplicate"], [1, 3, FOLD, "m", "__all__", "a"]]
+    recs = [[0, 0, INFERENCE, "m", "s", "id", 5.0, 1, None, {}], [0, 1, LLM, "m", "s", "id", 5.0, [1, 1, 0.5] + [None] * 5],
+            [1, 0, OUTCOME, "m", "s", "id", 4.0, 1, 1, 0.5], [1, 1, PAIR, "c", "s", "m", 4.0, True, False],
+            [1, 2, FATE, "m", "__all__", "label", "duplicate"], [1, 3, FOLD, "m", "__all__", "a"]]
     now = buf.add_records(0, "src", recs, 10)
-    assert [r[2] for r in now] == [FATE, FOLD] and buf.held == 4
+    assert [e.observation.KIND for e in now] == [FATE, FOLD] and buf.held == 4
+    assert [(e.offset, e.index, e.src, e.partition) for e in now] == [(1, 2, "src", 0), (1, 3, "src", 0)]
     assert all(ordering_key(r) is not None for r in recs[:4]) and ordering_key(recs[4]) is None
     buf.note(0, 6.0, False, 0.0)
-    assert [buf.record(e)[2] for e in buf.release(0.0)] == [OUTCOME, PAIR, INFERENCE, LLM]
+    assert [held_observation(e).observation.KIND for e in buf.release(0.0)] == [OUTCOME, PAIR, INFERENCE, LLM]
 
 
 def test_a_refused_llm_call_does_not_move_the_event_clock():
@@ -429,8 +432,7 @@ def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
     for snap in (state, old):
         back = WatermarkBuffer.from_state(restore_state(snapshot_state(snap)), 1, 1000, 1 << 20, now=1.0)
         back.note(0, 10.0, False, 1.0)
-        assert [(e[0], back.record(e)) for e in back.release(1.0)] == \
-               [(e[0], buf.record(e)) for e in sorted(buf.heap)]
+        assert [held_observation(e) for e in back.release(1.0)] == [held_observation(e) for e in sorted(buf.heap)]
     empty = WatermarkBuffer(sources=1, max_held=10, max_bytes=1 << 20, now=0.0)
     assert WatermarkBuffer.from_state(restore_state(snapshot_state(empty.to_state())), 1, 10, 1 << 20, 0.0).held == 0
 

@@ -24,7 +24,7 @@ from driftline.detectors.observations import (
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Label
-from driftline.stream.eventtime import WatermarkBuffer, ordering_key
+from driftline.stream.eventtime import WatermarkBuffer, held_observation, ordering_key
 from driftline.stream.ordering import FORMAT_HEADER, FORMAT_HEADERS, OBS_FORMAT, UnknownFormat, message_format
 from driftline.stream.pipeline import Intake, feed
 from driftline.stream.settings import parse_settings
@@ -112,9 +112,9 @@ def test_held_records_of_an_old_checkpoint_are_released_and_decode():
     for st in (state, old):
         again = WatermarkBuffer.from_state(st, 1, 100, 1 << 20, 0.0)
         again.note(0, 100.0, False, 0.0)
-        (entry,) = again.release(0.0)
-        assert again.source(entry) == "e1i"
-        assert from_wire(again.record(entry)) == from_wire(over_the_wire(rec))
+        (entry,) = map(held_observation, again.release(0.0))
+        assert entry.src == "e1i" and (entry.offset, entry.index, entry.partition) == (5, 0, 0)
+        assert entry.observation == from_wire(over_the_wire(rec))
 
 
 def test_an_intake_emits_typed_records_that_the_wire_carries_unchanged():
