@@ -1,7 +1,7 @@
 """CPU per event of the worker's hot path up to the bank, in process: the worker's own code, no broker.
 
     .venv/bin/python bench/profile_hot_path.py [--rows 20000] [--repeats 3] [--profile] [--out DIR]
-    PYTHONPATH=<another tree> .venv/bin/python bench/profile_hot_path.py ...   # the same on that tree
+    .venv/bin/python bench/profile_hot_path.py --against main   # A/B: this tree and main's, in one process
 
 One `Worker` (demo config, 1 input partition, 6 observations partitions) runs its real stage 1
 (`Worker._process` on inference and label messages: decode, intake, join, routing, wire records,
@@ -24,7 +24,10 @@ Figures (CPU seconds of this thread, best of `--repeats`, per event read = infer
 
 `--profile` adds one cProfile pass, grouped like bench/profile_worker.py (cProfile inflates
 Python-heavy parts: read the shares). Writes OUT/hot-path.json (default bench/results).
-A/B: run it once per tree, alternating, and compare ratios (the machine is shared and noisy).
+A/B (`--against REV`): the git revision's stream/ and detectors/ are copied to a temporary
+package (`driftline_base`, imports renamed) and both trees run in this one process, their passes
+alternating, so both meet the same load (the machine is shared and noisy); the results carry
+each tree's figures and the ratios this tree / REV.
 """
 from __future__ import annotations
 
@@ -32,8 +35,12 @@ import argparse
 import cProfile
 import datetime as _dt
 import gc
+import importlib
+import io
 import json
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +53,6 @@ import yaml  # noqa: E402
 import perf  # noqa: E402  (the demo stream)
 import profile_worker  # noqa: E402  (the grouping of profile entries by part)
 from driftline.stream.demo import DEMO_CONFIG  # noqa: E402
-from driftline.stream.settings import parse_settings  # noqa: E402
-from driftline.stream.worker import Worker  # noqa: E402
 
 OBS_PARTITIONS = 6
 BANK_CALLS = ("observe_", "admit", "apply")  # what counts as the bank's own work
@@ -63,13 +68,47 @@ class NoClient:
         pass
 
 
-def without_kafka() -> None:
-    """No broker here: the worker's constructor makes no clients (their threads would retry a
-    connection and spend CPU this script counts)."""
-    import driftline.stream.checkpoint as checkpoint
-    import driftline.stream.worker as worker
+class Tree:
+    """One tree's worker: its modules, and settings parsed by its own settings module."""
 
-    worker.Consumer = worker.Producer = checkpoint.Producer = NoClient
+    def __init__(self, package: str = "driftline"):
+        self.package = package
+        self.worker = importlib.import_module(f"{package}.stream.worker")
+        checkpoint = importlib.import_module(f"{package}.stream.checkpoint")
+        self.format_headers = importlib.import_module(f"{package}.stream.ordering").FORMAT_HEADERS
+        # No broker here: the worker's constructor makes no clients (their threads would retry
+        # a connection and spend CPU this script counts).
+        self.worker.Consumer = self.worker.Producer = checkpoint.Producer = NoClient
+        parse_settings = importlib.import_module(f"{package}.stream.settings").parse_settings
+        data = yaml.safe_load(DEMO_CONFIG)
+        # Nothing listens there: the clients are made, never used (produce is captured).
+        data["kafka"] = {"bootstrap": f"127.0.0.1:{perf.free_port()}", "partitions": 1, "group_id": "hot-path"}
+        data["worker"] = {"exactly_once": False}
+        self.settings = parse_settings(data, env={})
+        self.path = str(Path(self.worker.__file__).resolve().parents[1])
+
+
+def tree_at(rev: str) -> Tree:
+    """The worker of git revision `rev`, importable next to this tree's (package driftline_base)."""
+    base = Path(tempfile.mkdtemp(prefix="hot-path-"))
+    blob = subprocess.run(["git", "archive", rev, "src/driftline", "stream", "detectors"], cwd=REPO, check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(base / "tree")
+    pkg = base / "driftline_base"
+    for src, dest in ((base / "tree/src/driftline", pkg), (base / "tree/stream", pkg / "stream"),
+                      (base / "tree/detectors", pkg / "detectors")):
+        for f in src.rglob("*.py"):
+            out = dest / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            text = f.read_text()
+            for sub in ("stream", "detectors"):
+                text = text.replace(f"driftline.{sub}", f"driftline_base.{sub}")
+            out.write_text(text)
+    sys.path.insert(0, str(base))
+    tree = Tree("driftline_base")
+    tree.path = f"{rev} ({subprocess.run(['git', 'rev-parse', '--short', rev], cwd=REPO, capture_output=True, text=True).stdout.strip()})"
+    return tree
 
 
 class Message:
@@ -106,14 +145,6 @@ class Message:
         return self._headers
 
 
-def settings_for(port: int):
-    data = yaml.safe_load(DEMO_CONFIG)
-    # Nothing listens there: the clients are made, never used (produce is captured).
-    data["kafka"] = {"bootstrap": f"127.0.0.1:{port}", "partitions": 1, "group_id": "hot-path"}
-    data["worker"] = {"exactly_once": False}
-    return parse_settings(data, env={})
-
-
 def record_bank_calls(bank, calls: list) -> None:
     """Wrap the bank's entry points on this instance: each call is appended as (name, args, kwargs)."""
     for name in dir(type(bank)):
@@ -139,9 +170,10 @@ def stub_bank_calls(bank) -> None:
 class Run:
     """One worker fed the demo backlog in process."""
 
-    def __init__(self, settings, inf: list[bytes], lab: list[bytes], record: list | None = None,
+    def __init__(self, tree: Tree, inf: list[bytes], lab: list[bytes], record: list | None = None,
                  stub: bool = False):
-        self.worker = w = Worker(settings, OBS_PARTITIONS, source_partitions=1)
+        self.tree = tree
+        self.worker = w = tree.worker.Worker(tree.settings, OBS_PARTITIONS, source_partitions=1)
         self.out: list = []
         w._produce = lambda topic, key, value, partition=-1, headers=None: self.out.append(
             (topic, key, value, partition, headers))
@@ -186,16 +218,11 @@ class Run:
             self._feed_back()
         # The end: the source says it is idle, the banks release everything they hold.
         self.out.extend((w.topics.observations, None, perf.orjson.dumps(["", [], 0, None, True]), q,
-                         _headers()) for q in range(OBS_PARTITIONS))
+                         self.tree.format_headers) for q in range(OBS_PARTITIONS))
         self._feed_back()
         held = sum(bp.buffer.held for bp in w.banks.values())
         if held:
             raise RuntimeError(f"{held} observations still held at the end")
-
-
-def _headers():
-    from driftline.stream.ordering import FORMAT_HEADERS
-    return FORMAT_HEADERS
 
 
 def replay_bank(worker, calls: list) -> float:
@@ -217,73 +244,93 @@ def totals(w) -> dict:
     return dict(sorted(tally.items()))
 
 
+def measure(tree: Tree, inf: list[bytes], lab: list[bytes], best: dict) -> None:
+    """One round of the three passes on `tree`, keeping the best (least) CPU time of each."""
+    # The timed pass; then the same pass again recording the bank's calls, and their replay on a
+    # fresh bank, timed; then the pass with the bank stubbed. The data of the run (its messages)
+    # is frozen out of the garbage collector's walks: a worker holds one batch, not the backlog.
+    run = Run(tree, inf, lab)
+    gc.collect()
+    gc.freeze()
+    t0 = time.thread_time()
+    run.go()
+    total = time.thread_time() - t0
+    best["counted"] = totals(run.worker)
+    del run
+    gc.unfreeze()
+    calls: list = []
+    Run(tree, inf, lab, record=calls).go()
+    gc.collect()
+    bank_s = replay_bank(Run(tree, [], []).worker, calls)
+    best["bank_calls"] = len(calls)
+    del calls
+    best["total"] = min(best.get("total", float("inf")), total)
+    best["bank"] = min(best.get("bank", float("inf")), bank_s)
+    run = Run(tree, inf, lab, stub=True)
+    gc.collect()
+    gc.freeze()
+    t0 = time.thread_time()
+    run.go()
+    best["stubbed"] = min(best.get("stubbed", float("inf")), time.thread_time() - t0)
+    del run
+    gc.unfreeze()
+
+
+def figures(tree: Tree, best: dict, events: int) -> dict:
+    us = 1e6 / events
+    return {"tree": tree.path, "total_us_per_event": best["total"] * us, "bank_us_per_event": best["bank"] * us,
+            "path_us_per_event": (best["total"] - best["bank"]) * us, "stubbed_us_per_event": best["stubbed"] * us,
+            "bank_calls_per_event": best["bank_calls"] / events, "counted": best["counted"]}
+
+
+def line(r: dict) -> str:
+    return (f"{r['tree']}: total {r['total_us_per_event']:.2f} us/event, bank {r['bank_us_per_event']:.2f}, "
+            f"path (total - bank) {r['path_us_per_event']:.2f}, path with the bank stubbed "
+            f"{r['stubbed_us_per_event']:.2f}; {r['bank_calls_per_event']:.2f} bank calls/event")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--against", metavar="REV", help="also run git revision REV's worker, alternating (A/B)")
     ap.add_argument("--profile", action="store_true", help="add one cProfile pass, grouped by part")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     args = ap.parse_args()
-    without_kafka()
-    settings = settings_for(perf.free_port())
+    trees = [Tree()]
+    if args.against:
+        trees.append(tree_at(args.against))
     inf, lab = perf.demo_raw(args.rows)
     events = 2 * args.rows
-    best = {"total": float("inf"), "bank": float("inf"), "stubbed": float("inf")}
-    counted = None
-    for _ in range(args.repeats):
-        # The timed pass; then the same pass again recording the bank's calls, and their replay
-        # on a fresh bank, timed. The data of the run (its messages) is frozen out of the
-        # garbage collector's walks: a worker holds one batch of them, not the whole backlog.
-        run = Run(settings, inf, lab)
-        gc.collect()
-        gc.freeze()
-        t0 = time.thread_time()
-        run.go()
-        total = time.thread_time() - t0
-        counted = totals(run.worker)
-        del run
-        gc.unfreeze()
-        calls: list = []
-        Run(settings, inf, lab, record=calls).go()
-        gc.collect()
-        bank_s = replay_bank(Run(settings, [], []).worker, calls)
-        if total < best["total"]:
-            best.update(total=total, bank_calls=len(calls))
-        best["bank"] = min(best["bank"], bank_s)
-        del calls
-        run = Run(settings, inf, lab, stub=True)
-        gc.collect()
-        gc.freeze()
-        t0 = time.thread_time()
-        run.go()
-        best["stubbed"] = min(best["stubbed"], time.thread_time() - t0)
-        del run
-        gc.unfreeze()
-    us = 1e6 / events
-    result = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "tree": str(Path(sys.modules["driftline.stream.worker"].__file__).resolve().parents[1]),
-        "rows": args.rows, "events": events, "repeats": args.repeats,
-        "total_us_per_event": best["total"] * us, "bank_us_per_event": best["bank"] * us,
-        "path_us_per_event": (best["total"] - best["bank"]) * us, "stubbed_us_per_event": best["stubbed"] * us,
-        "bank_calls_per_event": best["bank_calls"] / events, "counted": counted,
-    }
+    bests = [{} for _ in trees]
+    for k in range(args.repeats):
+        order = list(zip(trees, bests))
+        for tree, best in (order if k % 2 == 0 else order[::-1]):  # neither tree always goes first
+            measure(tree, inf, lab, best)
+    result = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "rows": args.rows, "events": events, "repeats": args.repeats,
+              **figures(trees[0], bests[0], events)}
+    print(line(result))
+    if args.against:
+        base = result["against"] = figures(trees[1], bests[1], events)
+        print(line(base))
+        if base["counted"] != result["counted"]:
+            raise RuntimeError(f"the trees counted different events: {result['counted']} vs {base['counted']}")
+        result["ratios"] = {k: result[k] / base[k] for k in ("total_us_per_event", "path_us_per_event",
+                                                             "stubbed_us_per_event")}
+        print("this tree / " + args.against + ": " + ", ".join(f"{k.split('_us')[0]} {v:.2f}x"
+                                                                  for k, v in result["ratios"].items()))
     if args.profile:
-        run = Run(settings, inf, lab)
+        run = Run(trees[0], inf, lab)
         prof = cProfile.Profile()
         gc.collect()
         gc.freeze()
         prof.enable()
         run.go()
         prof.disable()
-        run.worker.consumer.close()
         with tempfile.NamedTemporaryFile(suffix=".prof") as f:
             prof.dump_stats(f.name)
             result["profile"] = profile_worker.grouped(Path(f.name), events)
-    print(f"{result['tree']}: total {result['total_us_per_event']:.2f} us/event, bank {result['bank_us_per_event']:.2f}, "
-          f"path (total - bank) {result['path_us_per_event']:.2f}, "
-          f"path with the bank stubbed {result['stubbed_us_per_event']:.2f}; {result['bank_calls_per_event']:.2f} bank calls/event")
-    if args.profile:
         for p in result["profile"]["parts"][:12]:
             print(f"  {p['us_per_event']:7.2f} us  {p['share']:6.1%}  {p['part']}")
         for f in result["profile"]["top_functions"][:25]:

@@ -70,9 +70,9 @@ class PendingPrediction:
     values: tuple | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Joined:
-    """A prediction with its ground truth: the input of accuracy and error-drift detection."""
+class Joined(NamedTuple):
+    """A prediction with its ground truth: the input of accuracy and error-drift detection.
+    (A NamedTuple, not a frozen dataclass: one is made per joined label, built with one C call.)"""
 
     prediction: PendingPrediction
     label: object
@@ -100,7 +100,7 @@ class JoinResult(NamedTuple):
 WAITING = JoinResult()
 MODEL_MISMATCH = JoinResult(refused="model_mismatch")
 REQUEST_MISMATCH = JoinResult(refused="request_mismatch")
-_new_result = tuple.__new__  # a JoinResult from its three fields, without NamedTuple's Python __new__
+_new_result = tuple.__new__  # a JoinResult or Joined from all its fields, without NamedTuple's Python __new__
 
 
 def _result(joined: tuple, fates: list | tuple) -> JoinResult:
@@ -223,13 +223,13 @@ class LabelJoin:
                 held = None
         if held is not None:
             self._remember_joined(pid, pred.model, held.timestamp, fates)
-            return _result((Joined(pred, held.label, held.timestamp, request_id),), fates)
+            return _result((_new_result(Joined, (pred, held.label, held.timestamp, request_id)),), fates)
         if request_id is not None:
             rl = self._request_labels.get(request_id)
             if rl is not None and (rl.model is None or rl.model == pred.model):
                 rl.graded += 1
                 self._remember_joined(pid, pred.model, rl.timestamp, fates)
-                return _result((Joined(pred, rl.label, rl.timestamp, request_id),), fates)
+                return _result((_new_result(Joined, (pred, rl.label, rl.timestamp, request_id)),), fates)
         self._pending[pid] = pred
         if request_id is not None:
             self._request_of[pid] = request_id
@@ -261,7 +261,7 @@ class LabelJoin:
             self._unlink_request(prediction_id)
             fates: list[Fate] = []
             self._remember_joined(prediction_id, pred.model, timestamp, fates)
-            return _result((Joined(pred, label, timestamp, rid),), fates)
+            return _result((_new_result(Joined, (pred, label, timestamp, rid)),), fates)
         if prediction_id in self._joined or prediction_id in self._held:
             return _result((), (Fate(model, "label", "duplicate"),))
         self._held[prediction_id] = _HeldLabel(label, timestamp, model)
@@ -291,7 +291,7 @@ class LabelJoin:
             del self._pending[pid]
             del self._request_of[pid]
             self._remember_joined(pid, pred.model, timestamp, fates)
-            joined.append(Joined(pred, label, timestamp, request_id))
+            joined.append(_new_result(Joined, (pred, label, timestamp, request_id)))
         if waiting:
             self._requests[request_id] = waiting
         rl.graded = len(joined)
@@ -321,9 +321,15 @@ class LabelJoin:
         predictions: they expire on `inferences`. A joined id guards against duplicates on both
         topics: it is forgotten when both have passed its deadline.
         """
-        fates: list[Fate] = []
         deadlines = self._deadlines
-        for which, now in (("p", labels), ("h", inferences), ("r", inferences), ("j", min(inferences, labels))):
+        p, h, r, j = deadlines["p"], deadlines["h"], deadlines["r"], deadlines["j"]
+        both = inferences if inferences < labels else labels
+        # Called as each event moves a clock: mostly nothing is due, seen at the heaps' tops.
+        if ((not p or p[0][0] > labels) and (not h or h[0][0] > inferences) and (not r or r[0][0] > inferences)
+                and (not j or j[0][0] > both)):
+            return NO_FATES
+        fates: list[Fate] = []
+        for which, now in (("p", labels), ("h", inferences), ("r", inferences), ("j", both)):
             heap = deadlines[which]
             while heap and heap[0][0] <= now:
                 _, _, pid = heapq.heappop(heap)

@@ -52,6 +52,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_ID_CHARS = 256
 # Unix seconds up to year 5138; a larger number is almost surely milliseconds.
 MAX_TIMESTAMP = 1e11
+# Events are built with one C call, all fields in declaration order (see stream/events.py).
+_new = tuple.__new__
 # A dead letter keeps at most this much of the original bytes (base64 adds a third): keeps the
 # record under Kafka's default 1 MB message size whatever limits.max_event_bytes is.
 DEAD_LETTER_RAW_BYTES = 512 * 1024
@@ -260,7 +262,7 @@ def decode_inference(raw: bytes | None, default_timestamp: float, limits: Decode
     rid = _request_id(obj, "inference", raw, model) if "request_id" in obj else None
     if type(rid) is Invalid:
         return rid
-    return Inference(pid, model, version, ts, features, prediction, score, segment, rid, llm)
+    return _new(Inference, (pid, model, version, ts, features, prediction, score, segment, rid, llm))
 
 
 def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimits = DEFAULT_LIMITS) -> Label | Invalid:
@@ -287,7 +289,7 @@ def decode_label(raw: bytes | None, default_timestamp: float, limits: DecodeLimi
     ts = _timestamp(obj, default_timestamp, "label", raw, model, limits)
     if type(ts) is Invalid:
         return ts
-    return Label(pid, label, ts, model, rid)
+    return _new(Label, (pid, label, ts, model, rid))
 
 
 def dead_letter_record(invalid: Invalid, **source: Any) -> bytes:

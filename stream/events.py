@@ -1,8 +1,13 @@
-"""Decoded events: what `stream.codec` returns. Plain values, one class per outcome."""
+"""Decoded events: what `stream.codec` returns. Plain values, one class per outcome.
+
+`Inference` and `Label` are NamedTuples (immutable, fields by name): one is made per event read,
+and a frozen dataclass's `__init__` (a Python `object.__setattr__` per field) cost several times
+a tuple's construction, which the codec makes with one C call (`tuple.__new__`).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, NamedTuple, Union
 
 from driftline.detectors.llm import LLMCall
 
@@ -10,8 +15,7 @@ Scalar = Union[float, int, str, bool]
 Kind = Literal["inference", "label"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Inference:
+class Inference(NamedTuple):
     prediction_id: str
     model: str
     model_version: str  # "unknown" when absent
@@ -24,8 +28,7 @@ class Inference:
     llm: LLMCall | None = None  # an LLM call (models with `task: llm`)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Label:
+class Label(NamedTuple):
     prediction_id: str | None  # None: the label names a request_id and grades that request's predictions
     label: Scalar
     timestamp: float

@@ -69,6 +69,7 @@ class Intake:
 
     def __init__(self, settings):
         self.settings = settings
+        self._ttls: dict[str | None, float] = {}  # model -> label_ttl (see _ttl_for)
         self.router = SegmentRouter()
         self.join = LabelJoin(self._ttl_for, max_pending=settings.limits.max_pending)
         self.shadow = self._new_shadow()
@@ -132,7 +133,15 @@ class Intake:
         return self.settings.spec_for(model)
 
     def _ttl_for(self, model: str | None) -> float:
-        return self.settings.spec_for(model).label_ttl if model else self.settings.defaults.label_ttl
+        # The join asks once or twice per event: cached (settings are frozen), bounded like the
+        # settings' own cache of unconfigured models' specs.
+        ttl = self._ttls.get(model)
+        if ttl is None:
+            if len(self._ttls) >= 4 * self.settings.limits.max_models:
+                self._ttls.clear()
+            ttl = self._ttls[model] = (self.settings.spec_for(model).label_ttl if model
+                                       else self.settings.defaults.label_ttl)
+        return ttl
 
     # -- events ---------------------------------------------------------------------------------
     def take_invalid(self, invalid: Invalid) -> list[Observation]:
@@ -144,7 +153,7 @@ class Intake:
         model = ev.model
         out: list[Observation] = []
         ts = ev.timestamp
-        spec = self.spec_for(model)
+        spec = self.settings.spec_for(model)
         call = None
         if ev.llm is not None and spec.llm is not None:
             emb = ev.llm.embedding
@@ -255,11 +264,12 @@ class Intake:
                 self.label_time = self.inference_time
             if "inference" in self.idle and self.label_time > self.inference_time:
                 self.inference_time = self.label_time
-        self.watermark = max(self.inference_time, self.label_time)
-        fates = self.join.expire_streams(self.inference_time, self.label_time)
+        inferences, labels = self.inference_time, self.label_time
+        self.watermark = inferences if inferences > labels else labels
+        fates = self.join.expire_streams(inferences, labels)
         if fates:
             self._fates(fates, out)
-        self.shadow.expire(min(self.inference_time, self.label_time))
+        self.shadow.expire(inferences if inferences < labels else labels)
 
     @staticmethod
     def _fates(fates: Iterable[Fate], out: list[Observation]) -> None:

@@ -376,7 +376,10 @@ class Worker:
         t = self.topics
         obs_topic, inf_topic = t.observations, t.inferences
         batches: dict[tuple, list] = {}
-        route = self._routes
+        # (source, model, segment) -> its batch: routes each observation with one lookup (a
+        # batch's own cache, so it is bounded by the batch whatever segment values events carry).
+        bucket_of: dict[tuple, list] = {}
+        intakes, limits = self.intakes, self.limits
         wall = None
         n_source = n_other = 0
         for msg in msgs:
@@ -395,7 +398,7 @@ class Worker:
                 self._apply(msg)
                 continue
             p = msg.partition()
-            ip = self.intakes.get(p)
+            ip = intakes.get(p)
             if ip is None:  # not ours (any more): the assignment and state disagree only mid-rebalance
                 continue
             ts_type, ts_ms = msg.timestamp()
@@ -409,7 +412,7 @@ class Worker:
                 code, decode, take = "i", decode_inference, intake.take_inference
             else:
                 code, decode, take = "l", decode_label, intake.take_label
-            ev = decode(raw, default_ts, self.limits)
+            ev = decode(raw, default_ts, limits)
             offset = msg.offset()
             if type(ev) is not Invalid:
                 key = msg.key()
@@ -432,7 +435,6 @@ class Worker:
                     ip.read_time[kind] = ev.timestamp
             else:
                 obs, refused = intake.take_invalid(ev), ev
-            offset = msg.offset()
             if ip.quiet and self._quiet(ip, topic, offset):
                 obs, refused = (), None  # rebuilding: this record's outputs exist already
             if refused is not None:
@@ -440,16 +442,16 @@ class Worker:
                               dead_letter_record(refused, topic=topic, partition=p, offset=offset))
             src = ip.epoch + code
             for k, o in enumerate(obs):
-                dest = route.get((o.model, o.segment))
-                if dest is None:
-                    dest = self._route(o.model, o.segment)
-                # to_wire(offset, k, o), inlined for outcomes (an inference may drop its raw field)
-                rec = [offset, k, OUTCOME, *o] if o.KIND == OUTCOME else to_wire(offset, k, o)
-                bucket = batches.get((src, dest))
+                model, segment = o.model, o.segment
+                bucket = bucket_of.get((src, model, segment))
                 if bucket is None:
-                    batches[(src, dest)] = [rec]
-                else:
-                    bucket.append(rec)
+                    dest = self._route(model, segment)
+                    bucket = batches.get((src, dest))
+                    if bucket is None:
+                        bucket = batches[(src, dest)] = []
+                    bucket_of[(src, model, segment)] = bucket
+                # to_wire(offset, k, o), inlined for outcomes (an inference may drop its raw field)
+                bucket.append([offset, k, OUTCOME, *o] if o.KIND == OUTCOME else to_wire(offset, k, o))
             ip.positions[topic] = offset + 1
             ip.last_ts[topic] = ts_ms
             ip.dirty = True
