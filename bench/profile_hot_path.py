@@ -75,7 +75,9 @@ class Tree:
         self.package = package
         self.worker = importlib.import_module(f"{package}.stream.worker")
         checkpoint = importlib.import_module(f"{package}.stream.checkpoint")
-        self.format_headers = importlib.import_module(f"{package}.stream.ordering").FORMAT_HEADERS
+        ordering = importlib.import_module(f"{package}.stream.ordering")
+        self.format_headers = ordering.FORMAT_HEADERS
+        self.release_per_step = getattr(ordering, "RELEASE_PER_STEP", None)
         # No broker here: the worker's constructor makes no clients (their threads would retry
         # a connection and spend CPU this script counts).
         self.worker.Consumer = self.worker.Producer = checkpoint.Producer = NoClient
@@ -207,20 +209,34 @@ class Run:
         if msgs:
             w._process(msgs)
 
+    def _step(self) -> None:
+        """What the loop's tick renews between batches: the release allowance (trees with one)."""
+        et = self.worker.event_time
+        if hasattr(et, "_allowance"):
+            et._allowance = self.tree.release_per_step
+
     def go(self) -> None:
         w = self.worker
+        et = w.event_time
         batch = w.settings.worker.batch
         for i in range(0, len(self.inf), batch):
             for msgs in (self.inf[i:i + batch], self.lab[i:i + batch]):
                 w._process(msgs)
                 self._feed_back()
-            w.event_time._heartbeat(w.event_time.clock())  # as the loop's tick, between batches
+            self._step()
+            et._heartbeat(et.clock())  # as the loop's tick, between batches
             self._feed_back()
         # The end: the source says it is idle, the banks release everything they hold.
         self.out.extend((w.topics.observations, None, perf.orjson.dumps(["", [], 0, None, True]), q,
                          self.tree.format_headers) for q in range(OBS_PARTITIONS))
         self._feed_back()
         held = sum(bp.buffer.held for bp in w.banks.values())
+        while held and hasattr(et, "_allowance"):  # released over further loop steps
+            self._step()
+            et._release(et.clock())
+            left, held = held, sum(bp.buffer.held for bp in w.banks.values())
+            if held == left:
+                break
         if held:
             raise RuntimeError(f"{held} observations still held at the end")
 
