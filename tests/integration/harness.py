@@ -10,7 +10,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import orjson
 from confluent_kafka import Consumer, Producer
@@ -132,11 +132,43 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, workers: It
 
 
 def fleet_metrics(workers: Iterable[WorkerProcess]) -> list[dict]:
+    """Each live worker's samples (for what is checked per worker: partitions, owners, rebalances)."""
     return [w.metrics() for w in workers if w.alive]
 
 
+def summed(per_worker: Iterable[dict]) -> dict[tuple[str, tuple], float]:
+    """Several workers' samples as one fleet's: each series' values added up. A counter is state
+    that moves with its partition (one owner at a time), so the fleet's count is the sum."""
+    out: dict[tuple[str, tuple], float] = {}
+    for samples in per_worker:
+        for key, value in samples.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def fleet_counts(workers: Iterable[WorkerProcess]) -> dict[tuple[str, tuple], float]:
+    """The live workers' /metrics as one fleet's (read with total() and series())."""
+    return summed(fleet_metrics(workers))
+
+
 def fleet_total(workers: Iterable[WorkerProcess], name: str, **labels) -> float:
-    return sum(total(m, name, **labels) for m in fleet_metrics(workers))
+    return total(fleet_counts(workers), name, **labels)
+
+
+class StreamCounts(NamedTuple):
+    """What a test that published a known stream checks first: events accepted, labels joined."""
+
+    inferences: float  # accepted
+    labels: float  # accepted
+    labeled: float  # joined to their prediction (segment __all__)
+    correct: float  # of those, label == prediction
+
+    @classmethod
+    def of(cls, samples: dict) -> "StreamCounts":
+        return cls(total(samples, "driftline_events_total", kind="inference", outcome="accepted"),
+                   total(samples, "driftline_events_total", kind="label", outcome="accepted"),
+                   total(samples, "driftline_labeled_total", segment="__all__"),
+                   total(samples, "driftline_correct_total", segment="__all__"))
 
 
 def producer(bootstrap: str, **extra) -> Producer:

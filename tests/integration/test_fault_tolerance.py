@@ -22,14 +22,17 @@ import pytest
 from driftline.stream.checkpoint import ENV_FAULT_PAUSE
 from driftline.stream.demo import demo_events
 from tests.integration.harness import (
+    StreamCounts,
     WorkerProcess,
     consume_all,
+    fleet_counts,
     fleet_metrics,
     fleet_total,
     free_port,
     producer,
     publish,
     series,
+    summed,
     total,
     event_time_report,
     unique_prefix,
@@ -71,9 +74,9 @@ def synth_events(n: int, start: int = 0, seed: int = 0):
 
 
 def fleet_ready(workers, partitions: int):
-    ms = fleet_metrics(workers)
-    owned = sum(total(m, "driftline_worker_partitions", stage="intake") for m in ms)
-    banks = sum(total(m, "driftline_worker_partitions", stage="bank") for m in ms)
+    fleet = fleet_counts(workers)
+    owned = total(fleet, "driftline_worker_partitions", stage="intake")
+    banks = total(fleet, "driftline_worker_partitions", stage="bank")
     return owned == partitions and banks == partitions and all(w.ready() for w in workers if w.alive)
 
 
@@ -107,11 +110,10 @@ def test_three_workers_share_six_partitions_and_counts_survive_a_graceful_leave(
         assert all(total(m, "driftline_worker_partitions") > 0 for m in ms)
         owners = Counter(lv for m in ms for lv in series(m, "driftline_labeled_total"))
         assert len(owners) == 3 * 7 and set(owners.values()) == {1}, owners
-        assert sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms) == 15_000
-        assert sum(total(m, "driftline_events_total", kind="label", outcome="accepted") for m in ms) == 15_000
-        assert sum(total(m, "driftline_events_total", outcome="invalid") for m in ms) == 30
-        labeled_before = sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms)
-        assert labeled_before == 15_000
+        fleet = summed(ms)
+        counts = StreamCounts.of(fleet)
+        assert (counts.inferences, counts.labels, counts.labeled) == (15_000, 15_000, 15_000)
+        assert total(fleet, "driftline_events_total", outcome="invalid") == 30
 
         # One worker leaves (SIGTERM): it checkpoints, the others take its partitions and its counts.
         assert workers[0].terminate() == 0
@@ -123,9 +125,9 @@ def test_three_workers_share_six_partitions_and_counts_survive_a_graceful_leave(
         p.flush(30)
         wait_for("the second batch accounted",
                  lambda: fleet_total(workers[1:], "driftline_events_total") == 30_030 + 12_000, 120, workers[1:])
-        ms = fleet_metrics(workers[1:])
-        assert sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms) == 21_000
-        assert sum(total(m, "driftline_events_replayed_total") for m in ms) == 0  # a graceful handover replays nothing
+        fleet = fleet_counts(workers[1:])
+        assert total(fleet, "driftline_labeled_total", segment="__all__") == 21_000
+        assert total(fleet, "driftline_events_replayed_total") == 0  # a graceful handover replays nothing
     finally:
         stop_all(workers)
 
@@ -236,27 +238,20 @@ def test_kill_9_twice_once_mid_checkpoint_counts_stay_exact(kafka_bootstrap, tmp
                  lambda: fleet_total(survivors, "driftline_labeled_total", segment="__all__") >= rows, 180, survivors)
         time.sleep(3)  # anything counted twice would arrive by now
         ms = fleet_metrics(survivors)
-        accepted_inf = sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms)
-        accepted_lab = sum(total(m, "driftline_events_total", kind="label", outcome="accepted") for m in ms)
-        labeled = sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms)
-        correct = sum(total(m, "driftline_correct_total", segment="__all__") for m in ms)
-        events = sum(total(m, "driftline_events_total") for m in ms)
+        fleet = summed(ms)
+        counts = StreamCounts.of(fleet)
         restored = restored_offsets(survivors)
-        print(f"\nkill -9 twice: accepted inferences {accepted_inf:.0f}/{rows}, labels {accepted_lab:.0f}/{rows}, "
-              f"labeled {labeled:.0f}/{rows}, correct {correct:.0f}/{expected_correct}; "
+        print(f"\nkill -9 twice: {counts} of {rows} rows ({expected_correct} correct); "
               f"{len(restored)} intake checkpoints restored, largest offset {max((off for o in restored for off in o.values()), default=0)}")
         per_worker = {w.name: total(m, "driftline_events_total", kind="inference", outcome="accepted")
                       for w, m in zip([w for w in survivors if w.alive], ms)}
         print(f"accepted inferences per worker: {per_worker}")
         # Exact: every accepted event counted once, every label joined once (docs/guarantees.md).
-        assert accepted_inf == rows
-        assert accepted_lab == rows
-        assert events == 2 * rows
-        assert labeled == rows
-        assert correct == expected_correct
+        assert counts == StreamCounts(inferences=rows, labels=rows, labeled=rows, correct=expected_correct)
+        assert total(fleet, "driftline_events_total") == 2 * rows
         # The successors resumed populated checkpoints (not only the empty ones of an assignment).
         assert any(off > 1000 for o in restored for off in o.values()), restored
-        error_hits = {dict(lv)["segment"]: v for m in ms for (n, lv), v in m.items()
+        error_hits = {dict(lv)["segment"]: v for (n, lv), v in fleet.items()
                       if n == "driftline_drift_detected_total" and dict(lv)["signal"] == "error" and v > 0}
         assert "band=high" in error_hits, error_hits  # the drift is still found, across both crashes
         assert not {"band=low", "band=mid"} & set(error_hits), error_hits
@@ -356,9 +351,10 @@ def test_segment_cardinality_flood_folds_into_other(kafka_bootstrap, tmp_path):
         # One owner per (model, attribute) across the fleet: the cap is the fleet's, 50 + __other__ + __all__.
         assert len(segments) == 50 + 2 and set(segments.values()) == {1}, segments
         assert "user=__other__" in segments and "__all__" in segments
-        folded = sum(total(m, "driftline_segments_folded_total", model="clicks", attribute="user") for m in ms)
+        fleet = summed(ms)
+        folded = total(fleet, "driftline_segments_folded_total", model="clicks", attribute="user")
         assert folded == 60_000 - 50
-        assert sum(total(m, "driftline_segment_inferences_total", segment="user=__other__") for m in ms) == folded
+        assert total(fleet, "driftline_segment_inferences_total", segment="user=__other__") == folded
     finally:
         stop_all(workers)
 
@@ -390,11 +386,11 @@ def test_an_admitted_segment_is_counted_on_all_its_events_from_every_partition(k
         n = len(inf)
         wait_for("every label joined", lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") == n,
                  180, workers)
-        ms = fleet_metrics(workers)
+        fleet = fleet_counts(workers)
         per_value = Counter(ev["features"]["user"] for ev in inf)
-        counted = {dict(lv)["segment"]: v for m in ms for (name, lv), v in m.items()
+        counted = {dict(lv)["segment"]: v for (name, lv), v in fleet.items()
                    if name == "driftline_segment_inferences_total"}
-        labeled = {dict(lv)["segment"]: v for m in ms for (name, lv), v in m.items()
+        labeled = {dict(lv)["segment"]: v for (name, lv), v in fleet.items()
                    if name == "driftline_labeled_total"}
         admitted = {s.removeprefix("user=") for s in counted} - {"__all__", "__other__"}
         assert len(admitted) == 40
@@ -402,7 +398,7 @@ def test_an_admitted_segment_is_counted_on_all_its_events_from_every_partition(k
             assert counted[f"user={value}"] == labeled[f"user={value}"] == per_value[value], value
         rest = sum(c for v, c in per_value.items() if v not in admitted)
         assert counted["user=__other__"] == labeled["user=__other__"] == rest
-        assert sum(total(m, "driftline_segments_folded_total", attribute="user") for m in ms) == rest
+        assert total(fleet, "driftline_segments_folded_total", attribute="user") == rest
 
         # driftline replay admits the same values (stage 2 applies observations in event-time order).
         (tmp_path / "inf.jsonl").write_bytes(b"\n".join(orjson.dumps(e) for e in inf))
@@ -503,13 +499,13 @@ def test_events_keyed_wrongly_or_not_at_all_are_rekeyed_and_join_on_six_partitio
         wait_for("every label joined", lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") == 900,
                  120, workers)
         time.sleep(2)
-        ms = fleet_metrics(workers)
-        assert sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms) == 900
-        assert sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms) == 900
+        fleet = fleet_counts(workers)
+        assert total(fleet, "driftline_labeled_total", segment="__all__") == 900
+        assert total(fleet, "driftline_events_total", kind="inference", outcome="accepted") == 900
         # Counted: every inference re-published once (fewer would mean some happened to sit
         # on their right partition, which the rule does not look at: the key must be the id).
-        assert sum(total(m, "driftline_events_rekeyed_total", kind="inference") for m in ms) == 900
-        assert sum(total(m, "driftline_events_rekeyed_total", kind="label") for m in ms) == 0
+        assert total(fleet, "driftline_events_rekeyed_total", kind="inference") == 900
+        assert total(fleet, "driftline_events_rekeyed_total", kind="label") == 0
     finally:
         stop_all(workers)
 
@@ -584,9 +580,8 @@ def test_broker_stop_and_start_mid_stream_loses_nothing(own_broker, tmp_path):
         assert p.flush(60) == 0
         wait_for("every event after the restart",
                  lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") == 8000, 180, workers)
-        ms = fleet_metrics(workers)
-        assert sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms) == 8000
-        assert sum(total(m, "driftline_events_total", kind="label", outcome="accepted") for m in ms) == 8000
+        counts = StreamCounts.of(fleet_counts(workers))
+        assert (counts.inferences, counts.labels) == (8000, 8000)
         wait_for("ready again", lambda: all(w.ready() for w in workers), 60, workers)
     finally:
         stop_all(workers)
@@ -754,12 +749,10 @@ def test_broker_outage_of_20_s_with_traffic_in_flight_keeps_partitions_and_exact
                  lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") >= rows, 240, workers)
         time.sleep(3)  # anything counted twice would arrive by now
         ms = fleet_metrics(workers)
-        accepted_inf = sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms)
-        accepted_lab = sum(total(m, "driftline_events_total", kind="label", outcome="accepted") for m in ms)
-        labeled = sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms)
-        correct = sum(total(m, "driftline_correct_total", segment="__all__") for m in ms)
-        failed = sum(total(m, "driftline_checkpoints_total", outcome="failed") for m in ms)
-        rewinds = sum(total(m, "driftline_transaction_rewinds_total") for m in ms)
+        fleet = summed(ms)
+        counts = StreamCounts.of(fleet)
+        failed = total(fleet, "driftline_checkpoints_total", outcome="failed")
+        rewinds = total(fleet, "driftline_transaction_rewinds_total")
         after = [total(m, "driftline_rebalances_total") for m in ms]
         logs = [w.log_path.read_text(errors="replace") for w in workers]
         # Every line a worker wrote from the stop to 10 s after the start (librdkafka's too).
@@ -767,15 +760,13 @@ def test_broker_outage_of_20_s_with_traffic_in_flight_keeps_partitions_and_exact
                   for w, a, b in zip(workers, log_from, log_to)]
         held_back = [sum(int(n) for n in re.findall(r"\((\d+) similar lines in the last", "\n".join(d))) for d in during]
         print(f"\nbroker outage: stop took {stopped_at - stopping_at:.1f} s, stop to started {started_at - stopping_at:.1f} s; "
-              f"accepted inferences {accepted_inf:.0f}/{rows}, labels {accepted_lab:.0f}/{rows}, labeled {labeled:.0f}/{rows}, "
-              f"correct {correct:.0f}/{expected_correct}; failed checkpoint rounds {failed:.0f}, rewinds {rewinds:.0f}, "
+              f"{counts} of {rows} rows ({expected_correct} correct); failed checkpoint rounds {failed:.0f}, rewinds {rewinds:.0f}, "
               f"rebalances before/after {before}/{after}; log lines during the outage per worker "
               f"{[len(d) for d in during]}, lines held back by the rate limit {held_back}")
         # The partitions stayed (no rebalance, nothing lost), the counts are exact.
         assert after == before, (before, after)
         assert not any("lost" in line and "partitions" in line for text in logs for line in text.splitlines())
-        assert accepted_inf == rows and accepted_lab == rows
-        assert labeled == rows and correct == expected_correct
+        assert counts == StreamCounts(inferences=rows, labels=rows, labeled=rows, correct=expected_correct)
         # The outage was seen: checkpoint rounds failed, the open transaction was aborted and rewound.
         assert failed > 0 and rewinds > 0
         # Readable logs: librdkafka repeats its connection errors many times a second per client;
@@ -816,18 +807,13 @@ def test_rebalance_while_publishing_a_worker_joins_and_one_leaves_counts_stay_ex
                  lambda: fleet_total(survivors, "driftline_labeled_total", segment="__all__") >= rows, 180, survivors)
         time.sleep(3)  # anything counted twice would arrive by now
         ms = fleet_metrics(survivors)
-        accepted_inf = sum(total(m, "driftline_events_total", kind="inference", outcome="accepted") for m in ms)
-        accepted_lab = sum(total(m, "driftline_events_total", kind="label", outcome="accepted") for m in ms)
-        labeled = sum(total(m, "driftline_labeled_total", segment="__all__") for m in ms)
-        correct = sum(total(m, "driftline_correct_total", segment="__all__") for m in ms)
+        counts = StreamCounts.of(summed(ms))
         rebalances = [total(m, "driftline_rebalances_total") for m in ms]
-        print(f"\nrebalance in flight: joined at {joined_at}, left at {left_at} of {rows} published; accepted inferences "
-              f"{accepted_inf:.0f}, labels {accepted_lab:.0f}, labeled {labeled:.0f}, correct {correct:.0f}/{expected_correct}; "
-              f"rebalances per survivor {rebalances}")
+        print(f"\nrebalance in flight: joined at {joined_at}, left at {left_at} of {rows} published; {counts} "
+              f"({expected_correct} correct); rebalances per survivor {rebalances}")
         assert joined_at < left_at < rows
         assert all(n >= 2 for n in rebalances), rebalances  # each survivor went through both
-        assert accepted_inf == rows and accepted_lab == rows
-        assert labeled == rows and correct == expected_correct
+        assert counts == StreamCounts(inferences=rows, labels=rows, labeled=rows, correct=expected_correct)
     finally:
         pub.join(1)
         stop_all(workers)
