@@ -28,9 +28,12 @@ from tests.integration.harness import (
     WorkerProcess,
     consume_all,
     event_time_report,
+    fleet_counts,
+    fleet_metrics,
     parse,
     producer,
     publish,
+    summed,
     total,
     unique_prefix,
     wait_for,
@@ -77,19 +80,6 @@ def expected(config, stream):
     return result, samples
 
 
-def fleet_samples(workers, scraped: list | None = None) -> dict:
-    """The fleet's /metrics as one: each series is exported by the one worker owning it
-    (`scraped`, if given, receives each worker's samples)."""
-    out: dict = {}
-    for w in workers:
-        samples = w.metrics()
-        if scraped is not None:
-            scraped.append(samples)
-        for k, v in samples.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
-
-
 def compared(samples: dict) -> dict:
     return {k: v for k, v in samples.items() if k[0] in COMPARED and v}
 
@@ -109,8 +99,8 @@ def settle(ws, want, timeout: float = 120.0) -> tuple[dict, str]:
     state: dict = {}
 
     def reached():
-        scraped: list = []
-        got = fleet_samples(ws, scraped)
+        scraped = fleet_metrics(ws)
+        got = summed(scraped)
         state.update(got=got, report=event_time_report(scraped), scraped=scraped)
         return not short_of(got, want) and total(got, "driftline_observations_held") == 0
 
@@ -157,7 +147,7 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=
         n_inf = sum(len(i) for i, _ in phases[:n + 1])
         n_lab = sum(len(lab) for _, lab in phases[:n + 1])
         wait_for("every event of the phase read", lambda: (
-            total(m := fleet_samples(ws), "driftline_events_total", kind="inference", outcome="accepted") >= n_inf
+            total(m := fleet_counts(ws), "driftline_events_total", kind="inference", outcome="accepted") >= n_inf
             and total(m, "driftline_events_total", kind="label", outcome="accepted") >= n_lab), 240, ws)
         if n < len(phases) - 1:
             # Stopped mid-stream; the next phase is published meanwhile.
