@@ -152,14 +152,27 @@ class PacedPublisher(threading.Thread):
     """Publishes the inferences in order at `rate` per second, and each label 0-2x`lag` steps
     after its inference (at random), so that crashes land with traffic in flight, with
     predictions pending in the join, and with labels that sometimes arrive before their
-    prediction is read: the interleavings a replay can change."""
+    prediction is read: the interleavings a replay can change.
 
-    def __init__(self, bootstrap: str, prefix: str, inferences: list, labels: list, rate: float, lag: int = 200):
+    The last `held` inferences go at `TRICKLE` per second until `release()`: the traffic is still
+    in flight when the test's crashes, rebalances or outage are over, however long those take on
+    a busy machine (at `rate` alone, a slow failover let the publisher finish first)."""
+
+    TRICKLE = 100.0
+
+    def __init__(self, bootstrap: str, prefix: str, inferences: list, labels: list, rate: float, lag: int = 200,
+                 held: int = 0):
         super().__init__(daemon=True)
         self.p = producer(bootstrap)
         self.prefix, self.inf, self.lab, self.rate, self.lag = prefix, inferences, labels, rate, lag
+        self.hold_from = len(inferences) - held
+        self.released = threading.Event()
         self.sent = 0
         self.error: BaseException | None = None
+
+    def release(self) -> None:
+        """The held inferences go at `rate` again (at once, for those behind schedule)."""
+        self.released.set()
 
     def run(self) -> None:
         try:
@@ -178,7 +191,10 @@ class PacedPublisher(threading.Thread):
                     self.p.produce(f"{self.prefix}.labels", key=lab["prediction_id"], value=orjson.dumps(lab))
                 i += 1
                 self.sent = min(i, n)
-                if i % 100 == 0:
+                if self.hold_from <= i < n and not self.released.is_set():
+                    self.p.poll(0)
+                    self.released.wait(1 / self.TRICKLE)
+                elif i % 100 == 0:
                     self.p.poll(0)
                     ahead = started + i / self.rate - time.monotonic()
                     if ahead > 0:
@@ -186,6 +202,18 @@ class PacedPublisher(threading.Thread):
             assert self.p.flush(60) == 0
         except BaseException as exc:  # reported by the test
             self.error = exc
+
+
+def settle_after(pub: PacedPublisher, workers, rows: int, timeout: float) -> tuple[list[dict], dict]:
+    """Waits for `pub` to finish and the fleet to count a label for each of the `rows`, then 3 s
+    more (anything counted twice would arrive by then): each live worker's samples, and their sum."""
+    pub.join(timeout)
+    assert pub.error is None, pub.error
+    wait_for("every label accounted",
+             lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") >= rows, timeout, workers)
+    time.sleep(3)
+    ms = fleet_metrics(workers)
+    return ms, summed(ms)
 
 
 def restored_offsets(workers) -> list[dict]:
@@ -209,7 +237,7 @@ def test_kill_9_twice_once_mid_checkpoint_counts_stay_exact(kafka_bootstrap, tmp
     wait_for("every partition owned", lambda: fleet_ready(workers, 6), 120, workers)
     inf, lab = shuttle_stream(rows, drift_row)
     expected_correct = sum(a["prediction"] == b["label"] for a, b in zip(inf, lab))
-    pub = PacedPublisher(kafka_bootstrap, prefix, inf, lab, rate=1000)
+    pub = PacedPublisher(kafka_bootstrap, prefix, inf, lab, rate=1000, held=rows // 4)
     try:
         pub.start()
         wait_for("a quarter published", lambda: pub.sent >= rows // 4, 120)
@@ -232,13 +260,8 @@ def test_kill_9_twice_once_mid_checkpoint_counts_stay_exact(kafka_bootstrap, tmp
         survivors = [w for w in alive if w is not victim2]
         survivors.append(WorkerProcess(config, tmp_path, "w-restarted").start())  # a replacement joins
         wait_for("survivors own every partition", lambda: fleet_ready(survivors, 6), 90, survivors)
-        pub.join(120)
-        assert pub.error is None, pub.error
-        wait_for("every label accounted",
-                 lambda: fleet_total(survivors, "driftline_labeled_total", segment="__all__") >= rows, 180, survivors)
-        time.sleep(3)  # anything counted twice would arrive by now
-        ms = fleet_metrics(survivors)
-        fleet = summed(ms)
+        pub.release()
+        ms, fleet = settle_after(pub, survivors, rows, 180)
         counts = StreamCounts.of(fleet)
         restored = restored_offsets(survivors)
         print(f"\nkill -9 twice: {counts} of {rows} rows ({expected_correct} correct); "
@@ -449,15 +472,14 @@ def test_max_models_holds_for_the_fleet_and_a_model_is_monitored_on_all_its_even
         print(f"\nmax_models 20, {len(set(ev['model'] for ev in inf))} names, 6 partitions, 2 workers: "
               f"{len(exported)} models exported")
         per_model = Counter(ev["model"] for ev in inf)
+        fleet = summed(ms)
         for model in exported:  # all of its events, whichever partition they arrived on
-            assert sum(total(m, "driftline_events_total", model=model, kind="inference", outcome="accepted")
-                       for m in ms) == per_model[model], model
-            assert sum(total(m, "driftline_labeled_total", model=model, segment="__all__")
-                       for m in ms) == per_model[model], model
+            assert total(fleet, "driftline_events_total", model=model, kind="inference", outcome="accepted") \
+                == per_model[model], model
+            assert total(fleet, "driftline_labeled_total", model=model, segment="__all__") == per_model[model], model
         rest = sum(c for model, c in per_model.items() if model not in exported)
-        unknown = lambda **lv: sum(total(m, "driftline_events_total", model="__unknown__", **lv) for m in ms)  # noqa: E731
-        assert unknown(kind="inference", outcome="invalid") == rest
-        assert unknown(kind="label", outcome="unmatched") == rest
+        assert total(fleet, "driftline_events_total", model="__unknown__", kind="inference", outcome="invalid") == rest
+        assert total(fleet, "driftline_events_total", model="__unknown__", kind="label", outcome="unmatched") == rest
         letters = [orjson.loads(x.value()) for x in consume_all(kafka_bootstrap, f"{prefix}.dead-letters", rest)]
         assert len(letters) == rest and {r["reason"] for r in letters} == {"too_many_models"}
         assert {r["model"] for r in letters} == set(per_model) - set(exported)
@@ -728,7 +750,7 @@ def test_broker_outage_of_20_s_with_traffic_in_flight_keeps_partitions_and_exact
     workers = start_fleet(config, tmp_path, 2, 3)
     inf, lab = shuttle_stream(rows, rows // 2)
     expected_correct = sum(a["prediction"] == b["label"] for a, b in zip(inf, lab))
-    pub = PacedPublisher(own_broker.bootstrap, prefix, inf, lab, rate=400)
+    pub = PacedPublisher(own_broker.bootstrap, prefix, inf, lab, rate=400, held=rows // 4)
     try:
         pub.start()
         wait_for("traffic flowing", lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") > 2000,
@@ -745,13 +767,8 @@ def test_broker_outage_of_20_s_with_traffic_in_flight_keeps_partitions_and_exact
         time.sleep(10)  # the first lines after the start: the summaries of what was held back
         log_to = [log_size(w) for w in workers]
         assert pub.sent < rows, "the publisher finished during the outage: slow it down"
-        pub.join(240)
-        assert pub.error is None, pub.error
-        wait_for("every label accounted",
-                 lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") >= rows, 240, workers)
-        time.sleep(3)  # anything counted twice would arrive by now
-        ms = fleet_metrics(workers)
-        fleet = summed(ms)
+        pub.release()
+        ms, fleet = settle_after(pub, workers, rows, 240)
         counts = StreamCounts.of(fleet)
         failed = total(fleet, "driftline_checkpoints_total", outcome="failed")
         rewinds = total(fleet, "driftline_transaction_rewinds_total")
@@ -787,7 +804,7 @@ def test_rebalance_while_publishing_a_worker_joins_and_one_leaves_counts_stay_ex
     workers = start_fleet(config, tmp_path, 2, 6)
     inf, lab = shuttle_stream(rows, rows // 2)
     expected_correct = sum(a["prediction"] == b["label"] for a, b in zip(inf, lab))
-    pub = PacedPublisher(kafka_bootstrap, prefix, inf, lab, rate=800)
+    pub = PacedPublisher(kafka_bootstrap, prefix, inf, lab, rate=800, held=rows // 4)
     try:
         pub.start()
         wait_for("a quarter published", lambda: pub.sent >= rows // 4, 120)
@@ -803,13 +820,9 @@ def test_rebalance_while_publishing_a_worker_joins_and_one_leaves_counts_stay_ex
         survivors = workers[1:]
         wait_for("two own every partition", lambda: fleet_ready(survivors, 6), 90, survivors)
         assert pub.sent < rows, "the publisher finished before the leave: slow it down"
-        pub.join(120)
-        assert pub.error is None, pub.error
-        wait_for("every label accounted",
-                 lambda: fleet_total(survivors, "driftline_labeled_total", segment="__all__") >= rows, 180, survivors)
-        time.sleep(3)  # anything counted twice would arrive by now
-        ms = fleet_metrics(survivors)
-        counts = StreamCounts.of(summed(ms))
+        pub.release()
+        ms, fleet = settle_after(pub, survivors, rows, 180)
+        counts = StreamCounts.of(fleet)
         rebalances = [total(m, "driftline_rebalances_total") for m in ms]
         print(f"\nrebalance in flight: joined at {joined_at}, left at {left_at} of {rows} published; {counts} "
               f"({expected_correct} correct); rebalances per survivor {rebalances}")
