@@ -138,3 +138,25 @@ def test_detectors_say_which_way_the_mean_moved(make):
         hits = [det.direction for i in range(4000)
                 if det.update(1.0 if rng.random() < (before if i < 2000 else after) else 0.0) and i >= 2000]
         assert hits and hits[0] == way
+
+
+def test_the_detectors_load_without_the_rest_of_rivers_drift_package():
+    """driftline.detectors.drift loads River's ADWIN and Page-Hinkley modules alone: the drift
+    package's __init__ (every River detector, so scipy.stats; River's data sets, so river.stream
+    and scikit-learn) cost ~1.3 s of CPU at every worker start. The whole package still loads, with
+    the same classes, as soon as a name of its own is used."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "from driftline.detectors.drift import ADWINDetector, PageHinkleyDetector",
+        "ADWINDetector().update(0.5), PageHinkleyDetector().update(0.5)",
+        "heavy = ('river.drift.kswin', 'river.datasets', 'river.stream', 'scipy.stats', 'sklearn')",
+        "print(sorted(m for m in heavy if m in sys.modules))",
+        "from river import drift",
+        "print(drift.ADWIN is sys.modules['river.drift.adwin'].ADWIN, drift.KSWIN.__name__, 'scipy.stats' in sys.modules)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "True KSWIN True"]
