@@ -171,7 +171,7 @@ class PacedPublisher(threading.Thread):
         self.error: BaseException | None = None
 
     def release(self) -> None:
-        """The held inferences go at `rate` again (at once, for those behind schedule)."""
+        """The held inferences go at `rate` again."""
         self.released.set()
 
     def run(self) -> None:
@@ -194,6 +194,7 @@ class PacedPublisher(threading.Thread):
                 if self.hold_from <= i < n and not self.released.is_set():
                     self.p.poll(0)
                     self.released.wait(1 / self.TRICKLE)
+                    started = time.monotonic() - i / self.rate  # released: on at `rate`, not in a burst
                 elif i % 100 == 0:
                     self.p.poll(0)
                     ahead = started + i / self.rate - time.monotonic()
