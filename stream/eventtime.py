@@ -201,15 +201,14 @@ class WatermarkBuffer:
     measured on the wire); past either the oldest is released early and the watermark moves to
     it (what then arrives behind it is late: applied and counted).
 
-    An idle source's word is only as fresh as the heartbeat that said it. When a source the bank
-    holds idle sends observations (it *woke*: a backlog or a burst was published), every other
-    source's idleness may be just as stale, its own events unread behind a cached high watermark
-    and an uncommitted transaction: an idle source is then passed only once it has said idle
-    again in a heartbeat made `confirm_after` seconds after the wake, by the sources' clocks (the
-    messages' Kafka timestamps). Its worker's fetcher has by then seen what was published with
-    the events that woke the other source, so it says "not idle" instead, with its progress.
-    A wake is waited on for at most SILENT_AFTER of the bank's clock (a sender whose clock runs
-    far ahead must not stop the bank): then idle sources pass as before.
+    An idle source's word is only as fresh as the heartbeat that said it: it rests on a cached
+    high watermark, and reaches the bank when its worker's transaction commits. So an observation
+    passes an idle source only once that source has said "idle" in a heartbeat made at least
+    `confirm_after` seconds after the observation was sent, by the senders' clocks (the
+    messages' Kafka timestamps, entry field `sent_at`): its worker's fetcher has by then seen
+    whatever was published before the observation's event, and would have said "not idle", with
+    its progress. An entry waits for that at most SILENT_AFTER of the bank's clock (a sender
+    whose clock runs far ahead must not stop the bank), then idle sources pass as before.
     """
 
     def __init__(self, sources: int, max_held: int, max_bytes: int, now: float, confirm_after: float = 0.0):
@@ -224,8 +223,6 @@ class WatermarkBuffer:
         self.early = 0  # observations released early by the bounds
         self.created = now
         self.confirm_after = confirm_after
-        self.woke_at: float | None = None  # source clock of the last wake (see the class doc)
-        self.woke_seen = now  # the bank's clock when it saw that wake
         self._seq = 0
 
     # -- state ------------------------------------------------------------------------------------
@@ -236,10 +233,10 @@ class WatermarkBuffer:
         # released (measured: 1.7 s per 100k entries entry by entry, 0.5 s packed).
         heap = self.heap
         return {"marks": {p: [m.progress, m.idle, m.said_at] for p, m in self.marks.items()},
-                "held_keys": orjson.dumps([e[:7] + (e[8],) for e in heap]),
+                "held_keys": orjson.dumps([e[:7] + (e[8], e[9]) for e in heap]),
                 "held_records": b"\n".join([e[7] for e in heap]),
                 "held_bytes": self.held_bytes, "floor": self.floor,
-                "late": self.late, "early": self.early, "seq": self._seq, "woke_at": self.woke_at}
+                "late": self.late, "early": self.early, "seq": self._seq}
 
     @classmethod
     def from_state(cls, state: dict, sources: int, max_held: int, max_bytes: int, now: float,
@@ -249,13 +246,16 @@ class WatermarkBuffer:
         # clocks do (Kafka timestamps); a mark of a checkpoint written before them has none.
         buf.marks = {int(p): SourceMark(m[0], m[1], now, m[2] if len(m) > 2 else None)
                      for p, m in state["marks"].items()}
-        buf.woke_at = state.get("woke_at")  # waited on afresh from `now` (woke_seen)
+        # Entries: (..., record, size, sent_at, arrived); the bank's clock does not travel
+        # (arrived: now), and entries of a checkpoint written before sent_at have none (no
+        # freshness asked of them).
         if "held_keys" in state:
             keys, recs = orjson.loads(state["held_keys"]), state["held_records"]
-            buf.heap = [(*k[:7], r, k[7]) for k, r in zip(keys, recs.split(b"\n") if keys else ())]
+            buf.heap = [(*k[:7], r, k[7], k[8] if len(k) > 8 else None, now)
+                        for k, r in zip(keys, recs.split(b"\n") if keys else ())]
         else:  # written before the packing: one value per entry
-            buf.heap = [tuple(e) if isinstance(e[7], bytes) else (*e[:7], orjson.dumps(e[7]), e[8])
-                        for e in state["heap"]]
+            buf.heap = [(*e[:7], e[7] if isinstance(e[7], bytes) else orjson.dumps(e[7]), e[8],
+                         e[9] if len(e) > 9 else None, now) for e in state["heap"]]
         heapq.heapify(buf.heap)
         buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]
         buf.late, buf.early, buf._seq = state["late"], state["early"], state["seq"]
@@ -286,18 +286,19 @@ class WatermarkBuffer:
         mark.idle = idle
 
     def add(self, key: tuple[float, int], partition: int, offset: int, index: int, src: str, rec: list,
-            size: int) -> bool:
+            size: int, sent_at: float | None = None, now: float = 0.0) -> bool:
         """Hold one wire record; False if it is late (behind the watermark): apply it now."""
         if key[0] < self.floor:
             self.late += 1
             return False
         self._seq += 1
-        heapq.heappush(self.heap, (key[0], key[1], partition, offset, index, self._seq, src, orjson.dumps(rec), size))
+        heapq.heappush(self.heap, (key[0], key[1], partition, offset, index, self._seq, src, orjson.dumps(rec), size,
+                                   sent_at, now))
         self.held_bytes += size
         return True
 
     def add_records(self, partition: int | None, src: str, recs: list, size: int, sent_at: float | None = None,
-                    now: float | None = None) -> list[HeldObservation]:
+                    now: float = 0.0) -> list[HeldObservation]:
         """Hold wire records `[offset, index, kind, *fields]` of one source; returns those to apply
         at once (counters, late ones, and every record of a format-1 message: `partition` None),
         decoded, in arrival order. The hot path: one call per message. `sent_at`: the source's
@@ -323,7 +324,8 @@ class WatermarkBuffer:
             ts = r[at_time]
             if in_order and ts >= floor:
                 seq += 1
-                push(heap, (ts, order, partition, r[at_offset], r[at_index], seq, src, dumps(r), size))  # see _held
+                # see _held; sent_at and the bank's clock: the freshness an idle source owes it
+                push(heap, (ts, order, partition, r[at_offset], r[at_index], seq, src, dumps(r), size, sent_at, now))
                 held += size
                 continue
             if in_order:
@@ -335,18 +337,11 @@ class WatermarkBuffer:
         if ordered and in_order:
             mark = self.marks.get(partition)
             if mark is not None and mark.idle:
-                self._woke(mark, sent_at, now)
+                # It woke: not idle, and its progress (lower, perhaps, than the largest event
+                # time it had read when idle) comes with its next heartbeat.
+                mark.idle = False
+                mark.progress = None
         return now_apply
-
-    def _woke(self, mark: SourceMark, sent_at: float | None, now: float | None) -> None:
-        """A source held idle sent observations: it is not idle (its progress comes with its next
-        heartbeat), and every other idle source must say so again after this (class doc)."""
-        mark.idle = False
-        mark.progress = None
-        if sent_at is not None and (self.woke_at is None or sent_at > self.woke_at):
-            self.woke_at = sent_at
-            if now is not None:
-                self.woke_seen = now
 
     # -- output -----------------------------------------------------------------------------------
     def watermark(self, now: float, local: dict[int, tuple[float | None, bool]] | None = None) -> float:
@@ -355,9 +350,6 @@ class WatermarkBuffer:
         knows first-hand of the input partitions it owns (their alignment's (progress, idle)),
         used instead of what their heartbeats said so far (see `lowest_progress`)."""
         low = math.inf
-        confirmed = None
-        if self.woke_at is not None and now - self.woke_seen < SILENT_AFTER:
-            confirmed = self.woke_at + self.confirm_after
         for p in range(self.sources):
             mark = self.marks.get(p)
             if local is not None and p in local:
@@ -375,8 +367,6 @@ class WatermarkBuffer:
             if mark is None:
                 return -math.inf
             if mark.idle:
-                if confirmed is not None and (mark.said_at is None or mark.said_at < confirmed):
-                    return -math.inf  # idle as of before a wake: wait for its word again
                 continue
             if mark.progress is None:
                 return -math.inf
@@ -393,15 +383,25 @@ class WatermarkBuffer:
             return []
         out = []
         mark = self.watermark(now)
+        said = self.idle_said(now)
+        confirm = self.confirm_after
+        waiting = False
         while heap and heap[0][0] < mark:
             if len(out) >= budget:
                 if out:
                     self.floor = max(self.floor, out[-1][0])
                 return out
+            sent = heap[0][9]
+            if sent is not None and sent + confirm > said and now - heap[0][10] < SILENT_AFTER:
+                waiting = True  # an idle source has not spoken since it was sent (class doc)
+                break
             entry = heapq.heappop(heap)
             self.held_bytes -= entry[8]
             out.append(entry)
-        if math.isfinite(mark):
+        if waiting:  # what arrives behind the one waiting can still be put in order
+            if out:
+                self.floor = max(self.floor, out[-1][0])
+        elif math.isfinite(mark):
             self.floor = max(self.floor, mark)
         elif out:  # every source idle: all released; what comes behind the last one is late
             self.floor = max(self.floor, out[-1][0])
@@ -412,6 +412,17 @@ class WatermarkBuffer:
             self.floor = max(self.floor, entry[0])
             out.append(entry)
         return out
+
+    def idle_said(self, now: float) -> float:
+        """When (senders' clocks) the least recently heard idle source last said it was idle:
+        +inf with no idle source, -inf when one has not said when."""
+        low = math.inf
+        for mark in self.marks.values():
+            if mark.idle and mark.heard_at is not None and now - mark.heard_at < SILENT_AFTER:
+                said = -math.inf if mark.said_at is None else mark.said_at
+                if said < low:
+                    low = said
+        return low
 
     def describe(self, now: float) -> str:
         """Each source's mark as the bank sees it now (for the log line that explains a late
@@ -427,8 +438,7 @@ class WatermarkBuffer:
             shown = "none" if mark.progress is None else f"{mark.progress:.3f}"
             said = "" if mark.said_at is None else f", said at {mark.said_at:.3f}"
             out.append(f"{p}: {state} {shown} ({ago:.1f} s ago{said})")
-        woke = "" if self.woke_at is None else f"; last wake at {self.woke_at:.3f}"
-        return "; ".join(out) + woke
+        return "; ".join(out)
 
     def lowest_progress(self, now: float, local: dict[int, tuple[float | None, bool]] | None = None) -> float | None:
         """The slowest source's progress (idle and silent ones left out), for the fleet skew bound.

@@ -6,6 +6,8 @@ import math
 import random
 from collections import Counter
 
+import orjson
+
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 from driftline.detectors.observations import FateObservation, InferenceObservation, OutcomeObservation
 from driftline.detectors.state import restore as restore_state
@@ -332,67 +334,91 @@ def test_a_refused_llm_call_does_not_move_the_event_clock():
     assert intake.inference_time == 4.0
 
 
-def test_idle_sources_must_say_so_again_after_another_source_wakes():
+def test_idle_sources_must_say_so_again_after_an_observation_was_sent():
     """The fleet idle, then a burst published to every partition (the max_models test's
     scenario): source 1's observations reach the bank first, source 0's idleness was said before
     the burst. Released at once (source 0 idle), source 1's later events would pass source 0's
     earlier ones, which then arrive late: first-come admission (max_models, max_segments) would
-    differ from replay. The bank waits until source 0 has spoken after the wake."""
+    differ from replay. The bank waits until source 0 has spoken since they were sent."""
     buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
     buf.note(0, None, True, 1.0, said_at=100.0)
     buf.note(1, None, True, 1.0, said_at=100.0)
     assert buf.watermark(1.0) == math.inf  # both idle: nothing to wait for
     woke = [wire(0, 50.0 + k, INFERENCE) for k in range(3)]  # source 1's events at 50, 51, 52
-    assert buf.add_records(1, "s1", woke, 100, sent_at=101.0, now=1.05) == [] and buf.woke_at == 101.0
+    assert buf.add_records(1, "s1", woke, 100, sent_at=101.0, now=1.05) == []
     assert buf.release(1.1) == []  # source 1's own progress comes with its next heartbeat
     buf.note(1, 60.0, False, 1.1, said_at=101.05)
-    assert buf.release(1.1) == []  # source 0 said idle before the wake
-    buf.note(0, None, True, 1.15, said_at=101.1)  # said within confirm_after of the wake: not yet
+    assert buf.release(1.1) == []  # source 0 said idle before they were sent
+    buf.note(0, None, True, 1.15, said_at=101.1)  # said within confirm_after of it: not yet
     assert buf.release(1.15) == []
-    # Source 0's worker has now seen its own part of the burst: not idle, progress 40.
-    assert buf.add_records(0, "s0", [wire(0, 40.0, INFERENCE), wire(1, 49.0, INFERENCE)], 100, sent_at=101.3) == []
+    # Source 0's worker has now seen its own part of the burst: not idle, progress 49.
+    assert buf.add_records(0, "s0", [wire(0, 40.0, INFERENCE), wire(1, 49.0, INFERENCE)], 100, sent_at=101.3,
+                           now=1.3) == []
     buf.note(0, 49.0, False, 1.3, said_at=101.3)
     assert [e[0] for e in buf.release(1.3)] == [40.0]
-    buf.note(0, None, True, 1.6, said_at=101.6)  # read everything: idle, said after the wake
+    buf.note(0, None, True, 1.6, said_at=101.6)  # read everything: idle, said after all was sent
     assert [e[0] for e in buf.release(1.6)] == [49.0, 50.0, 51.0, 52.0]
     assert buf.late == 0 and buf.held == 0
 
 
-def test_without_the_wake_rule_the_earlier_events_arrive_late():
-    """The same arrival order with the confirmation off (the rule removed): source 1's events
-    leave at once and source 0's earlier ones are late, applied out of order."""
-    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0)
-    buf.note(0, None, True, 1.0)  # heartbeats without timestamps (format 2 senders)
+def test_a_steady_stream_past_idle_sources_is_not_starved():
+    """Observations keep coming while another source stays idle: each waits only for that
+    source's next word after it was sent, never for a quiet moment of the whole stream."""
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
+    buf.note(0, None, True, 0.0, said_at=0.0)  # source 0: no traffic at all
+    released = []
+    for k in range(20):  # source 1: an event every 0.1 s, sent at once; heartbeats of both follow
+        t = 1.0 + k * 0.1
+        buf.add_records(1, "s1", [wire(k, 1000.0 + k, INFERENCE)], 100, sent_at=t, now=t)
+        buf.note(1, 1000.0 + k + 0.5, False, t, said_at=t)
+        buf.note(0, None, True, t, said_at=t)
+        released += buf.release(t)
+    keys = [e[0] for e in released]
+    # Everything sent more than confirm_after before source 0's last word has left, in order.
+    assert keys == [1000.0 + k for k in range(len(keys))] and len(keys) >= 17 and buf.late == 0
+
+
+def test_without_sender_times_the_earlier_events_arrive_late():
+    """The same arrival order without the senders' times (the rule cannot apply, as before it
+    existed): source 1's events leave at once and source 0's earlier ones are late."""
+    buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
+    buf.note(0, None, True, 1.0)
     buf.note(1, None, True, 1.0)
-    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100)  # no sender time: no confirmation asked
+    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100)
     buf.note(1, 60.0, False, 1.1)
     assert [e[0] for e in buf.release(1.1)] == [50.0]
     assert buf.add_records(0, "s0", [wire(0, 40.0, INFERENCE)], 100) != [] and buf.late == 1
 
 
-def test_wake_marks_travel_with_the_buffer_state():
+def test_sender_times_travel_with_the_buffer_state():
     buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
     buf.note(0, None, True, 1.0, said_at=100.0)
     buf.note(1, None, True, 1.0, said_at=100.0)
-    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100, sent_at=101.0)
+    buf.add_records(1, "s1", [wire(0, 50.0, INFERENCE)], 100, sent_at=101.0, now=1.0)
     buf.note(1, 60.0, False, 1.1, said_at=101.05)
     back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), 2, 1000, 1 << 20, now=5.0,
                                       confirm_after=0.2)
-    assert back.woke_at == 101.0 and back.marks[0].said_at == 100.0
-    assert back.release(5.0) == []  # source 0 still owes its word after the wake
+    assert back.marks[0].said_at == 100.0 and back.heap[0][9] == 101.0
+    assert back.release(5.0) == []  # source 0 still owes its word since the entry was sent
     back.note(0, None, True, 5.0, said_at=102.0)
     assert [e[0] for e in back.release(5.0)] == [50.0]
-    # A checkpoint written before marks had timestamps restores (no wake asked, none known).
-    old = buf.to_state()
-    old["marks"] = {p: m[:2] for p, m in old["marks"].items()}
-    del old["woke_at"]
-    legacy = WatermarkBuffer.from_state(old, 2, 1000, 1 << 20, now=5.0, confirm_after=0.2)
-    assert legacy.woke_at is None and legacy.marks[0].said_at is None
+    # A checkpoint written before marks and entries had sender times restores (none asked).
+    for layout in ("packed", "one value per entry"):
+        old = buf.to_state()
+        old["marks"] = {p: m[:2] for p, m in old["marks"].items()}
+        if layout == "packed":
+            old["held_keys"] = orjson.dumps([e[:7] + (e[8],) for e in buf.heap])
+        else:
+            del old["held_keys"], old["held_records"]
+            old["heap"] = [e[:9] for e in buf.heap]
+        legacy = WatermarkBuffer.from_state(old, 2, 1000, 1 << 20, now=5.0, confirm_after=0.2)
+        assert legacy.marks[0].said_at is None and legacy.heap[0][9] is None, layout
+        assert [e[0] for e in legacy.release(5.0)] == [50.0], layout
 
 
-def test_a_wake_is_waited_on_for_a_bounded_time():
-    """A source whose word never comes after the wake (a worker whose clock runs far behind the
-    waking one's) holds the bank at most SILENT_AFTER; then idle sources pass as before."""
+def test_an_entry_waits_for_a_fresh_word_for_a_bounded_time():
+    """A source whose word never comes fresh enough (its clock far behind the sender's) holds an
+    entry at most SILENT_AFTER of the bank's clock; then idle sources pass as before."""
     buf = WatermarkBuffer(sources=2, max_held=1000, max_bytes=1 << 20, now=0.0, confirm_after=0.2)
     buf.note(0, None, True, 1.0, said_at=100.0)
     buf.note(1, None, True, 1.0, said_at=100.0)
