@@ -128,25 +128,31 @@ def run_and_compare(tmp, kafka_bootstrap, stream, phases, fleet: int = 1, entry=
     assert partitions[topics["inferences"]] == partitions[topics["labels"]] == 6
     p = producer(kafka_bootstrap)
     workers = []
-    for n, (infs, labs) in enumerate(phases):
-        # The backlog: all of this phase's inferences, then all its labels, before a worker reads.
-        publish(p, topics["inferences"], infs)
-        publish(p, topics["labels"], labs)
-        assert p.flush(60) == 0
-        ws = [WorkerProcess(config, tmp, f"worker-{n}-{k}", entry=entry).start() for k in range(fleet)]
-        workers.append(ws)
-        n_inf = sum(len(i) for i, _ in phases[:n + 1])
-        n_lab = sum(len(lab) for _, lab in phases[:n + 1])
-        wait_for("every event of the phase read", lambda: (
-            total(m := fleet_counts(ws), "driftline_events_total", kind="inference", outcome="accepted") >= n_inf
-            and total(m, "driftline_events_total", kind="label", outcome="accepted") >= n_lab), 240, ws)
-        if n < len(phases) - 1:
-            # Stopped mid-stream; the next phase is published meanwhile.
-            assert [w.terminate() for w in ws] == [0] * fleet
-    ws = workers[-1]
-    # Everything read; the last observations leave the stage-2 buffers once all sources are idle,
-    # and reach each bank on the worker owning it (segments' banks and `__all__`'s may differ).
-    got, report = settle(ws, want)
+    try:
+        for n, (infs, labs) in enumerate(phases):
+            # The backlog: all of this phase's inferences, then all its labels, before a worker reads.
+            publish(p, topics["inferences"], infs)
+            publish(p, topics["labels"], labs)
+            assert p.flush(60) == 0
+            ws = [WorkerProcess(config, tmp, f"worker-{n}-{k}", entry=entry).start() for k in range(fleet)]
+            workers.append(ws)
+            n_inf = sum(len(i) for i, _ in phases[:n + 1])
+            n_lab = sum(len(lab) for _, lab in phases[:n + 1])
+            wait_for("every event of the phase read", lambda: (
+                total(m := fleet_counts(ws), "driftline_events_total", kind="inference",
+                      outcome="accepted") >= n_inf
+                and total(m, "driftline_events_total", kind="label", outcome="accepted") >= n_lab), 240, ws)
+            if n < len(phases) - 1:
+                # Stopped mid-stream; the next phase is published meanwhile.
+                assert [w.terminate() for w in ws] == [0] * fleet
+        ws = workers[-1]
+        # Everything read; the last observations leave the stage-2 buffers once all sources are idle,
+        # and reach each bank on the worker owning it (segments' banks and `__all__`'s may differ).
+        got, report = settle(ws, want)
+    except BaseException:  # a failed wait must not leave the workers running
+        for w in (w for ws in workers for w in ws):
+            w.kill9()
+        raise
     assert [w.terminate() for w in ws] == [0] * fleet
     # Detections and explanation refreshes (issue 16) share the drift-events topic, as in replay.
     events = [orjson.loads(m.value()) for m in consume_all(kafka_bootstrap, topics["drift-events"], len(result.records))]
