@@ -130,8 +130,13 @@ class Transactions:
     def abort(self, stopping: Callable[[], bool]) -> None:
         if not self.open or self.stuck:
             return
+        # Past the transaction timeout the broker aborts the transaction itself. An abort that
+        # cannot get through by then gives up (TransactionFatal: the caller replaces the
+        # producer): after a broker restart librdkafka's request to the coordinator stayed in its
+        # queue for minutes ("TxnCoordinator: 1 out-queue"), holding the loop (the outage test).
+        deadline = max(self.started + self.timeout, time.monotonic() + STEP)
         try:
-            self._retry("abort", lambda t: self.producer.abort_transaction(t), stopping, deadline=None)
+            self._retry("abort", lambda t: self.producer.abort_transaction(t), stopping, deadline=deadline)
         except BrokerAway:
             raise  # still open: aborted when the broker is back
         except BaseException:
@@ -176,6 +181,8 @@ class Transactions:
                 attempt += 1
                 self.producer.poll(0)  # serves error_cb: a broker outage shows as `down` next round
                 if stopping() or (deadline is not None and time.monotonic() > deadline):
+                    if what == "abort":
+                        self.stuck = True  # this producer is given up: a new one carries on
                     if what in ("abort", "init"):
                         raise TransactionFatal(f"transaction {what} gave up: {err.str()}") from exc
                     self._abort_quietly(stopping)

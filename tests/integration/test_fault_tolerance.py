@@ -690,11 +690,20 @@ def test_a_drift_event_replayed_after_a_crash_carries_the_same_source_id(kafka_b
         by_source: dict[str, list] = {}
         for r in again:
             by_source.setdefault(r["source"], []).append(r)
-        # Every record published before the crash came again, once, under its own id, the same.
+        # Every detection published before the crash came again, once, under its own id, the same.
+        # Explanation refreshes are made at counts of labelled outcomes (100, 400, 1,600 after the
+        # change point), and the replay's outcomes counted twice (this mode's documented exception)
+        # move those counts: a refresh may come under another id. Any that came again is the same.
+        missing = 0
         for r in first:
-            assert by_source[r["source"]] == [r, r], (r["source"], by_source[r["source"]])
+            if r["kind"] == "detection":
+                assert by_source[r["source"]] == [r, r], (r["source"], by_source[r["source"]])
+            else:
+                assert all(x == r for x in by_source[r["source"]]), (r["source"], by_source[r["source"]])
+                missing += len(by_source[r["source"]]) == 1
         new = [s for s in by_source if s not in {r["source"] for r in first}]
-        print(f"\nreplay: {len(first)} drift records republished with their ids; {len(new)} new ids; labeled "
+        print(f"\nreplay: {len(first)} drift records, {missing} explanation refreshes not republished under their id; "
+              f"{len(new)} new ids; labeled "
               f"{total(successor.metrics(), 'driftline_labeled_total', segment='__all__'):.0f}/{rows}")
     finally:
         stop_all([w] + ([successor] if successor else []))
