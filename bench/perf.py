@@ -897,6 +897,9 @@ def main() -> int:
     ap.add_argument("--commit-wait-only", action="store_true",
                     help="only where an exactly-once worker waits: 1 and 2 workers on one backlog and latency, "
                          "this tree and the --before tree alternating; merged into perf.json's \"commit_wait\"")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the issue's three figures: ceiling, River floor, 1 and 2 workers on one backlog, same run; "
+                         "written to OUT/throughput.json (perf.json is left alone)")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
@@ -904,6 +907,8 @@ def main() -> int:
         return event_time_main(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.throughput_only:
+        return throughput_main(args, out)
     if args.llm_only:
         path = out / "perf.json"
         results = json.loads(path.read_text()) if path.exists() else {}
@@ -1042,6 +1047,36 @@ def main() -> int:
     (out / "perf.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "perf.png")
     print(table(results))
+    return 0
+
+
+def throughput_main(args, out: Path) -> int:
+    """The ceiling, the River floor and 1 and 2 workers on one backlog, in one run."""
+    rows = 20_000 if args.quick else 100_000
+    partitions = 6
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "partitions": partitions}
+    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+        prefix = f"perf-{uuid.uuid4().hex[:8]}"
+        inf, lab = demo_raw(rows)
+        fill(broker.bootstrap, prefix, partitions, inf, lab)
+        wall, cpu = ceiling(broker.bootstrap, prefix, 2 * rows)
+        results["ceiling"] = {"events_per_s": wall, "events_per_cpu_s": cpu}
+        plan = river_plan(parse_settings(yaml.safe_load(DEMO_CONFIG), env={}), inf, lab)
+        results["river_floor"] = river_floor(plan)
+        del plan
+        results["workers"] = []
+        for k in (1, 2):
+            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, Path(tmp), pythonpath=args.before)
+            results["workers"].append(r)
+            log(f"{k} worker(s): {r}")
+    floor = results["river_floor"]["events_per_s"]
+    one, two = results["workers"][0], results["workers"][1]
+    results |= {"ceiling_events_per_s": wall, "river_floor_events_per_s": floor,
+                "worker_events_per_s": one["events_per_s"], "worker_to_floor": one["events_per_s"] / floor,
+                "worker_cpu_to_floor": one["events_per_cpu_s"] / floor,
+                "two_to_one": two["events_per_s"] / one["events_per_s"]}
+    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("river_floor",)}, indent=2))
     return 0
 
 
