@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import pstats
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def part_of(filename: str, name: str) -> str:
 
 
 OTHER = "other Python (builtins, dicts, lists, logging, ...)"
+GC = "garbage collector (py-spy only: cProfile cannot see it)"
 
 
 def grouped(prof: Path, events: int) -> dict:
@@ -95,12 +97,62 @@ def grouped(prof: Path, events: int) -> dict:
     }
 
 
+def sampled(raw: Path, events: int) -> dict:
+    """py-spy's raw stacks ("frame;frame;... count", outermost first) of the worker's loop thread
+    (and of a scrape rendering /metrics: the bench scrapes twice a second), each sample counted
+    for the innermost frame that belongs to a part (a frame is "function (file:line)"; native
+    frames have no Python file and are matched by name); the loop waiting in consume() counts as
+    Kafka client time, librdkafka's own threads are not counted. Same parts as the cProfile
+    grouping, plus the garbage collector."""
+    parts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    frame_re = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        if "run (stream/worker.py" not in stack and "stream/exporter.py" not in stack:
+            continue  # librdkafka's threads, an idle HTTP server thread
+        total += n
+        frames = stack.split(";")
+        part = None
+        for frame in reversed(frames):
+            m = frame_re.match(frame)
+            name, file = (m.group("name"), m.group("file")) if m else (frame, "")
+            p = GC if name.startswith(("gc_collect", "collect_with_callback")) else part_of(file, name)
+            if p != OTHER:
+                part = p
+                break
+        if part is None:
+            part = OTHER
+        parts[part] = parts.get(part, 0) + n
+        leaf = frames[-1][:120]
+        leaves[leaf] = leaves.get(leaf, 0) + n
+    hz = 200.0  # --rate: samples per second per thread
+    return {
+        "events": events, "samples": total,
+        "parts": [{"part": p, "seconds": c / hz, "us_per_event": 1e6 * c / hz / events, "share": c / total}
+                  for p, c in sorted(parts.items(), key=lambda kv: -kv[1])],
+        "top_functions": [{"function": f, "seconds": c / hz, "us_per_event": 1e6 * c / hz / events}
+                          for f, c in sorted(leaves.items(), key=lambda kv: -kv[1])[:25]],
+    }
+
+
 def markdown(r: dict) -> str:
-    lines = [f"# One worker under cProfile: {r['events']:,} events of the demo stream (backlog)", "",
-             f"`.venv/bin/python bench/profile_worker.py --rows {r['rows']}` on {r['date']}; own time (tottime) per "
-             "part of the hot path, per event read. cProfile's per-call cost inflates Python-heavy parts; "
-             "read the shares.", "",
-             "| part | µs per event | share |", "|---|---|---|"]
+    if r.get("sampler") == "py-spy":
+        head = [f"# One worker sampled by py-spy: {r['events']:,} events of the demo stream (backlog)", "",
+                f"`.venv/bin/python bench/profile_worker.py --rows {r['rows']} --sampler py-spy` on {r['date']}; "
+                f"{r['samples']:,} samples of the worker's loop thread at 200 Hz, each counted for its innermost "
+                "frame of a part. Sampling pauses the worker, so read the shares, not the microseconds.", ""]
+    else:
+        head = [f"# One worker under cProfile: {r['events']:,} events of the demo stream (backlog)", "",
+                f"`.venv/bin/python bench/profile_worker.py --rows {r['rows']}` on {r['date']}; own time (tottime) per "
+                "part of the hot path, per event read. cProfile's per-call cost inflates Python-heavy parts; "
+                "read the shares.", ""]
+    lines = head + [
+                    "| part | µs per event | share |", "|---|---|---|"]
     for p in r["parts"]:
         lines.append(f"| {p['part']} | {p['us_per_event']:.1f} | {p['share']:.1%} |")
     lines += ["", "Top functions by own time:", "", "| function | µs per event |", "|---|---|"]
@@ -114,6 +166,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--keep", help="also copy the raw cProfile output here (for pstats or snakeviz)")
+    ap.add_argument("--sampler", choices=("cprofile", "py-spy"), default="cprofile",
+                    help="py-spy: sample the unmodified worker (no per-call cost; the `bench` extra installs it)")
     args = ap.parse_args()
     out = Path(args.out)
     with perf.Broker(None) as broker, tempfile.TemporaryDirectory() as tmp:
@@ -123,10 +177,18 @@ def main() -> int:
         group = f"prof-{uuid.uuid4().hex[:8]}"
         cfg = perf.worker_config(Path(tmp) / "worker.yml", broker.bootstrap, prefix, group, 6)
         prof, port = Path(tmp) / "worker.prof", perf.free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "driftline.stream.cli", "run",
-                                 "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+        worker = ["-m", "driftline.stream.cli", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
+        profiler = ["-m", "cProfile", "-o", str(prof)] if args.sampler == "cprofile" else []
+        proc = subprocess.Popen([sys.executable, *profiler, *worker], cwd=REPO,
                                 stdout=open(Path(tmp) / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        spy = None
+        if args.sampler == "py-spy":
+            # Samples the running worker from outside (it pauses it ~200 times a second, briefly), native
+            # frames included, so C time (orjson, librdkafka calls, zlib) shows under its own name.
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                                    "--format", "raw", "--rate", "200", "--native", "-o", str(prof)],
+                                   stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "py-spy.log", "wb"))
         url, started, done = f"http://127.0.0.1:{port}/metrics", time.time(), 0.0
         try:
             while done < args.rows and time.time() - started < 900:
@@ -138,14 +200,18 @@ def main() -> int:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
+            if spy is not None:
+                spy.wait(60)  # py-spy writes its samples when the process it samples has exited
         if done < args.rows or not prof.exists():
             raise SystemExit(f"the worker accounted for {done:.0f} of {args.rows} labels; see its log:\n"
                              + (Path(tmp) / "worker.log").read_text()[-2000:])
         if args.keep:
             Path(args.keep).write_bytes(prof.read_bytes())
-        r = {"rows": args.rows, "date": time.strftime("%Y-%m-%d")} | grouped(prof, 2 * args.rows)
-    (out / "worker-profile.json").write_text(json.dumps(r, indent=2))
-    (out / "worker-profile.md").write_text(markdown(r))
+        report = grouped(prof, 2 * args.rows) if args.sampler == "cprofile" else sampled(prof, 2 * args.rows)
+        r = {"rows": args.rows, "date": time.strftime("%Y-%m-%d"), "sampler": args.sampler} | report
+    name = "worker-profile" if args.sampler == "cprofile" else "worker-samples"
+    (out / f"{name}.json").write_text(json.dumps(r, indent=2))
+    (out / f"{name}.md").write_text(markdown(r))
     print(markdown(r))
     return 0
 

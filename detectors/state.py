@@ -67,6 +67,7 @@ import orjson
 
 FORMAT = 2
 MAGIC = b"DLS2"
+STORED = 0  # zlib level: see encode_state
 OLD_MAGIC = b"DLS1"
 
 
@@ -271,7 +272,11 @@ def encode_state(state: Any) -> bytes:
     with _no_gc():
         tree = _Encoder().enc(state)
     doc = {"format": FORMAT, "driftline": driftline.__version__, "river": river_version, "state": tree}
-    return MAGIC + zlib.compress(orjson.dumps(doc), 1)
+    # Level 0: zlib's stored blocks (any format-2 reader decodes them), not compression: the
+    # producer compresses checkpoint records with lz4 on librdkafka's thread, while zlib here ran
+    # on the worker's loop (a backlog's bank checkpoints its held observations every round:
+    # measured 306 ms at level 1 vs 48 ms at level 0 for 11.9 MB, 5% of a backlog worker's loop).
+    return MAGIC + zlib.compress(orjson.dumps(doc), STORED)
 
 
 class _no_gc:
