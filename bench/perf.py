@@ -310,7 +310,10 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         # Where the loop waited: input paused by the event-time alignment, and commit rounds.
         waits = {"paused_align_s": ws.sum("driftline_alignment_paused_seconds_total", reason="align"),
                  "paused_skew_s": ws.sum("driftline_alignment_paused_seconds_total", reason="skew"),
-                 "checkpoint_rounds": ws.sum("driftline_checkpoints_total", outcome="ok")}
+                 "checkpoint_rounds": ws.sum("driftline_checkpoints_total", outcome="ok"),
+                 # Applied out of event-time order: where the worker may differ from replay (a
+                 # figure that comes with any is a fast answer to another question).
+                 "late_observations": ws.sum("driftline_observations_late_total")}
     finally:
         ws.stop()
     counted = 2 * (n_pairs - done0)
