@@ -32,7 +32,7 @@ import perf  # noqa: E402  (broker, demo stream, worker config: the same as the 
 
 # (part, test on the profile entry's file and function name), first match wins.
 PARTS: tuple[tuple[str, object], ...] = (
-    ("River detectors (ADWIN, Page-Hinkley)", lambda f, n: "/river/" in f),
+    ("River detectors (ADWIN, Page-Hinkley)", lambda f, n: "/river/" in f or f.startswith("river/") or "_river_rust" in f),
     ("detector wrappers and standardisers (detectors/drift.py, calibration.py)",
      lambda f, n: f.endswith(("detectors/drift.py", "detectors/calibration.py", "detectors/categorical.py"))),
     ("bank: signals, rolling metrics, counters (detectors/bank.py, accuracy, tally, classification, estimate)",
@@ -113,8 +113,9 @@ def sampled(raw: Path, events: int) -> dict:
         if not count.isdigit():
             continue
         n = int(count)
-        if "run (stream/worker.py" not in stack and "stream/exporter.py" not in stack:
-            continue  # librdkafka's threads, an idle HTTP server thread
+        if "run (stream/worker.py" not in stack and (
+                "stream/exporter.py" not in stack or "PyThread_acquire_lock" in stack):
+            continue  # librdkafka's threads, an HTTP thread idle or waiting for the worker's lock
         total += n
         frames = stack.split(";")
         part = None
