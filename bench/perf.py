@@ -82,6 +82,18 @@ class Broker:
             self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
         return self
 
+    def cpu_seconds(self) -> float | None:
+        """The broker's CPU time so far (user + system), when this run started it: with the
+        workers' own CPU it says how much of the machine a fleet could have had."""
+        if self.env is None:
+            return None
+        try:
+            pid = int((Path(self.state) / "kafka" / "kafka.pid").read_text().split()[0])
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def __exit__(self, *exc) -> None:
         if self.env is not None:
             subprocess.run([str(REPO / "deploy/local/kafka"), "stop"], env=self.env, check=False)
@@ -283,7 +295,7 @@ class WorkerDied(RuntimeError):
 
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
                       baseline: bool = False, pythonpath: str | None = None, models: str | None = None,
-                      worker: str = "") -> dict:
+                      worker: str = "", broker: Broker | None = None) -> dict:
     group = f"perf-{uuid.uuid4().hex[:8]}"
     cfg = worker_config(logdir / f"{group}.yml", bootstrap, prefix, group, partitions, baseline, models, worker)
     ws = Workers(cfg, k, logdir, pythonpath)
@@ -297,6 +309,7 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
             time.sleep(0.05)
         t0 = time.perf_counter()
         done0 = ws.sum("driftline_labeled_total", segment="__all__")
+        cpu0, broker0 = ws.sum("process_cpu_seconds_total"), broker.cpu_seconds() if broker else None
         while ws.sum("driftline_labeled_total", segment="__all__") < n_pairs:
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError("workers did not finish within 900 s")
@@ -307,6 +320,10 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
             time.sleep(0.1)
         took = time.perf_counter() - t0
         cpu = ws.sum("process_cpu_seconds_total")  # the workers' CPU: steadier than wall time here
+        # How much of the machine the fleet and the broker used while counted (cores).
+        cores = {"worker_cores": (cpu - cpu0) / took}
+        if broker0 is not None and broker.cpu_seconds() is not None:
+            cores["broker_cores"] = (broker.cpu_seconds() - broker0) / took
         # Where the loop waited: input paused by the event-time alignment, and commit rounds.
         waits = {"paused_align_s": ws.sum("driftline_alignment_paused_seconds_total", reason="align"),
                  "paused_skew_s": ws.sum("driftline_alignment_paused_seconds_total", reason="skew"),
@@ -323,7 +340,8 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         return {"workers": k, "events": counted, "seconds": took, "events_per_s": None, "events_per_s_per_worker": None}
     rate = counted / took
     return {"workers": k, "events": counted, "seconds": took, "events_per_s": rate,
-            "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu, **waits}
+            "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu, **waits,
+            **cores}
 
 
 def transactions_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, rounds: int = 2) -> dict:
@@ -1015,7 +1033,7 @@ def main() -> int:
         results["workers"] = []
         for k in (1, 2, 3):
             try:
-                r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir)
+                r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir, broker=broker)
             except WorkerDied as exc:
                 log(f"{k} worker(s): no figure: {exc}")
                 results.setdefault("worker_failures", []).append({"workers": k, "error": str(exc)})
@@ -1069,7 +1087,8 @@ def throughput_main(args, out: Path) -> int:
         del plan
         results["workers"] = []
         for k in (1, 2):
-            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, Path(tmp), pythonpath=args.before)
+            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, Path(tmp), pythonpath=args.before,
+                                  broker=broker)
             results["workers"].append(r)
             log(f"{k} worker(s): {r}")
     floor = results["river_floor"]["events_per_s"]
@@ -1147,8 +1166,12 @@ def table(r: dict) -> str:
                      f"inference, {fl['updates_per_label']} per label), in process | {fl['events_per_s']:,.0f} events/s | "
                      f"{fl['events_per_s'] / c:.1%} |")
     for w in r["workers"]:
+        used = ""
+        if w.get("worker_cores") is not None:  # how much of the machine the fleet had, and the broker
+            used = f"; {w['worker_cores']:.2f} cores" + (f", broker {w['broker_cores']:.2f}" if w.get("broker_cores") else "")
         lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
-                     f"({w['events_per_s_per_worker']:,.0f} per worker) | {w['ratio_to_ceiling_per_worker']:.1%} per worker |")
+                     f"({w['events_per_s_per_worker']:,.0f} per worker, {w['events_per_cpu_s']:,.0f} per CPU s{used}) | "
+                     f"{w['ratio_to_ceiling_per_worker']:.1%} per worker |")
     if r.get("worker_to_floor") is not None:
         lines.append(f"| 1 worker against the River floor (same run) | {r['worker_events_per_s']:,.0f} / "
                      f"{r['river_floor_events_per_s']:,.0f} events/s | **{r['worker_to_floor']:.1%} of the floor** |")

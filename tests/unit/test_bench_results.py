@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,19 @@ def test_every_field_of_a_results_file_is_written_by_its_bench(results, script):
     data = json.loads((REPO / "bench/results" / results).read_text())
     unknown = fields(data) - literals(REPO / "bench" / script)
     assert not unknown, f"bench/results/{results} holds fields bench/{script} does not write: {sorted(unknown)}"
+
+
+def test_the_readme_table_of_measured_figures_is_the_one_perf_py_makes_of_perf_json():
+    """The README's Measured table is bench/perf.py's rendering of bench/results/perf.json, word
+    for word: a figure typed into it by hand, or a results file committed without `--readme`,
+    fails here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_perf", REPO / "bench/perf.py")
+    perf = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = perf  # its dataclasses look their module up
+    spec.loader.exec_module(perf)
+    text = (REPO / "README.md").read_text()
+    assert perf.README_BEGIN in text and perf.README_END in text
+    shown = text.split(perf.README_BEGIN, 1)[1].split(perf.README_END, 1)[0].strip("\n")
+    assert shown == perf.table(json.loads((REPO / "bench/results/perf.json").read_text()))
