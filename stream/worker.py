@@ -49,21 +49,15 @@ from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, t
 from driftline.detectors.segments import attribute_of
 from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
-from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointCadence, CheckpointError, CheckpointStore
+from driftline.stream.checkpoint import CheckpointCadence, CheckpointError, CheckpointStore
+from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
 from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
 from driftline.stream.pipeline import Intake, observe
-from driftline.stream.transactions import (
-    BrokerAway,
-    BrokerWatch,
-    TransactionAborted,
-    TransactionFatal,
-    TransactionStuck,
-    Transactions,
-)
+from driftline.stream.transactions import BrokerWatch, Transactions
 
 log = logging.getLogger("driftline.worker")
 
@@ -207,7 +201,6 @@ class Worker:
         self.rebalancing = False
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        self._next_commit = 0.0
         self._next_lag = 0.0
         # Reference profiles: the config's files, then what the baselines topic publishes
         # (stream/baselines.py); one book for every bank of this process.
@@ -230,19 +223,21 @@ class Worker:
         def new_producer(transactional: str | None) -> Producer:
             return Producer({**producer_config(settings, transactional), "error_cb": self.broker.on_error})
 
+        self.exactly_once = eos
         self.producer = new_producer(transactional_id(settings) if eos else None)
         # With exactly-once, checkpoints travel in the worker's transaction (its producer).
-        self.txn = Transactions(self.producer, self.consumer, settings.worker.transaction_timeout,
-                                new_producer=lambda: new_producer(transactional_id(settings)),
-                                down=lambda: self.broker.down) if eos else None
+        txn = Transactions(self.producer, self.consumer, settings.worker.transaction_timeout,
+                           new_producer=lambda: new_producer(transactional_id(settings)),
+                           down=lambda: self.broker.down) if eos else None
         self._holding = False  # input paused for a broker outage (exactly-once), see _ride_out_outage
-        self._doomed: str | None = None  # why the open transaction cannot commit (a failed delivery)
         self.event_time = EventTimeDriver(self, self.source_partitions)
         # With exactly-once a round may be stretched to a third of the transaction timeout at most.
-        self.cadence = CheckpointCadence(settings.worker.checkpoint_interval,
-                                         settings.worker.transaction_timeout / 3 if eos else math.inf)
-        self.store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
-                                     self.topics.checkpoint_data, producer=self.producer if eos else None)
+        cadence = CheckpointCadence(settings.worker.checkpoint_interval,
+                                    settings.worker.transaction_timeout / 3 if eos else math.inf)
+        store = CheckpointStore(kafka.bootstrap, dict(kafka.client_config), self.topics.checkpoints,
+                                self.topics.checkpoint_data, producer=self.producer if eos else None)
+        # The checkpoint rounds, the offset commits and the rewinds (stream/checkpointer.py).
+        self.checkpointer = Checkpointer(self, cadence, store, txn, settings.worker.commit_interval)
 
     # -- state lookup, for the collector -----------------------------------------------------------
     def bank_objects(self) -> list[DetectorBank]:
@@ -260,12 +255,8 @@ class Worker:
     def run(self) -> int:
         t = self.topics
         self.baseline_topic.start()  # before any bank exists: the first events meet their profiles
-        if self.txn is not None:
-            try:
-                self.txn.init(self.stopping.is_set)
-                self.txn.begin()
-            except TransactionFatal as exc:
-                self.fatal = str(exc)
+        checkpointer = self.checkpointer
+        checkpointer.start()
         self._next_baselines = time.monotonic() + BASELINES_EVERY
         self.consumer.subscribe([t.inferences, t.labels, t.observations], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -276,7 +267,7 @@ class Worker:
                 # rates is pure latency; an idle loop wakes 50 times a second, which costs nothing.
                 waiting = time.monotonic()
                 msgs = self.consumer.consume(batch, 0.0 if self.event_time.releasing else 0.02)
-                self.cadence.wait(time.monotonic() - waiting)
+                checkpointer.cadence.wait(time.monotonic() - waiting)
                 if msgs:
                     with self.lock:
                         if self.event_time.unaligned:
@@ -286,23 +277,20 @@ class Worker:
                         self._process(msgs)
                 self.producer.poll(0)
                 now = time.monotonic()
-                outage = self.txn is not None and (self.broker.down or self._holding)
+                outage = self.exactly_once and (self.broker.down or self._holding)
                 if outage:
                     self._ride_out_outage(now)
-                elif self._doomed is not None:
-                    with self.lock:
-                        self._rewind(self._doomed)
-                if now >= self._next_commit and self.txn is None:
-                    self._commit(asynchronous=True)
-                    self._next_commit = now + self.settings.worker.commit_interval
+                elif checkpointer.doomed is not None:
+                    checkpointer.rewind(checkpointer.doomed)
+                checkpointer.commit_if_due(now)
                 if now >= self._next_lag:
                     self._refresh_lag()
                     self._next_lag = now + LAG_EVERY
                 if now >= self._next_baselines:
                     self.baseline_topic.poll(self.lock)
                     self._next_baselines = now + BASELINES_EVERY
-                if not outage and self.cadence.due(now):
-                    self._checkpoint()
+                if not outage and checkpointer.due(now):
+                    checkpointer.round()
                 with self.lock:
                     self.event_time.tick()
         finally:
@@ -322,20 +310,17 @@ class Worker:
         outage shorter than worker.session_timeout; each checkpoint round due counts as failed.
         When a broker answers, the open transaction is aborted and every owned partition rewinds
         to its last commit (what it produced since then is never read), then reading resumes."""
+        checkpointer = self.checkpointer
         if not self._holding:
             self._holding = True
-            self._doomed = self._doomed or "broker outage"
+            checkpointer.doom("broker outage")
             self._pause_assigned(True)
-        if self.cadence.due(now):
-            self.stats.checkpoints["failed"] += 1
-            log.warning("checkpoint round skipped: every broker is unreachable (%d partitions hold their state)",
-                        len(self.intakes) + len(self.banks))
-            self.cadence.done(now, 0.0)
+        checkpointer.skip_round(now)
         if not self.broker.probe(self.consumer):
             return
         with self.lock:
-            self._rewind_locked(self._doomed or "broker outage", new_producer=True)
-        if self._doomed is None and not self.broker.down and self.fatal is None:
+            checkpointer.rewind_locked(checkpointer.doomed or "broker outage", new_producer=True)
+        if checkpointer.doomed is None and not self.broker.down and self.fatal is None:
             self._holding = False
             self._pause_assigned(False)
 
@@ -350,17 +335,7 @@ class Worker:
     def _shutdown(self) -> None:
         log.info("shutting down: checkpointing %d intake and %d bank partitions", len(self.intakes), len(self.banks))
         with self.lock:
-            if self.fatal is None:
-                try:
-                    # Bounded: with the broker away, a stop must not hang (the successor replays
-                    # from the previous checkpoint instead).
-                    self._checkpoint(force=True, timeout=10.0)
-                except Exception as exc:
-                    log.warning("final checkpoint failed: %s", exc)
-            if self.txn is None:
-                self._commit(asynchronous=False)
-            else:
-                self._abort_open()  # whatever the final checkpoint did not commit
+            self.checkpointer.final()
         try:
             self.consumer.close()  # leaves the group: the others rebalance at once
         except KafkaException as exc:
@@ -368,7 +343,7 @@ class Worker:
         left = self.producer.flush(10)
         if left:
             log.warning("%d records not delivered at shutdown", left)
-        self.store.close()
+        self.checkpointer.close()
         self.baseline_topic.close()
 
     # -- stage 1 and stage 2 ---------------------------------------------------------------------
@@ -578,7 +553,7 @@ class Worker:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,
                  headers: list | None = None) -> None:
-        if self._doomed is not None:
+        if self.checkpointer.doomed is not None:
             return  # the open transaction will abort: its records would be discarded anyway
         while True:
             try:
@@ -587,7 +562,7 @@ class Worker:
                 return
             except BufferError:  # the local queue is full (broker slow or away): wait, never drop
                 self.producer.poll(0.1)
-                if (self.stopping.is_set() and self.fatal is not None) or self._doomed is not None:
+                if (self.stopping.is_set() and self.fatal is not None) or self.checkpointer.doomed is not None:
                     return
 
     def _delivered(self, err, msg) -> None:
@@ -595,12 +570,12 @@ class Worker:
             return
         topic = msg.topic()
         self.stats.produce_errors[topic] = self.stats.produce_errors.get(topic, 0) + 1
-        if self.txn is not None:
+        if self.exactly_once:
             # The transaction holding this record cannot commit: abort it and rewind the state to
             # the last commit (the loop does it), so the record's effect is replayed, not lost.
             # (Also for a fatal error: after an outage the coordinator may have bumped the
             # producer's epoch; a truly fenced worker stops at its next commit or abort.)
-            self._doomed = self._doomed or f"delivery to {topic} failed: {err}"
+            self.checkpointer.doom(f"delivery to {topic} failed: {err}")
             return
         # With infinite retries only a fatal or permanent error lands here. The state already
         # holds this record's effect, so checkpointing it would lose the record for good: stop,
@@ -623,222 +598,6 @@ class Worker:
         if tp.topic == self.topics.observations:
             return "bank", self.banks
         return "intake", self.intakes
-
-    def _checkpoint(self, force: bool = False, only: set[str] | None = None, timeout: float = 30.0) -> None:
-        if self.txn is not None:
-            self._commit_transaction(force, timeout, only)
-            return
-        started = time.monotonic()
-        now = self.clock()
-        items, owners = [], []
-        for stage, table in (("intake", self.intakes), ("bank", self.banks)):
-            for p, part in table.items():
-                key = self._key(stage, p)
-                if only is not None and key not in only:
-                    continue
-                if force or part.dirty or now - part.checkpointed_at > MAX_CHECKPOINT_AGE:
-                    items.append((key, part.snapshot()))
-                    owners.append(part)
-        if items:
-            try:
-                # Outputs of everything a checkpoint covers must be durable before it is.
-                left = self.producer.flush(timeout)
-                if left:
-                    raise CheckpointError(f"{left} records not delivered within {timeout:.0f} s")
-                if self.fatal is not None:
-                    raise CheckpointError(self.fatal)
-                self.store.write(items, timeout=timeout)
-            except (CheckpointError, KafkaException) as exc:
-                self.stats.checkpoints["failed"] += 1
-                log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
-                self.cadence.done(time.monotonic(), 0.0)
-                return
-            for part in owners:
-                part.dirty = False
-                part.checkpointed_at = now
-            self.stats.checkpoints["ok"] += 1
-            self.stats.checkpoint_bytes = sum(len(b) for _, b in items)
-            self._commit(asynchronous=True)
-        self._checkpointed(started, bool(items))
-
-    def _checkpointed(self, started: float, wrote: bool) -> None:
-        """A successful round (or one with nothing to write): the age restarts, the next is due."""
-        now = time.monotonic()
-        took = now - started
-        if wrote:
-            self.stats.checkpoint_seconds = took
-        self.stats.checkpoint_ok_at = now
-        self.cadence.done(now, took)
-
-    def _commit_transaction(self, force: bool, timeout: float, only: set[str] | None = None,
-                            rewind: bool = True) -> bool:
-        """Exactly-once: snapshots of every changed state join the open transaction with the
-        offsets of every owned partition, and the transaction commits (stream/transactions.py).
-        On an abort the partitions rewind to their last commit (or, with rewind=False, the
-        caller drops them). Returns whether everything owned is now committed."""
-        started = time.monotonic()
-        now = self.clock()
-        if self._doomed is not None:
-            self._failed(self._doomed, rewind)
-            return False
-        items, owners = [], []
-        for stage, table in (("intake", self.intakes), ("bank", self.banks)):
-            for p, part in table.items():
-                key = self._key(stage, p)
-                # Every changed state, always: the transaction holds the outputs of all of them.
-                if ((force and (only is None or key in only)) or part.dirty
-                        or now - part.checkpointed_at > MAX_CHECKPOINT_AGE):
-                    items.append((key, part.snapshot()))
-                    owners.append(part)
-        if not items:  # nothing read since the last commit, so nothing written either
-            self._checkpointed(started, False)
-            return True
-        try:
-            self.store.write(items, timeout=timeout)
-            if self._doomed is not None:
-                raise TransactionAborted(self._doomed)
-            self.txn.commit(self._positions(), self.stopping.is_set, timeout)
-        except CheckpointError as exc:
-            # Not delivered in time (broker away): the transaction stays open and the next round
-            # writes newer snapshots into it; it aborts if it outlives the transaction timeout.
-            self.stats.checkpoints["failed"] += 1
-            log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
-            if not rewind or time.monotonic() - self.txn.started > self.txn.timeout:
-                self._failed(f"transaction open longer than {self.txn.timeout:.0f} s: {exc}"
-                             if rewind else str(exc), rewind)
-            self.cadence.done(time.monotonic(), 0.0)
-            return False
-        except TransactionAborted as exc:
-            self.stats.checkpoints["failed"] += 1
-            self._failed(str(exc), rewind)
-            return False
-        except TransactionFatal as exc:
-            self.stats.checkpoints["failed"] += 1
-            self.fatal = str(exc)
-            return False
-        for part in owners:
-            part.dirty = False
-            part.checkpointed_at = now
-        self.stats.checkpoints["ok"] += 1
-        self.stats.checkpoint_bytes = sum(len(b) for _, b in items)
-        self._begin()
-        self._checkpointed(started, True)
-        return True
-
-    def _failed(self, why: str, rewind: bool) -> None:
-        if rewind:
-            self._rewind(why)
-            return
-        # A revoke: the caller drops the revoked states; any others rewind from the loop.
-        log.warning("transaction failed at a revoke (%s): the revoked partitions restart from their last checkpoint",
-                    why)
-        self._abort_open(bounded=False)
-        # An abort still pending (broker away) must happen before anything commits again.
-        self._doomed = why if self.txn.open else None
-        self._begin()
-        for table in (self.intakes, self.banks):
-            for part in table.values():
-                part.dirty = True  # none of them may be parked: their state is ahead of the commit
-
-    def _begin(self) -> None:
-        try:
-            if self.txn.stuck:
-                # librdkafka will never finish a call it started (or refused the abort): carry
-                # on with a new producer (the old one's transaction expires at the broker;
-                # nothing of it is ever read).
-                log.warning("the transactional producer is stuck: replacing it")
-                self.producer = self.txn.replace_producer(self.stopping.is_set)
-                self.store.use_producer(self.producer)
-            self.txn.begin()
-        except TransactionAborted as exc:  # broker away again, or the new producer's init stuck
-            log.warning("no transaction begun yet (%s): retried when a broker answers", exc)
-            self._doomed = self._doomed or str(exc)
-        except (KafkaException, TransactionFatal) as exc:
-            self.fatal = f"begin transaction: {exc}"
-
-    def _abort_open(self, bounded: bool = True) -> None:
-        try:
-            # bounded: one attempt (at shutdown; the coordinator aborts it after its timeout)
-            self.txn.abort((lambda: True) if bounded else self.stopping.is_set)
-        except BrokerAway:
-            pass  # still open: the loop aborts it when a broker answers (self._doomed)
-        except (TransactionFatal, TransactionAborted) as exc:
-            log.warning("%s", exc)
-
-    def _rewind(self, why: str) -> None:
-        """Abort the open transaction and reload every owned partition from its last committed
-        checkpoint, reading again from the checkpoint's offsets (the partitions stay ours)."""
-        with self.lock:
-            self._rewind_locked(why)
-
-    def _rewind_locked(self, why: str, new_producer: bool = False) -> None:
-        self._doomed = why  # until the rewind is done, nothing more is produced
-        if self.broker.down:
-            return  # the loop rewinds when a broker answers (_ride_out_outage)
-        try:
-            self.txn.abort(self.stopping.is_set)
-            if new_producer:
-                # After a broker restart librdkafka's next send_offsets_to_transaction on the
-                # same producer blocked for good in the outage test (librdkafka issues 5456 and
-                # 5511); a new producer (new transactional id) finds the coordinator afresh.
-                self.txn.stuck = True
-        except BrokerAway:
-            return
-        except TransactionStuck as exc:
-            log.warning("%s: the producer is replaced", exc)
-        except TransactionFatal as exc:
-            # After an outage the coordinator may have aborted the transaction itself (its
-            # timeout passed) and bumped the producer's epoch: a new producer carries on.
-            log.warning("abort refused (%s): the producer is replaced", exc)
-            self.txn.stuck = True
-            self.txn.open = False
-        log.warning("transaction aborted (%s): rewinding %d partitions to their last checkpoint",
-                    why, len(self.intakes) + len(self.banks))
-        self.stats.rewinds += 1
-        self.stats.ownership += 1
-        assigned = [tp for tp in self.consumer.assignment()]
-        before = {(tp.topic, tp.partition): off for tp in self._positions() for off in [tp.offset]}
-        self.intakes.clear()
-        self.banks.clear()
-        self._parked.clear()
-        for tp in assigned:
-            self.ends.forget(tp.topic, tp.partition)
-        try:
-            if self._load(assigned) is None:
-                return
-        except KafkaException as exc:  # committed offsets not answered (the coordinator loading)
-            log.warning("rewind: %s; retried", exc)
-            return
-        for tp in assigned:
-            try:
-                self.consumer.seek(tp)
-            except KafkaException:  # not fetching yet: an assignment sets the positions instead
-                self.consumer.assign(assigned)
-            done = before.get((tp.topic, tp.partition), tp.offset)
-            if done > tp.offset:
-                self.stats.replayed += done - tp.offset
-        self._doomed = None
-        self.event_time.assigned(assigned)
-        self._begin()
-
-    def _positions(self) -> list[TopicPartition]:
-        out = []
-        for table in (self.intakes, self.banks):
-            for p, part in table.items():
-                out.extend(TopicPartition(topic, p, off) for topic, off in part.positions.items())
-        return out
-
-    def _commit(self, asynchronous: bool) -> None:
-        if self.txn is not None:
-            return  # offsets move only inside transactions, with the checkpoints they belong to
-        offsets = self._positions()
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed: %s", exc)
 
     def _refresh_lag(self) -> None:
         lag, behind = {}, {}
@@ -879,10 +638,7 @@ class Worker:
             if fresh:
                 # Checkpoint new states at once: a successor must never find a partition without
                 # one, or it would start empty at the committed offset and lose what the join held.
-                if self.txn is not None:
-                    self._commit_transaction(True, 30.0, only=fresh, rewind=False)
-                else:
-                    self._checkpoint(force=True, only=fresh)
+                self.checkpointer.round(force=True, only=fresh, rewind=False)
             self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
             self.stats.ownership += 1
             self.assigned_once = True
@@ -970,7 +726,7 @@ class Worker:
                 return None
             now = self.clock()
             states = {key: self._restore(*key.rsplit("/", 2)[-2:], blob, now) for key, blob in blobs.items()}
-            stale = self._stale(keys, states, committed) if self.txn is not None else []
+            stale = self._stale(keys, states, committed) if self.exactly_once else []
             if not stale:
                 return states
             if time.monotonic() > deadline:
@@ -1015,7 +771,7 @@ class Worker:
         """Checkpoints of `keys`, retrying what a broker restart or a new topic can cause."""
         for attempt in range(attempts):
             try:
-                return self.store.read(keys)
+                return self.checkpointer.store.read(keys)
             except (CheckpointError, KafkaException) as exc:
                 # Leaders move and new topics settle for a moment after creation; a broker
                 # restart looks the same: retry with back-off before giving up.
@@ -1031,12 +787,8 @@ class Worker:
         with self.lock:
             self.rebalancing = True
             keys = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
-            if self.fatal is None and self.txn is not None:
-                # Still the old generation: this commit is accepted, a later one would be fenced.
-                self._commit_transaction(True, 30.0, only=keys, rewind=False)
-            elif self.fatal is None:
-                self._checkpoint(force=True, only=keys)
-                self._commit(asynchronous=False)
+            if self.fatal is None:
+                self.checkpointer.handover(keys)
             for tp in partitions:
                 stage, table = self._stage_of(tp)
                 part = table.pop(tp.partition, None)
@@ -1053,13 +805,7 @@ class Worker:
                 self._stage_of(tp)[1].pop(tp.partition, None)
             self._parked.clear()
             self.stats.ownership += 1
-            if self.txn is not None:
-                # Its offsets would be refused (an old generation): abort it, and rewind any
-                # state that stays ours, since it holds effects of the aborted records.
-                self._abort_open(bounded=False)
-                self._begin()
-                if self.intakes or self.banks or self.txn.open:
-                    self._doomed = "partitions lost"
+            self.checkpointer.lost()
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
 
     def _restore(self, stage: str, partition: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
