@@ -194,17 +194,19 @@ class Run:
         self.lab = [Message(t.labels, 0, i, keys[i], r, ts[i] + 500) for i, r in enumerate(lab)]
         self.obs_offsets = [0] * OBS_PARTITIONS
 
-    def _feed_back(self) -> None:
-        """Hand what the worker produced to the observations topic back to its stage 2."""
+    def _feed_back(self, sent_ms: int | None = None) -> None:
+        """Hand what the worker produced to the observations topic back to its stage 2, stamped
+        with the wall clock as the broker would (or `sent_ms`)."""
         w = self.worker
         obs_topic = w.topics.observations
+        sent_ms = int(time.time() * 1000) if sent_ms is None else sent_ms
         msgs = []
         for topic, key, value, partition, headers in self.out:
             if topic != obs_topic:
                 continue  # dead letters, drift events: nothing reads them here
             off = self.obs_offsets[partition]
             self.obs_offsets[partition] = off + 1
-            msgs.append(Message(obs_topic, partition, off, key, value, 0, headers))
+            msgs.append(Message(obs_topic, partition, off, key, value, sent_ms, headers))
         self.out.clear()
         if msgs:
             w._process(msgs)
@@ -226,10 +228,12 @@ class Run:
             self._step()
             et._heartbeat(et.clock())  # as the loop's tick, between batches
             self._feed_back()
-        # The end: the source says it is idle, the banks release everything they hold.
+        # The end: the source says it is idle, the banks release everything they hold. Its word
+        # is dated an hour on: a bank trusts an idle source only for observations sent at least
+        # worker.idle_timeout before the heartbeat that said it (WatermarkBuffer's doc).
         self.out.extend((w.topics.observations, None, perf.orjson.dumps(["", [], 0, None, True]), q,
                          self.tree.format_headers) for q in range(OBS_PARTITIONS))
-        self._feed_back()
+        self._feed_back(int((time.time() + 3600) * 1000))
         held = sum(bp.buffer.held for bp in w.banks.values())
         while held and hasattr(et, "_allowance"):  # released over further loop steps
             self._step()
