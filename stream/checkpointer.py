@@ -44,6 +44,7 @@ class Checkpointer:
         self.commit_interval = commit_interval
         self.doomed: str | None = None  # why the open transaction cannot commit (a failed delivery, ...)
         self._next_commit = 0.0
+        self.finished = False  # the shutdown's last round is done: nothing is checkpointed after it
 
     # -- the loop's calls -------------------------------------------------------------------------
     def start(self) -> None:
@@ -192,7 +193,11 @@ class Checkpointer:
     # -- rebalances and shutdown ------------------------------------------------------------------
     def handover(self, keys: set[str]) -> None:
         """The round at a revoke, before the states of `keys` go: still the old generation, so
-        this commit is accepted (a later one would be fenced)."""
+        this commit is accepted (a later one would be fenced). Not after the shutdown's last
+        round (`final`): the consumer's close revokes every partition, and that round has already
+        committed them (with exactly-once no transaction is open any more: writing would fail)."""
+        if self.finished:
+            return
         self.round(force=True, only=keys, timeout=30.0, rewind=False)
         self.commit_offsets(asynchronous=False)
 
@@ -221,6 +226,7 @@ class Checkpointer:
             self.commit_offsets(asynchronous=False)
         else:
             self.abort_open()
+        self.finished = True
 
     def close(self) -> None:
         self.store.close()

@@ -199,3 +199,17 @@ def test_at_least_once_offsets_are_committed_every_commit_interval():
     ck, w = checkpointer(True, calls)
     ck.commit_if_due(100.0)
     assert calls == []
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_the_revoke_of_the_consumers_close_after_the_last_round_writes_nothing(exactly_once):
+    """Shutdown: the last round commits every partition, then the consumer's close revokes them
+    all. Another forced round there wrote snapshots with no transaction open (librdkafka:
+    "Erroneous state", logged at every stop) or, at-least-once, wrote everything twice."""
+    calls: list = []
+    ck, w = checkpointer(exactly_once, calls)
+    ck.final()
+    assert "store.write" in calls
+    calls.clear()
+    ck.handover({"g/intake/0", "g/bank/2"})
+    assert calls == []
