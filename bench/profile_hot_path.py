@@ -169,6 +169,13 @@ def stub_bank_calls(bank) -> None:
                     (lambda *args, **kwargs: []))
 
 
+def fresh_partition(worker, stage: str, now: float):
+    """A fresh partition state of `stage` from `worker`'s tree (stream/restorer.py; trees from
+    before it made them in the worker itself)."""
+    restorer = getattr(worker, "restorer", None)
+    return restorer.fresh_partition(stage, now) if restorer is not None else worker._fresh_partition(stage, now)
+
+
 class Run:
     """One worker fed the demo backlog in process."""
 
@@ -180,9 +187,9 @@ class Run:
         w._produce = lambda topic, key, value, partition=-1, headers=None: self.out.append(
             (topic, key, value, partition, headers))
         now = w.clock()
-        w.intakes[0] = w._fresh_partition("intake", now)
+        w.intakes[0] = fresh_partition(w, "intake", now)
         for q in range(OBS_PARTITIONS):
-            w.banks[q] = w._fresh_partition("bank", now)
+            w.banks[q] = fresh_partition(w, "bank", now)
             if record is not None:
                 record_bank_calls(w.banks[q].bank, record)
             if stub:
@@ -248,7 +255,7 @@ class Run:
 def replay_bank(worker, calls: list) -> float:
     """CPU seconds of the recorded bank calls on one fresh bank (one per observations partition
     is not needed: the calls name their segments, and each attribute's segments are one bank's)."""
-    bank = worker._fresh_partition("bank", worker.clock()).bank
+    bank = fresh_partition(worker, "bank", worker.clock()).bank
     t0 = time.thread_time()
     for name, args, kwargs in calls:
         getattr(bank, name)(*args, **kwargs)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
 from driftline.stream.checkpoint import MAX_CHECKPOINT_AGE, CheckpointCadence, CheckpointError, CheckpointStore
+from driftline.stream.partitions import PartitionKey
 from driftline.stream.transactions import (
     BrokerAway,
     TransactionAborted,
@@ -38,6 +39,7 @@ class Checkpointer:
     def __init__(self, worker, cadence: CheckpointCadence, store: CheckpointStore, txn: Transactions | None,
                  commit_interval: float):
         self.w = worker
+        self.states = worker.states  # stream/partitions.py
         self.cadence = cadence
         self.store = store
         self.txn = txn
@@ -77,11 +79,11 @@ class Checkpointer:
             w = self.w
             w.stats.checkpoints["failed"] += 1
             log.warning("checkpoint round skipped: every broker is unreachable (%d partitions hold their state)",
-                        len(w.intakes) + len(w.banks))
+                        len(self.states))
             self.cadence.done(now, 0.0)
 
     # -- the round --------------------------------------------------------------------------------
-    def round(self, force: bool = False, only: set[str] | None = None, timeout: float = 30.0,
+    def round(self, force: bool = False, only: set[PartitionKey] | None = None, timeout: float = 30.0,
               rewind: bool = True) -> bool:
         """One checkpoint round: the snapshots of every changed state (`force`: of every state,
         or of those in `only`), then `_write`. A failed round is retried by the next; with
@@ -160,24 +162,22 @@ class Checkpointer:
             return
         if self.doomed is not None:
             raise TransactionAborted(self.doomed)
-        self.txn.commit(self.positions(), w.stopping.is_set, timeout)
+        self.txn.commit(self.states.positions(), w.stopping.is_set, timeout)
 
-    def _snapshots(self, force: bool, only: set[str] | None, now: float) -> tuple[list, list]:
+    def _snapshots(self, force: bool, only: set[PartitionKey] | None, now: float) -> tuple[list, list]:
         """(key, snapshot) of each state the round writes, and those states: every changed one,
         every one unwritten for MAX_CHECKPOINT_AGE (chunk retention must never outlive a
         manifest), and with `force` every one of `only` (all if None). With exactly-once a
         changed state outside `only` joins too: the transaction holds the outputs of all."""
-        w = self.w
+        states = self.states
         items, owners = [], []
-        for stage, table in (("intake", w.intakes), ("bank", w.banks)):
-            for p, part in table.items():
-                key = w._key(stage, p)
-                chosen = only is None or key in only
-                if not chosen and self.txn is None:
-                    continue
-                if (force and chosen) or part.dirty or now - part.checkpointed_at > MAX_CHECKPOINT_AGE:
-                    items.append((key, part.snapshot()))
-                    owners.append(part)
+        for key, part in states.items():
+            chosen = only is None or key in only
+            if not chosen and self.txn is None:
+                continue
+            if (force and chosen) or part.dirty or now - part.checkpointed_at > MAX_CHECKPOINT_AGE:
+                items.append((states.name(key), part.snapshot()))  # named as on the wire
+                owners.append(part)
         return items, owners
 
     def _checkpointed(self, started: float, wrote: bool) -> None:
@@ -191,7 +191,7 @@ class Checkpointer:
         self.cadence.done(now, took)
 
     # -- rebalances and shutdown ------------------------------------------------------------------
-    def handover(self, keys: set[str]) -> None:
+    def handover(self, keys: set[PartitionKey]) -> None:
         """The round at a revoke, before the states of `keys` go: still the old generation, so
         this commit is accepted (a later one would be fenced). Not after the shutdown's last
         round (`final`): the consumer's close revokes every partition, and that round has already
@@ -207,10 +207,9 @@ class Checkpointer:
         the aborted records."""
         if self.txn is None:
             return
-        w = self.w
         self.abort_open(bounded=False)
         self._begin()
-        if w.intakes or w.banks or self.txn.open:
+        if len(self.states) or self.txn.open:
             self.doomed = "partitions lost"
 
     def final(self) -> None:
@@ -232,20 +231,12 @@ class Checkpointer:
         self.store.close()
 
     # -- offsets ----------------------------------------------------------------------------------
-    def positions(self) -> list[TopicPartition]:
-        """The next offset to read of every topic partition the worker owns a state of."""
-        out = []
-        for table in (self.w.intakes, self.w.banks):
-            for p, part in table.items():
-                out.extend(TopicPartition(topic, p, off) for topic, off in part.positions.items())
-        return out
-
     def commit_offsets(self, asynchronous: bool) -> None:
         """At-least-once: commit the processed positions (with exactly-once offsets move only
         inside transactions, with the checkpoints they belong to)."""
         if self.txn is not None:
             return
-        offsets = self.positions()
+        offsets = self.states.positions()
         if not offsets:
             return
         try:
@@ -266,9 +257,8 @@ class Checkpointer:
         # An abort still pending (broker away) must happen before anything commits again.
         self.doomed = why if self.txn.open else None
         self._begin()
-        for table in (self.w.intakes, self.w.banks):
-            for part in table.values():
-                part.dirty = True  # none of them may be parked: their state is ahead of the commit
+        for _, part in self.states.items():
+            part.dirty = True  # none of them may be parked: their state is ahead of the commit
 
     def _begin(self) -> None:
         w = self.w
@@ -325,19 +315,17 @@ class Checkpointer:
             self.txn.stuck = True
             self.txn.open = False
         log.warning("transaction aborted (%s): rewinding %d partitions to their last checkpoint",
-                    why, len(w.intakes) + len(w.banks))
+                    why, len(self.states))
         w.stats.rewinds += 1
         w.stats.ownership += 1
         consumer = w.consumer
         assigned = [tp for tp in consumer.assignment()]
-        before = {(tp.topic, tp.partition): off for tp in self.positions() for off in [tp.offset]}
-        w.intakes.clear()
-        w.banks.clear()
-        w._parked.clear()
+        before = {(tp.topic, tp.partition): off for tp in self.states.positions() for off in [tp.offset]}
+        self.states.clear()
         for tp in assigned:
             w.ends.forget(tp.topic, tp.partition)
         try:
-            if w._load(assigned) is None:
+            if w.restorer.load(assigned) is None:
                 return
         except KafkaException as exc:  # committed offsets not answered (the coordinator loading)
             log.warning("rewind: %s; retried", exc)

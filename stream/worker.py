@@ -45,102 +45,28 @@ from confluent_kafka import (
 )
 
 from driftline.detectors.bank import DetectorBank
-from driftline.detectors.observations import OUTCOME, WIRE_INDEX, WIRE_OFFSET, to_wire
+from driftline.detectors.observations import OUTCOME, to_wire
 from driftline.detectors.segments import attribute_of
-from driftline.detectors.state import Unreadable, decode_state, encode_state
 from driftline.stream.baselines import BaselineTopic, profile_book
-from driftline.stream.checkpoint import CheckpointCadence, CheckpointError, CheckpointStore
+from driftline.stream.checkpoint import CheckpointCadence, CheckpointStore
 from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
 from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
+from driftline.stream.partitions import BankPartition, IntakePartition, PartitionStates
 from driftline.stream.pipeline import Intake, observe
+from driftline.stream.restorer import Restorer
 from driftline.stream.transactions import BrokerWatch, Transactions
 
 log = logging.getLogger("driftline.worker")
 
 # Observations per message on the observations topic: bounds a message to ~100-300 KB.
 OBS_PER_MESSAGE = 500
-# Sources remembered per bank for de-duplication (an entry per intake epoch and topic).
-MAX_SOURCES = 256
 ENV_HTTP_UNBOUNDED = "DRIFTLINE_BENCH_UNBOUNDED_HTTP"
 LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
 BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles change rarely)
-
-
-class IntakePartition:
-    """Stage-1 state of input partition p: the intake, and what it has read of each topic."""
-
-    __slots__ = ("intake", "epoch", "positions", "quiet", "dirty", "checkpointed_at", "last_ts", "read_time",
-                 "fate_seq", "alignment")
-
-    def __init__(self, intake: Intake, epoch: str, positions: dict[str, int], now: float, alignment=None,
-                 read_time: dict | None = None, fate_seq: int = 0, quiet: dict[str, int] | None = None):
-        self.intake = intake
-        # A fresh intake gets a fresh epoch: observations carry it, so a bank never confuses
-        # offsets of a restarted history with those of an older one.
-        self.epoch = epoch
-        self.positions = positions  # topic -> next offset to read
-        # topic -> offset: while rebuilding from history (an unreadable checkpoint), what is read
-        # below it only rebuilds the state; its outputs were produced before (see Worker._assign).
-        self.quiet = quiet if quiet is not None else {}
-        self.dirty = False
-        self.checkpointed_at = now
-        self.last_ts: dict[str, float] = {}  # topic -> Kafka timestamp (ms) of the last message read
-        # Largest event time read on each topic (the partition's progress, see eventtime.py).
-        self.read_time: dict[str, float | None] = read_time or {INFERENCES: None, LABELS: None}
-        self.fate_seq = fate_seq  # numbers the fates emitted outside any message (idle expiry)
-        self.alignment = alignment  # eventtime.SourceAlignment: configuration + live decisions
-
-    def snapshot(self) -> bytes:
-        return encode_state({"intake": self.intake.resume_state(), "epoch": self.epoch, "positions": self.positions,
-                             "read_time": self.read_time, "fate_seq": self.fate_seq, "quiet": self.quiet})
-
-
-class BankPartition:
-    """Stage-2 state of observations partition q: the bank, de-duplication marks, position."""
-
-    __slots__ = ("bank", "seen", "positions", "quiet", "muted", "dirty", "checkpointed_at", "last_ts", "buffer")
-
-    def __init__(self, bank: DetectorBank, seen: dict, positions: dict[str, int], now: float, buffer=None,
-                 quiet: dict[str, int] | None = None):
-        self.bank = bank
-        # (epoch + topic code) -> (offset, index) of the last observation applied from that
-        # source: observations an intake replays after a crash are recognised and skipped.
-        self.seen = seen
-        self.positions = positions
-        # As IntakePartition.quiet; `muted` while the message being read is below it: the
-        # records it releases publish no drift events (they were published before).
-        self.quiet = quiet if quiet is not None else {}
-        self.muted = False
-        self.dirty = False
-        self.checkpointed_at = now
-        self.last_ts: dict[str, float] = {}
-        # eventtime.WatermarkBuffer: observations held until every source has passed them.
-        self.buffer = buffer
-
-    def fresh(self, src: str, recs: list) -> list:
-        """The records of `src` not applied before (a replay after a crash re-sends some)."""
-        seen = self.seen
-        last = seen.get(src)
-        out = []
-        for r in recs:
-            mark = (r[WIRE_OFFSET], r[WIRE_INDEX])
-            if last is not None and mark <= last:
-                continue
-            last = mark
-            out.append(r)
-        if last is not None:
-            if src not in seen and len(seen) >= MAX_SOURCES:
-                del seen[next(iter(seen))]  # the oldest source: an epoch long gone
-            seen[src] = last
-        return out
-
-    def snapshot(self) -> bytes:
-        return encode_state({"bank": self.bank, "seen": self.seen, "positions": self.positions,
-                             "held": self.buffer.to_state(), "quiet": self.quiet})
 
 
 class WorkerStats:
@@ -189,10 +115,10 @@ class Worker:
         self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
                                    max_future=settings.limits.max_future, clock=time.time)
         self.lock = threading.RLock()
-        self.intakes: dict[int, IntakePartition] = {}
-        self.banks: dict[int, BankPartition] = {}
-        # States checkpointed at a revoke, kept in case the same partitions come back.
-        self._parked: dict[str, Any] = {}
+        # The partition states this worker owns, keyed by (stage, partition), and those parked
+        # at a revoke (stream/partitions.py); the stages read their tables directly.
+        self.states = PartitionStates(settings.kafka.group_id, self.topics.observations)
+        self.intakes, self.banks = self.states.intakes, self.states.banks
         self.stats = WorkerStats()
         self._refused: list[Invalid] = []  # apply_observation's scratch list (observe() appends to it)
         for topic in (self.topics.observations, self.topics.dead_letters, self.topics.drift_events):
@@ -207,8 +133,6 @@ class Worker:
         self.profiles = profile_book(settings)
         self.baseline_topic = BaselineTopic(settings, self.profiles)
         self._next_baselines = 0.0
-        group = settings.kafka.group_id
-        self._key_prefix = f"{group}/"
         kafka = settings.kafka
         # Client settings (stream/clients.py): the same that `driftline run` checked at start.
         # Where each partition's readable data ends (past transaction markers, before records of
@@ -238,6 +162,9 @@ class Worker:
                                 self.topics.checkpoint_data, producer=self.producer if eos else None)
         # The checkpoint rounds, the offset commits and the rewinds (stream/checkpointer.py).
         self.checkpointer = Checkpointer(self, cadence, store, txn, settings.worker.commit_interval)
+        # The states of newly assigned partitions: parked, restored, rebuilt or fresh (stream/restorer.py).
+        self.restorer = Restorer(settings, self.states, self.consumer, store, self.stats, self.ends, self.event_time,
+                                 self.profiles, self._route, eos, clock, fail=lambda why: setattr(self, "fatal", why))
 
     # -- state lookup, for the collector -----------------------------------------------------------
     def bank_objects(self) -> list[DetectorBank]:
@@ -589,32 +516,22 @@ class Worker:
         else:  # transient (broker restart, ...): librdkafka reconnects by itself
             log.warning("consumer: %s", err)
 
-    # -- checkpoints and commits -----------------------------------------------------------------
-    def _key(self, stage: str, partition: int) -> str:
-        return f"{self._key_prefix}{stage}/{partition}"
-
-    def _stage_of(self, tp: TopicPartition) -> tuple[str, dict]:
-        """Which stage reads `tp` ("intake" or "bank"), and the table of that stage's states."""
-        if tp.topic == self.topics.observations:
-            return "bank", self.banks
-        return "intake", self.intakes
-
     def _refresh_lag(self) -> None:
         lag, behind = {}, {}
         now_ms = self.clock() * 1000.0
-        for table in (self.intakes, self.banks):
-            for p, part in table.items():
-                for topic, off in part.positions.items():
-                    try:
-                        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                    except KafkaException:
-                        continue
-                    if high < 0:
-                        continue
-                    lag[(topic, p)] = n = self.ends.behind(topic, p, off, high)
-                    # Seconds behind: how old the last message read is, while more are waiting.
-                    ts = part.last_ts.get(topic)
-                    behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
+        for key, part in self.states.items():
+            p = key.partition
+            for topic, off in part.positions.items():
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                except KafkaException:
+                    continue
+                if high < 0:
+                    continue
+                lag[(topic, p)] = n = self.ends.behind(topic, p, off, high)
+                # Seconds behind: how old the last message read is, while more are waiting.
+                ts = part.last_ts.get(topic)
+                behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
         self.stats.lag = lag
         self.stats.lag_seconds = behind
 
@@ -630,7 +547,7 @@ class Worker:
         started = time.monotonic()
         with self.lock:
             self.stats.rebalances += 1
-            fresh = self._load(partitions)
+            fresh = self.restorer.load(partitions)
             if fresh is None:
                 return
             consumer.assign(partitions)
@@ -639,7 +556,7 @@ class Worker:
                 # Checkpoint new states at once: a successor must never find a partition without
                 # one, or it would start empty at the committed offset and lose what the join held.
                 self.checkpointer.round(force=True, only=fresh, rewind=False)
-            self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+            self.stats.partitions = self.states.counts()
             self.stats.ownership += 1
             self.assigned_once = True
             self.rebalancing = False
@@ -648,153 +565,18 @@ class Worker:
                      len(partitions), len(self.intakes), len(self.banks), self.stats.restore_seconds,
                      self.stats.replayed)
 
-    def _load(self, partitions: list[TopicPartition]) -> set[str] | None:
-        """The state of each of `partitions` (parked, restored or fresh) into the tables, and the
-        offset to read each from into `tp.offset`; returns the keys of fresh states (None: fatal)."""
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in self.consumer.committed(partitions, timeout=30)}
-        for tp in partitions:
-            self.ends.forget(tp.topic, tp.partition)
-        wanted = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
-        # Parked states come back only if nobody committed past them since they were parked.
-        reuse = {}
-        for key, part in self._parked.items():
-            if key in wanted and all(committed.get((topic, int(key.rsplit("/", 1)[1])), -1) == off
-                                     for topic, off in part.positions.items()):
-                reuse[key] = part
-        self._parked.clear()
-        restored = self._read_states(wanted - set(reuse), committed)
-        if restored is None:
-            return None
-        now = self.clock()
-        fresh: set[str] = set()
-        unreadable: dict[str, Unreadable] = {}
-        for key in sorted(wanted):
-            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
-            table = self.intakes if stage == "intake" else self.banks
-            if p in table:
-                continue
-            if key in reuse:
-                table[p] = reuse[key]
-                continue
-            if key in restored:
-                part = restored[key]
-                if type(part) is not Unreadable:
-                    table[p] = part
-                    self.stats.restores["restored"] += 1
-                    log.info("restored %s from its checkpoint at offsets %s", key, part.positions)
-                    continue
-                unreadable[key] = part
-            table[p] = self._fresh_partition(stage, now)
-            fresh.add(key)
-        for tp in partitions:
-            stage, table = self._stage_of(tp)
-            part = table[tp.partition]
-            start = part.positions.get(tp.topic)
-            done = committed.get((tp.topic, tp.partition), -1)
-            if start is not None:
-                tp.offset = start
-                if done > start:
-                    self.stats.replayed += done - start
-            elif self._key(stage, tp.partition) in unreadable:
-                # The upgrade rule: a checkpoint this driftline cannot read is rebuilt by
-                # replaying the partition's retained history, quietly up to the committed
-                # offset (the outputs of that part were produced by the state it replaces).
-                low = self._low_watermark(tp)
-                tp.offset = part.positions[tp.topic] = low
-                if done > low:
-                    part.quiet[tp.topic] = done
-                    self.stats.replayed += done - low
-            else:
-                # A fresh state starts where the group left off (or at the beginning), and
-                # says so in its positions: its first checkpoint must name an offset.
-                tp.offset = done if done >= 0 else self._low_watermark(tp)
-                part.positions[tp.topic] = tp.offset
-        if unreadable:
-            self._note_rebuilds(unreadable)
-        return fresh
-
-    def _read_states(self, keys: set[str], committed: dict[tuple[str, int], int]) -> dict[str, Any] | None:
-        """Restored states of `keys` that have a checkpoint. With exactly-once, a checkpoint and
-        the group's committed offsets come from one transaction, so they must agree: one that is
-        behind them means a newer manifest waits behind another writer's open transaction (read
-        committed stops there), which resolves within the transaction timeout: read again."""
-        deadline = time.monotonic() + 2 * self.settings.worker.transaction_timeout + 10
-        while True:
-            blobs = self._read_checkpoints(keys)
-            if blobs is None:
-                return None
-            now = self.clock()
-            states = {key: self._restore(*key.rsplit("/", 2)[-2:], blob, now) for key, blob in blobs.items()}
-            stale = self._stale(keys, states, committed) if self.exactly_once else []
-            if not stale:
-                return states
-            if time.monotonic() > deadline:
-                # Offsets committed outside a transaction (a run without exactly_once, a tool):
-                # the replay from the checkpoint is at-least-once for these, and counted.
-                log.warning("checkpoints of %s stay behind the committed offsets; replaying from the checkpoints",
-                            ", ".join(sorted(stale)))
-                return states
-            log.info("checkpoints of %s are behind the committed offsets (an open transaction ahead?): "
-                     "reading again", ", ".join(sorted(stale)))
-            time.sleep(1.0)
-
-    def _stale(self, keys: set[str], states: dict[str, Any], committed: dict[tuple[str, int], int]) -> list[str]:
-        t = self.topics
-        out = []
-        for key in keys:
-            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
-            topics = (t.inferences, t.labels) if stage == "intake" else (t.observations,)
-            part = states.get(key)
-            if type(part) is Unreadable:
-                continue  # rebuilt from the retained history, not resumed
-            for topic in topics:
-                done = committed.get((topic, p), -1)
-                if done >= 0 and (part is None or part.positions.get(topic, -1) != done):
-                    out.append(key)
-                    break
-        return out
-
-    def _low_watermark(self, tp: TopicPartition, attempts: int = 10) -> int:
-        """The first offset still stored in `tp`, retrying while a new topic's leader settles."""
-        for attempt in range(attempts):
-            try:
-                return self.consumer.get_watermark_offsets(tp, timeout=10)[0]
-            except KafkaException as exc:
-                if attempt == attempts - 1:
-                    raise
-                log.warning("watermarks of %s[%d] (attempt %d): %s", tp.topic, tp.partition, attempt + 1, exc)
-                time.sleep(min(0.2 * 2 ** attempt, 3.0))
-        raise AssertionError("unreachable")
-
-    def _read_checkpoints(self, keys: set[str], attempts: int = 10) -> dict[str, bytes] | None:
-        """Checkpoints of `keys`, retrying what a broker restart or a new topic can cause."""
-        for attempt in range(attempts):
-            try:
-                return self.checkpointer.store.read(keys)
-            except (CheckpointError, KafkaException) as exc:
-                # Leaders move and new topics settle for a moment after creation; a broker
-                # restart looks the same: retry with back-off before giving up.
-                last = exc
-                log.warning("reading checkpoints (attempt %d of %d): %s", attempt + 1, attempts, exc)
-                time.sleep(min(0.5 * 2 ** attempt, 5.0))
-        # Starting these partitions empty would silently lose their history: stop instead.
-        self.fatal = f"cannot restore checkpoints: {last}"
-        log.error("%s", self.fatal)
-        return None
-
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self.lock:
             self.rebalancing = True
-            keys = {self._key(self._stage_of(tp)[0], tp.partition) for tp in partitions}
+            states = self.states
+            keys = {states.key_of(tp) for tp in partitions}
             if self.fatal is None:
                 self.checkpointer.handover(keys)
-            for tp in partitions:
-                stage, table = self._stage_of(tp)
-                part = table.pop(tp.partition, None)
+            for key in keys:
+                part = states.pop(key)
                 if part is not None and not part.dirty:
-                    self._parked[self._key(stage, tp.partition)] = part
-            self.stats.partitions = {"intake": len(self.intakes), "bank": len(self.banks)}
+                    states.parked[key] = part  # in case the same partitions come back
+            self.stats.partitions = self.states.counts()
             self.stats.ownership += 1
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -802,57 +584,11 @@ class Worker:
         with self.lock:
             self.rebalancing = True
             for tp in partitions:
-                self._stage_of(tp)[1].pop(tp.partition, None)
-            self._parked.clear()
+                self.states.pop(self.states.key_of(tp))
+            self.states.parked.clear()
             self.stats.ownership += 1
             self.checkpointer.lost()
             log.warning("lost %d partitions (session timeout?); their state is dropped here", len(partitions))
-
-    def _restore(self, stage: str, partition: str, blob: bytes, now: float) -> "IntakePartition | BankPartition | Unreadable":
-        state = decode_state(blob)
-        if type(state) is Unreadable:
-            return state
-        try:
-            if stage == "intake":
-                intake = Intake.from_resume_state(state["intake"], self.settings)
-                return IntakePartition(intake, state["epoch"], state["positions"], now, self.event_time.new_alignment(),
-                                       state.get("read_time"), state.get("fate_seq", 0), state.get("quiet"))
-            bank = state["bank"]
-            if not isinstance(bank, DetectorBank):
-                raise TypeError(f"a {type(bank).__name__}, not a DetectorBank")
-            bank.bind(self.settings.spec_for, self.profiles, self.settings.limits.max_models, self.settings.models)
-            bank.idle_after = self.settings.limits.segment_idle
-            # Checkpoints from before every value of an attribute was routed to one partition
-            # hold segments now owned elsewhere: their series would be exported twice.
-            q = int(partition)
-            bank.drop_segments(lambda model, segment: self._route(model, segment) != q)
-            return BankPartition(bank, state["seen"], state["positions"], now,
-                                 self.event_time.new_buffer(state.get("held")), state.get("quiet"))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:  # readable, but another shape: rebuild too
-            return Unreadable("fields", f"{stage} checkpoint does not hold a partition state: {exc!r}")
-
-    def _fresh_partition(self, stage: str, now: float) -> "IntakePartition | BankPartition":
-        if stage == "intake":
-            # A fresh intake gets a fresh epoch (see IntakePartition).
-            return IntakePartition(Intake(self.settings), uuid.uuid4().hex[:12], {}, now,
-                                   self.event_time.new_alignment())
-        bank = DetectorBank(self.settings.spec_for, self.settings.limits.segment_idle, self.profiles,
-                            self.settings.limits.max_models, self.settings.models)
-        return BankPartition(bank, {}, {}, now, self.event_time.new_buffer())
-
-    def _note_rebuilds(self, unreadable: dict[str, "Unreadable"]) -> None:
-        """Count each unreadable checkpoint's fate, and log them in one line per assignment."""
-        done = []
-        for key in sorted(unreadable):
-            stage, p = key.rsplit("/", 2)[-2], int(key.rsplit("/", 1)[1])
-            part = (self.intakes if stage == "intake" else self.banks)[p]
-            outcome = "rebuilt" if part.quiet else "fresh"
-            self.stats.restores[outcome] += 1
-            done.append(f"{key} {outcome}" + (f" from offsets {part.positions}" if part.quiet else ""))
-        reasons = sorted({f"{u.reason}: {u.detail}" for u in unreadable.values()})
-        log.warning("%d checkpoints could not be restored (%s); rebuilt from the retained history where there is "
-                    "one, else started fresh: %s", len(unreadable), "; ".join(reasons), ", ".join(done))
-
 
 def run_worker(settings, listen: str) -> int:
     """Provision topics, serve /metrics, run the loop until SIGTERM/SIGINT; returns the exit code."""

@@ -13,6 +13,7 @@ import pytest
 
 from driftline.stream.checkpoint import CheckpointCadence, CheckpointError
 from driftline.stream.checkpointer import Checkpointer
+from driftline.stream.partitions import INTAKE, PartitionKey, PartitionStates
 from driftline.stream.transactions import TransactionAborted
 from driftline.stream.worker import WorkerStats
 
@@ -87,9 +88,11 @@ class Txn:
 
 
 def checkpointer(exactly_once: bool, calls: list, left: int = 0, store: Store | None = None):
+    states = PartitionStates("g", "observations")
+    states.intakes[0] = Part({"inferences": 5, "labels": 3})
+    states.banks[2] = Part({"observations": 7}, dirty=False)
     worker = types.SimpleNamespace(
-        intakes={0: Part({"inferences": 5, "labels": 3})}, banks={2: Part({"observations": 7}, dirty=False)},
-        _key=lambda stage, p: f"g/{stage}/{p}", clock=lambda: 1000.0, stats=WorkerStats(),
+        states=states, intakes=states.intakes, banks=states.banks, clock=lambda: 1000.0, stats=WorkerStats(),
         producer=Producer(calls, left), consumer=Consumer(calls), fatal=None, stopping=threading.Event(),
         lock=threading.RLock())
     store = store or Store(calls)
@@ -175,7 +178,7 @@ def test_a_forced_round_of_some_keys(exactly_once, written):
     ck, w = checkpointer(exactly_once, calls)
     w.intakes[0].dirty = False
     w.banks[2].dirty = True
-    ck.round(force=True, only={"g/intake/0"})
+    ck.round(force=True, only={PartitionKey(INTAKE, 0)})
     assert sorted(key for key, _ in ck.store.written[0]) == sorted(written)
 
 
