@@ -45,6 +45,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import orjson
 import yaml
@@ -473,6 +474,7 @@ def latency(bootstrap: str, rows: int, rate: float, logdir: Path, live: int | No
 REPLAY_CPU = r"""
 import sys, time, tempfile, orjson
 from pathlib import Path
+from typing import Callable
 from driftline.stream.demo import demo_events, DEMO_CONFIG
 from driftline.stream.replay import replay
 from driftline.stream.settings import load_settings
@@ -944,36 +946,13 @@ def main() -> int:
         print(json.dumps(results["llm"], indent=2))
         return 0
     if args.transactions_only:
-        path = out / "perf.json"
-        rows = 20_000 if args.quick else 100_000
-        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-            prefix = f"perf-{uuid.uuid4().hex[:8]}"
-            inf, lab = demo_raw(rows)
-            fill(broker.bootstrap, prefix, 6, inf, lab)
-            cost = transactions_cost(broker.bootstrap, prefix, rows, 6, Path(tmp)) | {
-                "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
-        # Read at the end: a full run may have rewritten perf.json meanwhile; only this key is ours.
-        results = json.loads(path.read_text()) if path.exists() else {}
-        results["transactions"] = cost
-        path.write_text(json.dumps(results, indent=2))
-        print(json.dumps({k: v for k, v in results["transactions"].items() if k != "runs"}, indent=2))
-        return 0
+        return backlog_figure(args, out, "transactions", lambda bootstrap, prefix, rows, logdir: transactions_cost(
+            bootstrap, prefix, rows, BACKLOG_PARTITIONS, logdir), hide=("runs",))
     if args.commit_wait_only:
         if not args.before:
             raise SystemExit("--commit-wait-only needs --before TREE (a PYTHONPATH whose driftline is the baseline)")
-        path = out / "perf.json"
-        rows = 20_000 if args.quick else 100_000
-        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-            prefix = f"perf-{uuid.uuid4().hex[:8]}"
-            inf, lab = demo_raw(rows)
-            fill(broker.bootstrap, prefix, 6, inf, lab)
-            wait = commit_wait(broker.bootstrap, prefix, rows, 6, Path(tmp), args.before,
-                               8_000 if args.quick else 20_000) | {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
-        results = json.loads(path.read_text()) if path.exists() else {}  # read at the end: only this key is ours
-        results["commit_wait"] = wait
-        path.write_text(json.dumps(results, indent=2))
-        print(json.dumps(wait, indent=2))
-        return 0
+        return backlog_figure(args, out, "commit_wait", lambda bootstrap, prefix, rows, logdir: commit_wait(
+            bootstrap, prefix, rows, BACKLOG_PARTITIONS, logdir, args.before, 8_000 if args.quick else 20_000))
     if args.readme:
         readme(json.loads((out / "perf.json").read_text()), REPO / "README.md")
         return 0
@@ -1068,6 +1047,30 @@ def main() -> int:
     (out / "perf.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "perf.png")
     print(table(results))
+    return 0
+
+
+BACKLOG_PARTITIONS = 6  # partitions of the backlog the --X-only figures run on
+
+
+def backlog_figure(args, out: Path, key: str, measure: Callable[[str, str, int, Path], dict],
+                   hide: tuple[str, ...] = ()) -> int:
+    """One `--X-only` figure on one demo backlog: a broker, the backlog written once (100k pairs,
+    20k with --quick), `measure(bootstrap, prefix, rows, logdir)`, then merged into OUT/perf.json
+    as `key` and printed (without the `hide` keys)."""
+    path = out / "perf.json"
+    rows = 20_000 if args.quick else 100_000
+    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+        prefix = f"perf-{uuid.uuid4().hex[:8]}"
+        inf, lab = demo_raw(rows)
+        fill(broker.bootstrap, prefix, BACKLOG_PARTITIONS, inf, lab)
+        figure = measure(broker.bootstrap, prefix, rows, Path(tmp)) | {
+            "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    # Read at the end: a full run may have rewritten perf.json meanwhile; only this key is ours.
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[key] = figure
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in figure.items() if k not in hide}, indent=2))
     return 0
 
 
