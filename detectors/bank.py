@@ -37,7 +37,7 @@ from driftline.detectors.calibration import (DEFAULT_PH_DELTA, CalibratedDetecto
                                              raw_detector, standardised_detector, stream_arl, streams_per_event)
 from driftline.detectors.categorical import CategorySurprisal
 from driftline.detectors.challenger import ChallengerComparison
-from driftline.detectors.classification import ClassQuality, confidence
+from driftline.detectors.classification import ClassQuality, confidence, confidence_is_score
 from driftline.detectors.estimate import AccuracyEstimate
 from driftline.detectors.drift import Detector, build_detector
 from driftline.detectors.segments import ModelGuard, SegmentGuard, attribute_of
@@ -136,6 +136,23 @@ def shared_config(config: SignalConfig) -> SignalConfig:
     return _CONFIGS.setdefault(config, config)
 
 
+class ModelPlan:
+    """What the hot path reads of one model's spec, made once per spec and shared by the model's
+    segments (derived, never stored): the configured features as (name, numeric) pairs, the task,
+    the quality spec and accuracy window, and whether a score is already the confidence the
+    label-free estimate reads (classification.confidence_is_score)."""
+
+    __slots__ = ("spec", "features", "task", "quality", "window", "score_is_confidence")
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.features = tuple((name, kind == "numeric") for name, kind in spec.features.items())
+        self.task = spec.task
+        self.quality = spec.quality
+        self.window = spec.accuracy_window
+        self.score_is_confidence = confidence_is_score(spec.quality)
+
+
 class Detection(NamedTuple):
     """A detection one value made on a signal, read before the detector re-warms."""
 
@@ -163,9 +180,15 @@ class SignalState:
     built when the first z-score comes (after the warm-up, and again after each detection: see
     `update`); while none of a signal's detectors is built, `detectors` is None; the detection
     history exists from the first detection on.
+
+    `warm` is derived, never stored: once the Standardizer is learnt and every detector, all
+    reading z-scores, is built (most values of a long-lived signal), the learnt center, scale
+    and clip and the detectors' bound `update`s, so that a value costs the z-score and one
+    call per detector; None otherwise, and again from a detection on (see `_plan`).
     """
 
-    __slots__ = ("config", "transform", "std", "detectors", "last_detection", "last_direction")
+    __slots__ = ("config", "transform", "std", "detectors", "last_detection", "last_direction", "warm")
+    FIELDS = ("config", "transform", "std", "detectors", "last_detection", "last_direction")  # the state
 
     def __init__(self, config: SignalConfig, detectors: list[Detector | None] | None,
                  transform: CategorySurprisal | None = None, std: Standardizer | None = None):
@@ -175,9 +198,50 @@ class SignalState:
         self.detectors = detectors
         self.last_detection: list[float | None] | None = None
         self.last_direction: list[int] | None = None  # of the last detection: +1 up, -1 down
+        self.warm: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __setstate__(self, state: dict) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, state[name])
+        self.warm = self._plan()
+
+    def _plan(self) -> tuple | None:
+        """The warm path's (center, scale, clip, detector updates), or None when it does not apply."""
+        std, dets = self.std, self.detectors
+        if std is None or std.scale is None or dets is None or any(self.config.raw) or None in dets:
+            return None
+        return (std.center, std.scale, std.clip, tuple(d.update for d in dets))
 
     def update(self, x: float, timestamp: float) -> list[Detection] | None:
         """One value of the signal: the detections it completed, or None."""
+        warm = self.warm
+        if warm is not None:  # the same as the general path below, for its commonest state
+            center, scale, c, updates = warm
+            z = (x - center) / scale
+            if c is not None:
+                if z > c:
+                    z = c
+                elif z < -c:
+                    z = -c
+            i = 0
+            for feed in updates:
+                if feed(z):
+                    break
+                i += 1
+            else:
+                return None
+            # A detection: every detector reads z-scores, so the later ones skip this value and
+            # all are built again after a new warm-up (as in the general path).
+            det = self.detectors[i]
+            found = [Detection(det.name, det.direction, self._statistics(i, det))]
+            self._record(i, det.direction, timestamp)
+            std = self.std
+            self.std = Standardizer(std.warmup, binary=std.binary, clip=std.clip)
+            self.detectors = self.warm = None
+            return found
         std = self.std
         if std is None:
             z = None
@@ -198,6 +262,7 @@ class SignalState:
                 return None
             dets = self.detectors = [None] * len(self.config.names)
         raw = self.config.raw
+        built = False
         for i in range(len(dets)):
             if raw[i]:
                 det = dets[i]
@@ -209,6 +274,7 @@ class SignalState:
                 det = dets[i]
                 if det is None:
                     det = dets[i] = self.config.standardised(i, std)
+                    built = True
                 if not det.update(z):
                     continue
             if found is None:
@@ -227,6 +293,8 @@ class SignalState:
                 else:
                     self.detectors = None
                 z = None
+        if built and found is None:
+            self.warm = self._plan()
         return found
 
     def _record(self, i: int, direction: int, timestamp: float) -> None:
@@ -269,26 +337,27 @@ class SignalState:
                 "last_direction": list(way) if detected else None}
 
 
-DERIVED = ("dist", "profile_gen", "features", "feature_signals")  # SegmentState's fields that are not state
+DERIVED = ("dist", "profile_gen", "model_plan", "feature_signals")  # SegmentState's fields that are not state
 
 
 @persistent("bank.segment")
 class SegmentState:
     """Everything of one (model, segment) but its counters (those are in the bank's Tally).
 
-    `features` (the model's configured features as (name, numeric) pairs, one tuple shared by
-    the bank's segments of the model) and `feature_signals` (their SignalStates, None until a
-    feature's first value) are what the hot loop walks instead of looking each signal up by
-    name; both are derived (from the spec and `signals`), never stored.
+    `model_plan` (the model's `ModelPlan`, shared by the bank's segments of the model: its
+    features as (name, numeric) pairs, ...) and `feature_signals` (the features' SignalStates,
+    None until a feature's first value) are what the hot loop walks instead of looking each
+    signal up by name and the spec up by model; both are derived (from the spec and `signals`),
+    never stored.
     """
 
-    __slots__ = ("signals", "features", "feature_signals", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
+    __slots__ = ("signals", "model_plan", "feature_signals", "accuracy", "errors", "last_seen", "windows", "profile_id", "profile_gen", "dist",
                  "quality", "challengers", "slices", "llm",
                  "estimate")
 
     def __init__(self, spec: ModelSpec):
         self.signals: dict[str, SignalState] = {}
-        self.features: tuple[tuple[str, bool], ...] | None = None  # bound by DetectorBank._bind_features
+        self.model_plan: ModelPlan | None = None  # bound by DetectorBank._bind
         self.feature_signals: list[SignalState | None] | None = None
         # LLM calls: the rolling share of good feedback, in the accuracy's place.
         self.accuracy = RollingAccuracy(spec.accuracy_window) if spec.task in ("classification", "llm") else None
@@ -328,7 +397,7 @@ class SegmentState:
             self.windows = {}
         self.profile_gen = -1  # check the profile again on the next event
         self.dist = None
-        self.features = self.feature_signals = None  # (checkpoints before 18e also hold a "plan": derived)
+        self.model_plan = self.feature_signals = None  # (checkpoints before 18e also hold a "plan": derived)
 
 
 def slice_accountant(spec: ModelSpec, segment: str, profiles: ProfileBook | None = None) -> SliceAccountant:
@@ -377,7 +446,7 @@ class DetectorBank:
         self.models = ModelGuard(configured, max_models)
         self.watermark = 0.0
         self._since_evict = 0
-        self._features: dict[str, tuple[ModelSpec, tuple]] = {}  # model -> (spec, its features): see _bind_features
+        self._plans: dict[str, ModelPlan] = {}  # model -> its plan (of the spec it was made of): see _bind
 
     # -- snapshot: the spec lookup is configuration, not state; the restorer passes it again --
     def __getstate__(self) -> dict:
@@ -394,7 +463,7 @@ class DetectorBank:
         self.idle_after = state["idle_after"]
         self.watermark = state["watermark"]
         self._since_evict = state["since_evict"]
-        self._features = {}
+        self._plans = {}
 
     def bind(self, spec_for: Callable[[str], ModelSpec], profiles: ProfileBook | None = None,
              max_models: int | None = None, configured=()) -> "DetectorBank":
@@ -403,6 +472,9 @@ class DetectorBank:
         self._spec_for = spec_for
         self.profiles = profiles
         self.models = ModelGuard(configured, max_models, self._segments)
+        self._plans = {}
+        for state in self._segments.values():  # plans of the specs it had: made again on the next event
+            state.model_plan = state.feature_signals = None
         return self
 
     @classmethod
@@ -470,20 +542,21 @@ class DetectorBank:
                     hits = sig.update(x, timestamp)
                     if hits is not None:
                         self._detections(hits, PREDICTION, x, ctx, found)
+        plan = state.model_plan
+        if plan is None:
+            plan = self._bind(state, model)
         if score is not None:
             sig = state.signals.get(SCORE) or self._signal(state, model, SCORE, False)
             hits = sig.update(score, timestamp)
             if hits is not None:
                 self._detections(hits, SCORE, score, ctx, found)
             if state.accuracy is not None and prediction is not None:
-                spec = self._spec_for(model)
-                if spec.task == "classification":  # not LLM calls: their label is feedback
-                    self._estimate(state, model).predicted(confidence(spec.quality, prediction, score),
-                                                           state.accuracy.window)
+                if plan.task == "classification":  # not LLM calls: their label is feedback
+                    (state.estimate or self._estimate(state, model)).predicted(
+                        score if plan.score_is_confidence else confidence(plan.quality, prediction, score),
+                        state.accuracy.window)
         fsigs = state.feature_signals
-        if fsigs is None:
-            fsigs = self._bind_features(state, model)
-        for k, (name, numeric) in enumerate(state.features):
+        for k, (name, numeric) in enumerate(plan.features):
             value = features.get(name)
             if value is None:
                 continue  # missing: counted by data quality, not a detector input
@@ -557,8 +630,10 @@ class DetectorBank:
             if hits is not None:
                 self._detections(hits, ERROR, x, ctx, found)
         else:
-            spec = self._spec_for(model)
-            llm = spec.task == "llm"
+            plan = state.model_plan
+            if plan is None:
+                plan = self._bind(state, model)
+            llm = plan.task == "llm"
             if llm:  # feedback: the error signal is "bad"
                 correct = is_good_feedback(label)
                 if correct is None:
@@ -572,11 +647,12 @@ class DetectorBank:
             if not llm:  # classes of predictions: an LLM call's feedback has none
                 q = state.quality
                 if q is None:
-                    q = state.quality = ClassQuality(spec.quality, spec.accuracy_window)
-                q.update(spec.quality, spec.accuracy_window, prediction, label, score)
+                    q = state.quality = ClassQuality(plan.quality, plan.window)
+                q.update(plan.quality, plan.window, prediction, label, score)
                 if score is not None:
-                    self._estimate(state, model).labelled(confidence(spec.quality, prediction, score), correct,
-                                                          spec.accuracy_window)
+                    (state.estimate or self._estimate(state, model)).labelled(
+                        score if plan.score_is_confidence else confidence(plan.quality, prediction, score), correct,
+                        plan.window)
             slices = state.slices
             if slices is None or (slices.stale and not slices.active):
                 slices = state.slices = self._new_slices(model, segment)
@@ -661,8 +737,9 @@ class DetectorBank:
         """The segment an observation of `segment` counts in (the cardinality guard, see
         detectors/segments.py): itself, or `attr=__other__` past `max_segments` values of its
         attribute. A folded inference is counted in `driftline_segments_folded_total`."""
-        admitted = self.guard.admit(model, segment, self._spec_for(model).max_segments,
-                                    (model, segment) in self._segments)
+        if (model, segment) in self._segments:  # the commonest case: its state exists (the guard's `known`)
+            return segment
+        admitted = self.guard.admit(model, segment, self._spec_for(model).max_segments)
         if inference and admitted != segment:
             self.tally.folded[(model, attribute_of(segment))] += 1
         return admitted
@@ -757,15 +834,15 @@ class DetectorBank:
             est = state.estimate = AccuracyEstimate(self._spec_for(model).accuracy_window)
         return est
 
-    def _bind_features(self, state: SegmentState, model: str) -> list[SignalState | None]:
-        """A new or restored segment's feature plan: the spec's features, their signals."""
+    def _bind(self, state: SegmentState, model: str) -> ModelPlan:
+        """A new or restored segment's plan: its model's (of the spec now), its features' signals."""
         spec = self._spec_for(model)
-        known = self._features.get(model)
-        if known is None or known[0] is not spec:
-            known = self._features[model] = (spec, tuple((name, kind == "numeric") for name, kind in spec.features.items()))
-        state.features = known[1]
-        fsigs = state.feature_signals = [state.signals.get(name) for name, _ in known[1]]
-        return fsigs
+        plan = self._plans.get(model)
+        if plan is None or plan.spec is not spec:
+            plan = self._plans[model] = ModelPlan(spec)
+        state.model_plan = plan
+        state.feature_signals = [state.signals.get(name) for name, _ in plan.features]
+        return plan
 
     def _new_state(self, model: str, segment: str) -> SegmentState:
         state = self._segments[(model, segment)] = SegmentState(self._spec_for(model))

@@ -41,9 +41,9 @@ LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
 PRED_POS, ACTUAL_POS = 1, 2
 
 
-def class_name(value: object) -> str:
-    """A class as a label value: the segment formatting (1.0 -> "1", True -> "true")."""
-    return format_value(value)
+# A class as a label value: the segment formatting (1.0 -> "1", True -> "true"); the same
+# function, not a wrapper of it (a call less per class name on the hot path).
+class_name = format_value
 
 
 @persistent("classification.quality")
@@ -88,7 +88,9 @@ class ClassQuality:
                 self.value -= c
         # `correct` as driftline_correct_total judges it (1 == 1.0 == True), so the confusion's
         # diagonal is selectable in PromQL, which cannot compare two labels of one series.
-        key = (self._admit(spec, pred), self._admit(spec, actual), prediction == label)
+        classes = self.classes  # admitted names are themselves: `_admit` only for the others
+        key = (pred if pred in classes else self._admit(spec, pred), actual if actual in classes else self._admit(spec, actual),
+               prediction == label)
         self.confusion[key] = self.confusion.get(key, 0) + 1
         positive = spec.positive_class
         if positive is None:
@@ -219,9 +221,13 @@ class ClassQuality:
         return self.pn
 
 
+def confidence_is_score(spec: QualitySpec) -> bool:
+    """Whether an event's score is itself the confidence in its predicted class (see `confidence`)."""
+    return spec.positive_class is None or spec.score_of == "predicted_class"
+
+
 def confidence(spec: QualitySpec, prediction: object, score: float) -> float:
     """The model's confidence in the class it predicted, from an event's score."""
-    positive = spec.positive_class
-    if positive is None or spec.score_of == "predicted_class":
+    if confidence_is_score(spec):
         return score
-    return score if class_name(prediction) == positive else 1.0 - score  # P(positive) of a binary model
+    return score if class_name(prediction) == spec.positive_class else 1.0 - score  # P(positive) of a binary model

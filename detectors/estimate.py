@@ -133,7 +133,7 @@ class AccuracyEstimate:
             self.lab_p, self.lab_ok, self.lab_pos, self.lab_n = array("d", bytes(8 * window)), bytearray(window), 0, 0
             self.sum_p = self.sum_var = 0.0
             self.sum_ok = 0
-        p = self.p_correct(confidence)
+        p = self.calib[bin_of(confidence)]  # p_correct, calibrated (checked above)
         pos = self.lab_pos
         if self.lab_n == window:
             old = self.lab_p[pos]
