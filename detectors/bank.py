@@ -181,14 +181,17 @@ class SignalState:
     `update`); while none of a signal's detectors is built, `detectors` is None; the detection
     history exists from the first detection on.
 
+    The detection history (`last_detection`, `last_direction`: per detector) is one slot,
+    `detected`, a pair of lists, None until the first detection (stored as the two fields).
+
     `warm` is derived, never stored: once the Standardizer is learnt and every detector, all
     reading z-scores, is built (most values of a long-lived signal), the learnt center, scale
     and clip and the detectors' bound `update`s, so that a value costs the z-score and one
     call per detector; None otherwise, and again from a detection on (see `_plan`).
     """
 
-    __slots__ = ("config", "transform", "std", "detectors", "last_detection", "last_direction", "warm")
-    FIELDS = ("config", "transform", "std", "detectors", "last_detection", "last_direction")  # the state
+    __slots__ = ("config", "transform", "std", "detectors", "detected", "warm")
+    FIELDS = ("config", "transform", "std", "detectors")  # the state, with last_detection and last_direction
 
     def __init__(self, config: SignalConfig, detectors: list[Detector | None] | None,
                  transform: CategorySurprisal | None = None, std: Standardizer | None = None):
@@ -196,16 +199,29 @@ class SignalState:
         self.transform = transform
         self.std = std  # None when no detector reads z-scores
         self.detectors = detectors
-        self.last_detection: list[float | None] | None = None
-        self.last_direction: list[int] | None = None  # of the last detection: +1 up, -1 down
+        self.detected: tuple[list[float | None], list[int]] | None = None
         self.warm: tuple | None = None
 
+    @property
+    def last_detection(self) -> list[float | None] | None:
+        """Per detector, the event time of its last detection (None: none yet); None before any."""
+        return self.detected[0] if self.detected is not None else None
+
+    @property
+    def last_direction(self) -> list[int] | None:
+        """Per detector, the direction of its last detection: +1 up, -1 down (0: none yet)."""
+        return self.detected[1] if self.detected is not None else None
+
     def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        state = {name: getattr(self, name) for name in self.FIELDS}
+        state["last_detection"], state["last_direction"] = self.detected if self.detected is not None else (None, None)
+        return state
 
     def __setstate__(self, state: dict) -> None:
         for name in self.FIELDS:
             setattr(self, name, state[name])
+        last, way = state["last_detection"], state["last_direction"]
+        self.detected = (last, way) if last is not None else None
         self.warm = self._plan()
 
     def _plan(self) -> tuple | None:
@@ -298,11 +314,12 @@ class SignalState:
         return found
 
     def _record(self, i: int, direction: int, timestamp: float) -> None:
-        if self.last_detection is None:
+        d = self.detected
+        if d is None:
             n = len(self.config.names)
-            self.last_detection, self.last_direction = [None] * n, [0] * n
-        self.last_detection[i] = timestamp
-        self.last_direction[i] = direction
+            d = self.detected = ([None] * n, [0] * n)
+        d[0][i] = timestamp
+        d[1][i] = direction
 
     def _statistics(self, i: int, det: Detector | None) -> dict[str, float]:
         if self.config.arl is None:
