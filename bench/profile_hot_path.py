@@ -71,8 +71,9 @@ class NoClient:
 class Tree:
     """One tree's worker: its modules, and settings parsed by its own settings module."""
 
-    def __init__(self, package: str = "driftline"):
+    def __init__(self, package: str = "driftline", local: bool = False):
         self.package = package
+        self.local = local  # stage 1 -> stage 2 in memory (stream/repartition.py), as one exactly-once worker
         self.worker = importlib.import_module(f"{package}.stream.worker")
         checkpoint = importlib.import_module(f"{package}.stream.checkpoint")
         ordering = importlib.import_module(f"{package}.stream.ordering")
@@ -87,7 +88,7 @@ class Tree:
         data["kafka"] = {"bootstrap": f"127.0.0.1:{perf.free_port()}", "partitions": 1, "group_id": "hot-path"}
         data["worker"] = {"exactly_once": False}
         self.settings = parse_settings(data, env={})
-        self.path = str(Path(self.worker.__file__).resolve().parents[1])
+        self.path = str(Path(self.worker.__file__).resolve().parents[1]) + (" (in memory)" if local else "")
 
 
 def tree_at(rev: str) -> Tree:
@@ -184,7 +185,7 @@ class Run:
         self.tree = tree
         self.worker = w = tree.worker.Worker(tree.settings, OBS_PARTITIONS, source_partitions=1)
         self.out: list = []
-        w._produce = lambda topic, key, value, partition=-1, headers=None: self.out.append(
+        w._produce = lambda topic, key, value, partition=-1, headers=None, timestamp=0: self.out.append(
             (topic, key, value, partition, headers))
         now = w.clock()
         w.intakes[0] = fresh_partition(w, "intake", now)
@@ -194,6 +195,14 @@ class Run:
                 record_bank_calls(w.banks[q].bank, record)
             if stub:
                 stub_bank_calls(w.banks[q].bank)
+        if tree.local:
+            # As an exactly-once worker owning both ends once every pair's marker was read (the
+            # handover itself needs a broker: tests/integration cover it). The messages are still
+            # written (and handed back here); the banks skip them.
+            rp = w.repartition
+            rp.enabled = rp.watching = True
+            for q in range(OBS_PARTITIONS):
+                rp._pair(0, q).state = "local"
         t = w.topics
         ts = [int(perf.orjson.loads(r)["timestamp"] * 1000) for r in inf]
         keys = [perf.orjson.loads(r)["prediction_id"].encode() for r in inf]
@@ -322,9 +331,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--against", metavar="REV", help="also run git revision REV's worker, alternating (A/B)")
     ap.add_argument("--profile", action="store_true", help="add one cProfile pass, grouped by part")
+    ap.add_argument("--local", action="store_true",
+                    help="this tree hands observations to its banks in memory (stream/repartition.py), "
+                         "as an exactly-once worker owning both ends")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     args = ap.parse_args()
-    trees = [Tree()]
+    trees = [Tree(local=args.local)]
     if args.against:
         trees.append(tree_at(args.against))
     inf, lab = perf.demo_raw(args.rows)

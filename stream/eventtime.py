@@ -189,6 +189,9 @@ class SourceMark:
     idle: bool = False
     heard_at: float | None = None  # the bank's clock when it last heard from the source
     said_at: float | None = None  # the source's clock (Kafka timestamp) when it made its last heartbeat
+    # The source's clock of the last heartbeat handed over in memory (stream/repartition.py): its
+    # copies on the topic, and older heartbeats, are not applied again (None: none was).
+    local_said: float | None = None
 
 
 class WatermarkBuffer:
@@ -232,7 +235,8 @@ class WatermarkBuffer:
         # entry: a backlog's bank can hold 100k+ of them, snapshotted at every commit until
         # released (measured: 1.7 s per 100k entries entry by entry, 0.5 s packed).
         heap = self.heap
-        return {"marks": {p: [m.progress, m.idle, m.said_at] for p, m in self.marks.items()},
+        return {"marks": {p: [m.progress, m.idle, m.said_at] + ([m.local_said] if m.local_said is not None else [])
+                          for p, m in self.marks.items()},
                 "held_keys": orjson.dumps([e[:7] + (e[8], e[9]) for e in heap]),
                 "held_records": b"\n".join([e[7] for e in heap]),
                 "held_bytes": self.held_bytes, "floor": self.floor,
@@ -244,7 +248,7 @@ class WatermarkBuffer:
         buf = cls(sources, max_held, max_bytes, now, confirm_after)
         # The bank's clock does not travel: every source gets a fresh grace period. The sources'
         # clocks do (Kafka timestamps); a mark of a checkpoint written before them has none.
-        buf.marks = {int(p): SourceMark(m[0], m[1], now, m[2] if len(m) > 2 else None)
+        buf.marks = {int(p): SourceMark(m[0], m[1], now, m[2] if len(m) > 2 else None, m[3] if len(m) > 3 else None)
                      for p, m in state["marks"].items()}
         # Entries: (..., record, size, sent_at, arrived); the bank's clock does not travel
         # (arrived: now), and entries of a checkpoint written before sent_at have none (no
@@ -267,16 +271,21 @@ class WatermarkBuffer:
 
     # -- input ------------------------------------------------------------------------------------
     def note(self, partition: int, progress: float | None, idle: bool | None, now: float,
-             said_at: float | None = None) -> None:
+             said_at: float | None = None, local: bool = False) -> None:
         """What input partition `partition` says of itself: a heartbeat carries its progress and
         idleness (and `said_at`, the source's clock when it made it); a data message (progress and
-        idle None) only that it is alive."""
+        idle None) only that it is alive. `local`: a heartbeat handed over in memory (its copy on
+        the topic, read later, is skipped: its `said_at` is not after this one's)."""
         mark = self.marks.get(partition)
         if mark is None:
             mark = self.marks[partition] = SourceMark()
         mark.heard_at = now
         if idle is None:
             return
+        if local:
+            mark.local_said = said_at
+        elif mark.local_said is not None and said_at is not None and said_at <= mark.local_said:
+            return  # a copy of one handed over in memory (or older): applied already
         if said_at is not None and (mark.said_at is None or said_at > mark.said_at):
             mark.said_at = said_at
         # Progress never goes back: a successor replaying from a checkpoint re-reads events
@@ -298,11 +307,14 @@ class WatermarkBuffer:
         return True
 
     def add_records(self, partition: int | None, src: str, recs: list, size: int, sent_at: float | None = None,
-                    now: float = 0.0) -> list[HeldObservation]:
+                    now: float = 0.0, copy: bool = False) -> list[HeldObservation]:
         """Hold wire records `[offset, index, kind, *fields]` of one source; returns those to apply
         at once (counters, late ones, and every record of a format-1 message: `partition` None),
         decoded, in arrival order. The hot path: one call per message. `sent_at`: the source's
-        clock when it sent them (the message's Kafka timestamp); `now`: the bank's."""
+        clock when it sent them (the message's Kafka timestamp); `now`: the bank's. `copy`: the
+        records are the sender's own (handed over in memory, stream/repartition.py): a timed one
+        applied at once is decoded from its JSON, as from the topic, sharing nothing with the
+        sender (held ones are stored as JSON anyway; counters are strings)."""
         now_apply = []
         ordered = len(recs)
         heap, floor, push, dumps = self.heap, self.floor, heapq.heappush, orjson.dumps
@@ -330,6 +342,8 @@ class WatermarkBuffer:
                 continue
             if in_order:
                 self.late += 1
+            if copy:
+                r = orjson.loads(dumps(r))
             now_apply.append(_held(HeldObservation, (ts, order, partition, r[at_offset], r[at_index], seq, src,
                                                      from_wire(r), size)))
         self._seq = seq

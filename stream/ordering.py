@@ -150,16 +150,36 @@ class EventTimeDriver:
                 apply(bp, held)
             return
         src, recs, p, progress, idle = msg
+        self._take(bp, src, recs, p, progress, idle, len(value), sent_at, False)
+
+    def apply_local(self, bp, src: str, recs: list, p: int, nbytes: int, sent_at: float) -> None:
+        """What `apply` does with an observations message, handed over in memory by its sender
+        (stream/repartition.py: this worker owns both ends): its records (the sender's own lists,
+        not decoded from the topic: those applied at once are decoded from a copy, as the topic
+        would have given one), its size on the wire `nbytes`, its Kafka timestamp `sent_at`."""
+        self._take(bp, src, recs, p, None, None, nbytes, sent_at, True)
+        bp.dirty = True
+
+    def note_local(self, bp, p: int, progress: float | None, idle: bool, said_at: float) -> None:
+        """What `apply` does with a progress heartbeat of input partition p handed over in memory;
+        its copy on the topic (and any older heartbeat of p) is then not applied again."""
+        self._take(bp, "", (), p, progress, idle, 0, said_at, False, local=True)
+        bp.dirty = True
+
+    def _take(self, bp, src: str, recs, p: int, progress, idle, nbytes: int, sent_at: float | None,
+              copy: bool, local: bool = False) -> None:
+        apply = self.worker.apply_observation
+        buffer = bp.buffer
         now = self.clock()
         if recs:
-            size = len(value) // len(recs) + 1
+            size = nbytes // len(recs) + 1
             late = buffer.late
             # Counters, and late records (counted by the buffer), apply now; the rest wait.
-            for held in buffer.add_records(p, src, self._fresh(bp, src, recs), size, sent_at, now):
+            for held in buffer.add_records(p, src, self._fresh(bp, src, recs), size, sent_at, now, copy):
                 apply(bp, held)
             if buffer.late != late:
                 self._warn_late(bp, p, buffer.late - late, now)
-        buffer.note(p, progress, idle, now, sent_at)
+        buffer.note(p, progress, idle, now, sent_at, local)
         for entry in self._released(buffer, now):
             apply(bp, held_observation(entry))
 
@@ -263,12 +283,13 @@ class EventTimeDriver:
 
     def _heartbeat(self, now: float) -> None:
         worker = self.worker
-        obs_topic = worker.topics.observations
+        send = worker.repartition.heartbeat
         for p, ip in worker.intakes.items():
             progress, idle = ip.alignment.progress(ip.read_time, now)
             value = orjson.dumps(["", [], p, progress, idle])
+            key = (ip.epoch + "h").encode()  # the sender, for a bank that got it in memory too
             for q in range(worker.obs_partitions):
-                worker._produce(obs_topic, None, value, q, FORMAT_HEADERS)
+                send(p, q, key, value, progress, idle)  # stream/repartition.py
 
     def _release(self, now: float) -> None:
         self._more = False

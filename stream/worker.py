@@ -54,9 +54,10 @@ from driftline.stream.clients import ReadableEnds, consumer_config, producer_con
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
-from driftline.stream.ordering import FORMAT_HEADERS, EventTimeDriver, UnknownFormat
+from driftline.stream.ordering import EventTimeDriver, UnknownFormat
 from driftline.stream.partitions import BankPartition, IntakePartition, PartitionStates
 from driftline.stream.pipeline import Intake, observe
+from driftline.stream.repartition import Repartitioner
 from driftline.stream.restorer import Restorer
 from driftline.stream.transactions import BrokerWatch, Transactions
 
@@ -155,6 +156,9 @@ class Worker:
                            down=lambda: self.broker.down) if eos else None
         self._holding = False  # input paused for a broker outage (exactly-once), see _ride_out_outage
         self.event_time = EventTimeDriver(self, self.source_partitions)
+        # Stage 1 -> stage 2: the observations topic, or in memory where this worker owns both
+        # ends (exactly-once only: stream/repartition.py says why).
+        self.repartition = Repartitioner(self, eos)
         # With exactly-once a round may be stretched to a third of the transaction timeout at most.
         cadence = CheckpointCadence(settings.worker.checkpoint_interval,
                                     settings.worker.transaction_timeout / 3 if eos else math.inf)
@@ -361,13 +365,12 @@ class Worker:
         self.stats.messages["intake"] += n_source
         self.stats.messages["bank"] += len(msgs) - n_source - n_other
         # One message per (source, destination partition), in source order: a bank sees each
-        # source's observations in offset order, which its de-duplication relies on.
+        # source's observations in offset order, which its de-duplication relies on (sent through
+        # the topic, or handed to a bank of this worker: stream/repartition.py).
         src_part = {ip.epoch + c: p for p, ip in self.intakes.items() for c in "il"}
+        send = self.repartition.observations
         for (src, dest), recs in batches.items():
-            key = src.encode()
-            for i in range(0, len(recs), OBS_PER_MESSAGE):
-                self._produce(obs_topic, key, orjson.dumps(self._obs_message(src, recs[i:i + OBS_PER_MESSAGE], src_part[src])),
-                              dest, FORMAT_HEADERS)
+            send(src, src_part[src], dest, recs, OBS_PER_MESSAGE)
 
     @staticmethod
     def _quiet(part, topic: str, offset: int) -> bool:
@@ -425,23 +428,29 @@ class Worker:
                 dest = self._route(o.model, o.segment)
             by_dest.setdefault(dest, []).append(to_wire(ip.fate_seq, k, o))
         for dest, recs in by_dest.items():
-            self._produce(self.topics.observations, src.encode(), orjson.dumps(self._obs_message(src, recs, p)), dest,
-                          FORMAT_HEADERS)
+            self.repartition.observations(src, p, dest, recs, None)
         ip.dirty = True
 
     def _apply(self, msg) -> None:
-        bp = self.banks.get(msg.partition())
+        q = msg.partition()
+        bp = self.banks.get(q)
         if bp is None:
             return
         topic = msg.topic()
         if bp.quiet or bp.muted:
             bp.muted = self._quiet(bp, topic, msg.offset())
         ts_type, ts_ms = msg.timestamp()
-        sent_at = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE else None  # the sender's clock
-        try:
-            self.event_time.apply(bp, msg.value(), msg.headers(), sent_at)
-        except UnknownFormat as exc:
-            self._unknown_format(bp, msg, exc)
+        rp = self.repartition
+        if rp.watching and rp.handed_over(q, msg):
+            pass  # its records reached this bank in memory when they were sent (stream/repartition.py)
+        else:
+            sent_at = ts_ms / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE else None  # the sender's clock
+            try:
+                self.event_time.apply(bp, msg.value(), msg.headers(), sent_at)
+            except UnknownFormat as exc:
+                self._unknown_format(bp, msg, exc)
+            if rp.watching:
+                rp.applied(q, msg)  # a handover's marker: the pair goes in memory from here
         bp.positions[topic] = msg.offset() + 1
         bp.last_ts[topic] = ts_ms
         bp.dirty = True
@@ -479,13 +488,14 @@ class Worker:
         bp.dirty = True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,
-                 headers: list | None = None) -> None:
+                 headers: list | None = None, timestamp: int = 0) -> None:
+        """`timestamp`: the message's, in ms (0: the producer's clock now)."""
         if self.checkpointer.doomed is not None:
             return  # the open transaction will abort: its records would be discarded anyway
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, partition=partition, on_delivery=self._delivered,
-                                      headers=headers)
+                                      headers=headers, timestamp=timestamp)
                 return
             except BufferError:  # the local queue is full (broker slow or away): wait, never drop
                 self.producer.poll(0.1)
