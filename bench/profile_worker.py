@@ -10,11 +10,16 @@ the parts that called it). Writes OUT/worker-profile.json and
 OUT/worker-profile.md (microseconds per event and shares). cProfile adds a cost to every
 Python call, so Python-heavy parts look larger than they are without it: read the shares, and
 the River floor in perf.json for the unprofiled cost of River's own updates.
+
+The worker runs the pure-Python hot modules (DRIFTLINE_PURE=1, docs/compiled.md): cProfile
+does not see the functions of the compiled build, and py-spy shows them as C symbols, not
+under their files. `--compiled` profiles the compiled build anyway (what a deployment runs).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pstats
 import re
 import signal
@@ -169,8 +174,11 @@ def main() -> int:
     ap.add_argument("--keep", help="also copy the raw cProfile output here (for pstats or snakeviz)")
     ap.add_argument("--sampler", choices=("cprofile", "py-spy"), default="cprofile",
                     help="py-spy: sample the unmodified worker (no per-call cost; the `bench` extra installs it)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="profile the compiled hot modules (default: pure, which the profilers can read)")
     args = ap.parse_args()
     out = Path(args.out)
+    env = {**os.environ, "DRIFTLINE_PURE": "" if args.compiled else "1"}
     with perf.Broker(None) as broker, tempfile.TemporaryDirectory() as tmp:
         prefix = f"prof-{uuid.uuid4().hex[:8]}"
         inf, lab = perf.demo_raw(args.rows)
@@ -180,7 +188,7 @@ def main() -> int:
         prof, port = Path(tmp) / "worker.prof", perf.free_port()
         worker = ["-m", "driftline.stream.cli", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
         profiler = ["-m", "cProfile", "-o", str(prof)] if args.sampler == "cprofile" else []
-        proc = subprocess.Popen([sys.executable, *profiler, *worker], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, *profiler, *worker], cwd=REPO, env=env,
                                 stdout=open(Path(tmp) / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         spy = None

@@ -79,6 +79,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rate_limit_logs()  # a broker outage must not bury the log in repeats
+    # Which build of the hot modules this process runs (docs/compiled.md): a build that failed or
+    # is stale shows here, not only as a slower worker.
+    from driftline import _compiled
+
+    logging.getLogger("driftline.worker").info("hot modules: %s", _compiled.summary())
     settings = load_settings(args.config)
     listen = args.listen or os.environ.get("DRIFTLINE_LISTEN") or settings.listen or "127.0.0.1:8000"
     try:

@@ -14,6 +14,12 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from driftline import _compiled
+
+# Before any hot module is imported: load their compiled builds where one matches the source
+# (driftline/_compiled.py; DRIFTLINE_PURE=1 runs pure).
+_compiled.install()
+
 try:
     __version__ = _metadata.version("driftline")
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
