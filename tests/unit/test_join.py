@@ -1,5 +1,6 @@
 """The label join as a pure object: exact fates on scripted sequences, returned as values."""
 import copy
+import zlib
 from collections import Counter
 
 from driftline.detectors.join import WAITING, Fate, Joined, JoinResult, LabelJoin, PendingPrediction
@@ -125,18 +126,49 @@ def test_exactly_once_fates_on_random_script():
     assert fates == {("m", "inference", "expired"): n - joined}
 
 
-def test_snapshot_keeps_the_layout_older_workers_read():
-    """The join returns its fates now; its snapshot still holds the (always empty) `fates` list
-    the version before collected them in, so that version restores it, and snapshots of that
-    version (with the list) restore here."""
+def test_snapshots_of_the_version_before_restore():
+    """Version 1 of the join's checkpoint wrote every waiting prediction and deadline as its own
+    value, and an (always empty) `fates` list: such snapshots restore here. (The committed
+    fixture tests/fixtures/checkpoints/dls2-signals-v1.bin holds one: tests/unit/test_state.py.)"""
     j = make()
     j.add_prediction(pred("a", 0.0))
-    assert j.__getstate__()["fates"] == []
-    older = copy.deepcopy(j.__getstate__())  # the previous version's snapshot: the same fields
+    older = {k: copy.deepcopy(v) for k, v in j.__dict__.items() if k != "_ttl_for"} | {"fates": []}
     back = LabelJoin.__new__(LabelJoin)
-    back.__setstate__(older)
+    back.__setstate__(LabelJoin.upgrade_state(1, older))
     back.bind(lambda model: TTL)
     assert not hasattr(back, "fates")
     assert back.expire(200.0) == (Fate("m", "inference", "expired"),)
     again = decode_state(encode_state({"join": j}))["join"].bind(lambda model: TTL)
     assert one(again.add_label("a", 1, 5.0)).label == 1
+
+
+def test_a_snapshot_packs_the_waiting_predictions_and_they_come_back_the_same():
+    """The waiting predictions and each deadline heap are one JSON text each in the snapshot (a
+    backlog's intake holds tens of thousands, written again at every checkpoint round), not one
+    state object each; restored, they are equal, in order, and go on joining and expiring."""
+    j = make()
+    for i in range(50):
+        j.add_prediction(PendingPrediction(f"p{i}", "m", ("__all__", f"band={i % 3}"), i % 3, 0.5 + i / 100,
+                                           float(i), (1.5 * i, "x", None, True, {"k": [1, 2]})))
+    j.add_label("p3", 1, 10.0)  # joined: its id waits in the "j" heap
+    j.add_label("early", 0, 11.0)  # held: the "h" heap
+    state = j.__getstate__()
+    assert type(state["_pending"]) is str and all(type(h) is str for h in state["_deadlines"].values())
+    assert b"join.pending" not in zlib.decompress(encode_state({"join": j})[4:])
+    back = decode_state(encode_state({"join": j}))["join"].bind(lambda model: TTL)
+    assert list(back._pending.items()) == list(j._pending.items())
+    assert all(type(p.segments) is tuple and type(p.values) is tuple for p in back._pending.values())
+    assert back._deadlines == j._deadlines and back._joined == j._joined
+    assert one(back.add_label("p7", 0, 20.0)).prediction == one(j.add_label("p7", 0, 20.0)).prediction
+    assert Counter(back.expire(500.0)) == Counter(j.expire(500.0))
+
+
+def test_values_json_would_not_give_back_stay_objects():
+    """A value JSON would change (a tuple prediction, an infinite score or deadline) keeps the
+    object-by-object form, exactly."""
+    j = LabelJoin(lambda model: float("inf"))
+    j.add_prediction(PendingPrediction("a", "m", ("__all__",), (1, 2), float("inf"), 0.0, ((3, 4),)))
+    state = j.__getstate__()
+    assert type(state["_pending"]) is dict and type(state["_deadlines"]["p"]) is list
+    back = decode_state(encode_state({"join": j}))["join"]
+    assert back._pending == j._pending and back._deadlines == j._deadlines
