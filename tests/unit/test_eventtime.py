@@ -121,8 +121,8 @@ def test_snapshot_before_per_stream_heaps_restores():
     join = LabelJoin(lambda model: HOUR)
     join.add_prediction(PendingPrediction("a", "m", ("__all__",), 1, None, 0.0))
     join.add_label("b", 1, 5.0)
-    state = join.__getstate__()
-    # The previous layout: one heap of (deadline, seq, which, id).
+    state = {k: v for k, v in vars(join).items() if k != "_ttl_for"}  # its fields as objects (join version 1)
+    # The layout before that: one heap of (deadline, seq, which, id).
     state["_deadlines"] = sorted((d, seq, which, pid) for which, heap in state["_deadlines"].items()
                                  for d, seq, pid in heap)
     old = LabelJoin.__new__(LabelJoin)
