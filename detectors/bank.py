@@ -531,19 +531,19 @@ class DetectorBank:
     ) -> list[DriftRecord]:
         """One accepted inference event in one segment (an event reaches `__all__` and each of
         its attribute segments; per-model counts are taken at `__all__`, once per event)."""
-        state = self._segments.get((model, segment))
+        key = (model, segment)
+        state = self._segments.get(key)
         if state is None:
             state = self._new_state(model, segment)
         self._tick(timestamp)
         tally = self.tally
-        tally.inferences[(model, segment)] += 1
+        tally.inferences[key] += 1
         at_all = segment == ALL_SEGMENT
         if at_all:
             tally.events[(model, "inference", "accepted")] += 1
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
-        ctx = (model, segment, timestamp, prediction_id)
         if prediction is not None:
             if state.errors is not None:  # regression: the predicted value itself
                 if is_number(prediction):
@@ -551,14 +551,14 @@ class DetectorBank:
                     x = float(prediction)
                     hits = sig.update(x, timestamp)
                     if hits is not None:
-                        self._detections(hits, PREDICTION, x, ctx, found)
+                        self._detections(hits, PREDICTION, x, (model, segment, timestamp, prediction_id), found)
             else:
                 sig = state.signals.get(PREDICTION) or self._signal(state, model, PREDICTION, True)
                 x = sig.transform.transform(prediction)
                 if x is not None:
                     hits = sig.update(x, timestamp)
                     if hits is not None:
-                        self._detections(hits, PREDICTION, x, ctx, found)
+                        self._detections(hits, PREDICTION, x, (model, segment, timestamp, prediction_id), found)
         plan = state.model_plan
         if plan is None:
             plan = self._bind(state, model)
@@ -566,7 +566,7 @@ class DetectorBank:
             sig = state.signals.get(SCORE) or self._signal(state, model, SCORE, False)
             hits = sig.update(score, timestamp)
             if hits is not None:
-                self._detections(hits, SCORE, score, ctx, found)
+                self._detections(hits, SCORE, score, (model, segment, timestamp, prediction_id), found)
             if state.accuracy is not None and prediction is not None:
                 if plan.task == "classification":  # not LLM calls: their label is feedback
                     (state.estimate or self._estimate(state, model)).predicted(
@@ -596,7 +596,7 @@ class DetectorBank:
                     continue
             hits = sig.update(x, timestamp)
             if hits is not None:
-                self._detections(hits, name, x, ctx, found)
+                self._detections(hits, name, x, (model, segment, timestamp, prediction_id), found)
         book = self.profiles
         if book is not None:
             if state.profile_gen != book.generation:
@@ -622,7 +622,8 @@ class DetectorBank:
         prediction time, observed once per event at `__all__`; `score` is the prediction's.
         `values` are the prediction's monitored features in the spec's order, `segments` (at
         `__all__`) its segment labels: the slice accountant's input."""
-        state = self._segments.get((model, segment))
+        key = (model, segment)
+        state = self._segments.get(key)
         if state is None:
             state = self._new_state(model, segment)
         self._tick(timestamp)
@@ -634,18 +635,17 @@ class DetectorBank:
         if timestamp > state.last_seen:
             state.last_seen = timestamp
         found: list[DriftRecord] = []
-        ctx = (model, segment, timestamp, prediction_id)
         if state.errors is not None:
             if not (is_number(prediction) and is_number(label)):
                 return found
             error = float(prediction) - float(label)
-            tally.labeled[(model, segment)] += 1
+            tally.labeled[key] += 1
             state.errors.update(error)
             sig = state.signals.get(ERROR) or self._signal(state, model, ERROR, False)
             x = abs(error)
             hits = sig.update(x, timestamp)
             if hits is not None:
-                self._detections(hits, ERROR, x, ctx, found)
+                self._detections(hits, ERROR, x, (model, segment, timestamp, prediction_id), found)
         else:
             plan = state.model_plan
             if plan is None:
@@ -657,9 +657,9 @@ class DetectorBank:
                     return found
             else:
                 correct = is_correct(prediction, label)
-            tally.labeled[(model, segment)] += 1
+            tally.labeled[key] += 1
             if correct:
-                tally.correct[(model, segment)] += 1
+                tally.correct[key] += 1
             state.accuracy.update(correct)
             if not llm:  # classes of predictions: an LLM call's feedback has none
                 q = state.quality
@@ -678,7 +678,7 @@ class DetectorBank:
             x = 0.0 if correct else 1.0
             hits = sig.update(x, timestamp)
             if hits is not None:
-                self._detections(hits, ERROR, x, ctx, found)
+                self._detections(hits, ERROR, x, (model, segment, timestamp, prediction_id), found)
             if found:
                 self._explain(found, slices, model, timestamp)
             elif refresh is not None:
@@ -727,7 +727,6 @@ class DetectorBank:
         llm = state.llm
         if llm is None:
             llm = state.llm = LLMSegment(spec, self._embedding_reference(model, segment))
-        ctx = (model, segment, timestamp, prediction_id)
         for signal, value, categorical in llm.observe(call, spec):
             sig = self._signal(state, model, signal, categorical)
             if categorical:
@@ -736,7 +735,7 @@ class DetectorBank:
                     continue
             hits = sig.update(value, timestamp)
             if hits is not None:
-                self._detections(hits, signal, value, ctx, found)
+                self._detections(hits, signal, value, (model, segment, timestamp, prediction_id), found)
         return found
 
     def _embedding_reference(self, model: str, segment: str):
@@ -893,7 +892,7 @@ class DetectorBank:
             sig = state.signals[signal] = SignalState(config, detectors, transform, std)
         return sig
 
-    def _detections(self, hits: list[Detection], signal: str, x: float, ctx, found: list) -> None:
+    def _detections(self, hits: list[Detection], signal: str, x: float, ctx: tuple, found: list) -> None:
         """The drift records (and counts) of the detections one value made on a signal."""
         model, segment, timestamp, pid = ctx
         detections = self.tally.detections

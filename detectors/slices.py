@@ -443,12 +443,12 @@ class SliceAccountant:
 
     def _compile(self) -> None:
         # The hot loop's plan: per feature, (source index or attribute name, offset, numeric, edges
-        # or index, missing slot, other slot).
+        # or the categories' slots (offset added), missing slot, other slot).
         plan = []
         nf = len(self.features)
         for j, (fb, off) in enumerate(zip(self.layout, self.offsets)):
             src = j if j < nf else fb.name
-            index = {c: i for i, c in enumerate(fb.categories)} if fb.kind != NUMERIC else None
+            index = {c: off + i for i, c in enumerate(fb.categories)} if fb.kind != NUMERIC else None  # slots
             plan.append((src, off, fb.kind == NUMERIC, fb.edges, index, off + fb.missing,
                          off + len(fb.categories)))
         self._plan = plan
@@ -522,11 +522,7 @@ class SliceAccountant:
                 t = type(v)
                 i = off + bisect_right(edges, v) if (t is float or t is int) and v == v else missing
             else:
-                i = index.get(v if type(v) is str else category_key(v))
-                if i is None:
-                    i = other
-                else:
-                    i += off
+                i = index.get(v if type(v) is str else category_key(v), other)
             a[i] += 1
             if correct:
                 a[size + i] += 1
