@@ -110,9 +110,17 @@ class Checkpointer:
             w.stats.checkpoints["failed"] += 1
             w.fatal = str(exc)
             return False
-        except (CheckpointError, KafkaException) as exc:
+        except (CheckpointError, KafkaException, SystemError) as exc:
             if self.txn is not None and not isinstance(exc, CheckpointError):
-                raise  # a client error inside a transaction is not a retriable write
+                # A client error inside a transaction is not a retriable write: the producer's
+                # fatal or abortable state (rewound from the loop), or it stops the worker.
+                if not self.producer_failed(exc, "checkpoint"):
+                    raise
+                w.stats.checkpoints["failed"] += 1
+                self.cadence.done(time.monotonic(), 0.0)
+                return False
+            if isinstance(exc, SystemError):
+                raise
             w.stats.checkpoints["failed"] += 1
             log.warning("checkpoint of %d partitions failed (will retry): %s", len(items), exc)
             # With exactly-once the records were not delivered in time (broker away): the
@@ -246,6 +254,46 @@ class Checkpointer:
                 log.warning("offset commit failed: %s", exc)
 
     # -- failure: abort and rewind (exactly-once) -------------------------------------------------
+    def producer_failed(self, exc: Exception, what: str) -> bool:
+        """`producer_unusable` for an exception a call on the transactional producer raised.
+        confluent-kafka turns a fatal error raised in its error callback during flush() into a
+        SystemError ("exception <class 'str'> is not a BaseException subclass": seen on the
+        fenced producer's first flush after a pause); the producer is then as unusable as
+        the KafkaException meant to say. Replacing it and rewinding is safe whatever the cause:
+        nothing of the open transaction commits."""
+        if self.txn is None:
+            return False
+        if isinstance(exc, SystemError):
+            if self.doomed is None:
+                log.warning("%s: the transactional producer raised %r (a fatal error, confluent-kafka's way): "
+                            "rewinding with a new one", what, exc)
+            self.txn.expired()
+            self.doom(f"{what}: {exc}")
+            return True
+        return isinstance(exc, KafkaException) and self.producer_unusable(exc.args[0], what)
+
+    def producer_unusable(self, err: KafkaError, what: str) -> bool:
+        """A call on the transactional producer raised `err`. In librdkafka's fatal state (the
+        broker aborted a transaction that outlived `transaction_timeout`: fenced, see
+        TransactionExpired) it refuses every call: its transaction is gone, the state rewinds to
+        the last commit and a new producer carries on (`rewind` -> `_begin`). In an abortable
+        state (_STATE: e.g. records timed out while the process was paused, "requires epoch
+        bump") it refuses to produce until the transaction is aborted: the rewind aborts it on
+        the same producer. False: not such an error, or no transactions (the caller raises)."""
+        if self.txn is None:
+            return False
+        unusable = err.fatal() or err.code() == KafkaError._FATAL
+        if not unusable and err.code() != KafkaError._STATE:
+            return False
+        if self.doomed is None:
+            log.warning("%s: the transactional producer %s (%s): rewinding%s", what,
+                        "is unusable" if unusable else "must abort its transaction", err.str(),
+                        " with a new one" if unusable else "")
+        if unusable:
+            self.txn.expired()
+        self.doom(f"{what}: {err.str()}")
+        return True
+
     def _failed(self, why: str, rewind: bool) -> None:
         if rewind:
             self.rewind(why)

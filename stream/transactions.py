@@ -42,6 +42,24 @@ class BrokerAway(TransactionAborted):
     until the broker is back; then the worker aborts it and rewinds (worker.py)."""
 
 
+class TransactionExpired(TransactionAborted):
+    """The coordinator ended the transaction and bumped the producer's epoch (librdkafka: fenced
+    by a newer instance). Every worker process has a transactional id of its own
+    (clients.transactional_id), so no other instance can fence it: the transaction outlived
+    `transaction.timeout.ms` (a paused or starved process) and the broker aborted it. The
+    producer cannot be used again; the caller builds a new one and rewinds to the last commit,
+    as for any abort. A worker that lost its partitions is still fenced by the group
+    generation (KIP-447), which this does not touch."""
+
+
+# librdkafka's codes for a producer whose epoch the coordinator bumped
+FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def fenced(err: KafkaError) -> bool:
+    return err.code() in FENCED_CODES
+
+
 STUCK_GRACE = 15.0  # seconds past a call's own timeout before it counts as stuck
 STEP = 10.0  # seconds one transactional call may take before it is retried (or counted stuck)
 
@@ -140,11 +158,21 @@ class Transactions:
         except BrokerAway:
             raise  # still open: aborted when the broker is back
         except BaseException:
+            if self.open:
+                self.open = False
+                self.aborts += 1
+            raise
+        if self.open:  # (not counted twice when the broker had aborted it: expired())
             self.open = False
             self.aborts += 1
-            raise
-        self.open = False
-        self.aborts += 1
+
+    def expired(self) -> None:
+        """The broker aborted the open transaction (TransactionExpired): nothing is left to abort,
+        and the producer must be replaced before the next begins."""
+        if self.open:
+            self.open = False
+            self.aborts += 1
+        self.stuck = True
 
     def replace_producer(self, stopping: Callable[[], bool]) -> Producer:
         """A new producer (new transactional id) for a stuck one; returns it, transactions inited."""
@@ -169,6 +197,11 @@ class Transactions:
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
+                if err.fatal() and fenced(err) and what != "init":
+                    self.expired()
+                    if what == "abort":
+                        return  # the broker aborted it already; the producer is replaced next
+                    raise TransactionExpired(f"transaction {what}: {err.str()}") from exc
                 if err.fatal():
                     raise TransactionFatal(f"transaction {what}: {err.str()}") from exc
                 if err.txn_requires_abort():

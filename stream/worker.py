@@ -59,7 +59,7 @@ from driftline.stream.partitions import BankPartition, IntakePartition, Partitio
 from driftline.stream.pipeline import Intake, observe
 from driftline.stream.repartition import Repartitioner
 from driftline.stream.restorer import Restorer
-from driftline.stream.transactions import BrokerWatch, Transactions
+from driftline.stream.transactions import BrokerWatch, Transactions, fenced
 
 log = logging.getLogger("driftline.worker")
 
@@ -146,7 +146,7 @@ class Worker:
         eos = settings.worker.exactly_once
 
         def new_producer(transactional: str | None) -> Producer:
-            return Producer({**producer_config(settings, transactional), "error_cb": self.broker.on_error})
+            return Producer({**producer_config(settings, transactional), "error_cb": self._producer_error})
 
         self.exactly_once = eos
         self.producer = new_producer(transactional_id(settings) if eos else None)
@@ -206,7 +206,11 @@ class Worker:
                             # before its first batch (EventTimeDriver.assigned says why).
                             self.event_time.tick()
                         self._process(msgs)
-                self.producer.poll(0)
+                try:
+                    self.producer.poll(0)
+                except (KafkaException, SystemError) as exc:  # librdkafka's fatal error (fenced), from poll
+                    if not checkpointer.producer_failed(exc, "producer poll"):
+                        raise
                 now = time.monotonic()
                 outage = self.exactly_once and (self.broker.down or self._holding)
                 if outage:
@@ -271,7 +275,11 @@ class Worker:
             self.consumer.close()  # leaves the group: the others rebalance at once
         except KafkaException as exc:
             log.warning("consumer close: %s", exc)
-        left = self.producer.flush(10)
+        try:
+            left = self.producer.flush(10)
+        except Exception as exc:  # noqa: BLE001 - a producer in a fatal state: nothing left to deliver
+            log.warning("producer flush at shutdown: %s", exc)
+            left = 0
         if left:
             log.warning("%d records not delivered at shutdown", left)
         self.checkpointer.close()
@@ -498,9 +506,18 @@ class Worker:
                                       headers=headers, timestamp=timestamp)
                 return
             except BufferError:  # the local queue is full (broker slow or away): wait, never drop
-                self.producer.poll(0.1)
+                try:
+                    self.producer.poll(0.1)
+                except (KafkaException, SystemError) as exc:
+                    if not self.checkpointer.producer_failed(exc, f"producing to {topic}"):
+                        raise
+                    return
                 if (self.stopping.is_set() and self.fatal is not None) or self.checkpointer.doomed is not None:
                     return
+            except KafkaException as exc:
+                if not self.checkpointer.producer_failed(exc, f"producing to {topic}"):
+                    raise
+                return
 
     def _delivered(self, err, msg) -> None:
         if err is None:
@@ -513,11 +530,19 @@ class Worker:
             # (Also for a fatal error: after an outage the coordinator may have bumped the
             # producer's epoch; a truly fenced worker stops at its next commit or abort.)
             self.checkpointer.doom(f"delivery to {topic} failed: {err}")
+            if err.fatal() or fenced(err):
+                self.checkpointer.txn.expired()  # the producer itself is unusable: replaced at the rewind
             return
         # With infinite retries only a fatal or permanent error lands here. The state already
         # holds this record's effect, so checkpointing it would lose the record for good: stop,
         # and let the successor replay from the last checkpoint (crash-only).
         self.fatal = f"delivery to {topic} failed: {err}"
+
+    def _producer_error(self, err: KafkaError) -> None:
+        """The producer's error_cb: outages (BrokerWatch), and its fatal state (fenced)."""
+        self.broker.on_error(err)
+        if err.fatal():
+            self.checkpointer.producer_unusable(err, "producer")
 
     def _consumer_error(self, err: KafkaError) -> None:
         self.broker.on_error(err)

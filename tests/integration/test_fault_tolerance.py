@@ -12,6 +12,7 @@ import base64
 import heapq
 import random
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -281,6 +282,45 @@ def test_kill_9_twice_once_mid_checkpoint_counts_stay_exact(kafka_bootstrap, tmp
         assert not {"band=low", "band=mid"} & set(error_hits), error_hits
     finally:
         stop_all(workers + [w for w in locals().get("survivors", []) if w not in workers])
+
+
+def test_a_worker_paused_past_its_transaction_timeout_rewinds_and_counts_stay_exact(kafka_bootstrap, tmp_path):
+    """A worker stopped (SIGSTOP) longer than `worker.transaction_timeout`, as a starved or
+    paused process is: the broker aborts its open transaction and bumps its producer's epoch
+    (librdkafka: "fenced by newer producer instance"). On SIGCONT the worker replaces the
+    producer, rewinds to its last commit and goes on; before, it exited 1 (issue-ci's e2e runs
+    under load died so). Its partitions stay (the stop is shorter than the session timeout)."""
+    rows = 12_000
+    prefix = unique_prefix()
+    config = write_config(tmp_path / "c.yml", kafka_bootstrap, prefix, SHUTTLE_MODEL, partitions=3,
+                          extra="worker: {transaction_timeout: 4s}\n")
+    workers = start_fleet(config, tmp_path, 1, 3)
+    worker = workers[0]
+    inf, lab = shuttle_stream(rows, rows // 2)
+    expected_correct = sum(a["prediction"] == b["label"] for a, b in zip(inf, lab))
+    pub = PacedPublisher(kafka_bootstrap, prefix, inf, lab, rate=400, held=rows // 4)
+    try:
+        pub.start()
+        wait_for("traffic flowing", lambda: fleet_total(workers, "driftline_labeled_total", segment="__all__") > 1000,
+                 90, workers)
+        worker.proc.send_signal(signal.SIGSTOP)
+        time.sleep(10)  # 2.5x the transaction timeout (the broker checks for expired ones every 1 s)
+        worker.proc.send_signal(signal.SIGCONT)
+        assert pub.sent < rows, "the publisher finished during the pause: slow it down"
+        pub.release()
+        ms, fleet = settle_after(pub, workers, rows, 240)
+        counts = StreamCounts.of(fleet)
+        rewinds = total(fleet, "driftline_transaction_rewinds_total")
+        log = worker.log_path.read_text(errors="replace")
+        print(f"\npaused 10 s past a 4 s transaction timeout: {counts} of {rows} rows ({expected_correct} correct); "
+              f"rewinds {rewinds:.0f}")
+        assert worker.alive, log[-3000:]
+        assert "fenced" in log  # the broker did end the transaction: the case really happened
+        assert rewinds >= 1
+        assert counts == StreamCounts(inferences=rows, labels=rows, labeled=rows, correct=expected_correct)
+    finally:
+        pub.join(1)
+        stop_all(workers)
 
 
 # ----------------------------------------------------------------------------------- poison

@@ -10,11 +10,12 @@ import threading
 import types
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from driftline.stream.checkpoint import CheckpointCadence, CheckpointError
 from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.partitions import INTAKE, PartitionKey, PartitionStates
-from driftline.stream.transactions import TransactionAborted
+from driftline.stream.transactions import TransactionAborted, Transactions
 from driftline.stream.worker import WorkerStats
 
 
@@ -216,3 +217,55 @@ def test_the_revoke_of_the_consumers_close_after_the_last_round_writes_nothing(e
     calls.clear()
     ck.handover({"g/intake/0", "g/bank/2"})
     assert calls == []
+
+
+def test_a_producer_fenced_or_in_an_abortable_state_dooms_the_transaction_instead_of_stopping():
+    """What librdkafka raises from produce/poll after the broker expired the transaction (a
+    process paused past `transaction_timeout`): a fatal error (fenced) means a new producer, an
+    abortable one (_STATE) an abort on the same producer; both rewind. Other errors, and any
+    error without transactions, are the caller's to raise."""
+    from confluent_kafka import KafkaError
+
+    def real_txn(ck):  # Transactions' own bookkeeping (no call reaches a producer here)
+        ck.txn = Transactions(None, None, 4.0)
+        ck.txn.open = True
+        return ck
+
+    calls: list = []
+    ck = real_txn(checkpointer(True, calls)[0])
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    assert ck.producer_unusable(fenced, "producer poll") is True
+    assert ck.doomed.startswith("producer poll: ") and ck.txn.stuck  # replaced at the rewind's begin
+    assert not ck.txn.open
+
+    ck = real_txn(checkpointer(True, calls)[0])
+    assert ck.producer_unusable(KafkaError(KafkaError._STATE, "Erroneous state"), "producing to obs") is True
+    assert ck.doomed == "producing to obs: Erroneous state" and not ck.txn.stuck  # the abort clears it
+
+    ck, _ = checkpointer(True, calls)
+    assert ck.producer_unusable(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), "producing") is False
+    assert ck.doomed is None
+    ck, _ = checkpointer(False, calls)
+    assert ck.producer_unusable(fenced, "producer poll") is False
+
+
+def test_a_producer_call_failing_inside_the_round_rewinds_with_transactions_and_stops_without():
+    """confluent-kafka raises a SystemError from flush() when librdkafka reports a fatal error
+    (fenced) during it; with exactly-once the round fails and the loop rewinds with a new
+    producer; without, the error is raised as before (crash-only)."""
+    calls: list = []
+    mangled = SystemError("_PyErr_SetObject: exception <class 'str'> is not a BaseException subclass")
+    ck, w = checkpointer(True, calls, store=Store(calls, fail=mangled))
+    ck.txn = Transactions(None, None, 4.0)
+    ck.txn.open = True
+    assert ck.round() is False
+    assert ck.doomed.startswith("checkpoint: ") and ck.txn.stuck
+    assert w.intakes[0].dirty and w.stats.checkpoints["failed"] == 1
+
+    ck, _ = checkpointer(True, calls, store=Store(calls, fail=KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))))
+    with pytest.raises(KafkaException):
+        ck.round()  # not a state of the producer: raised, as before
+
+    ck, _ = checkpointer(False, calls, store=Store(calls, fail=mangled))
+    with pytest.raises(SystemError):
+        ck.round()
