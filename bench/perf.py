@@ -1184,7 +1184,7 @@ def table(r: dict) -> str:
                      f"{b['events_per_s']:,.0f} events/s | {b['ratio_to_ceiling_per_worker']:.1%} |")
     x = r.get("transactions")
     if x:
-        lines.append(f"| 1 worker, `worker.exactly_once` on (default) / off, same backlog ({x['date']}, "
+        lines.append(f"| 1 worker, `worker.exactly_once` on (default) / off, same backlog ({x.get('date', r['date'])}, "
                      f"{'median of ' + str(x['rounds']) if x['rounds'] > 1 else 'one run each'}; --transactions-only) | "
                      f"{x['events_per_s_on']:,.0f} / {x['events_per_s_off']:,.0f} events/s, "
                      f"{x['events_per_cpu_s_on']:,.0f} / {x['events_per_cpu_s_off']:,.0f} per CPU s | "
