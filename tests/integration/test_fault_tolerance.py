@@ -315,7 +315,10 @@ def test_a_worker_paused_past_its_transaction_timeout_rewinds_and_counts_stay_ex
         print(f"\npaused 10 s past a 4 s transaction timeout: {counts} of {rows} rows ({expected_correct} correct); "
               f"rewinds {rewinds:.0f}")
         assert worker.alive, log[-3000:]
-        assert "fenced" in log  # the broker did end the transaction: the case really happened
+        # The case really happened: the transaction ended under the worker. Which error it meets
+        # first depends on timing: the broker's fencing of the expired transaction, or its own
+        # records timing out (message.timeout.ms is the transaction timeout) with an epoch bump.
+        assert "fenced" in log or "requires epoch bump" in log, log[-3000:]
         assert rewinds >= 1
         assert counts == StreamCounts(inferences=rows, labels=rows, labeled=rows, correct=expected_correct)
     finally:
