@@ -1077,7 +1077,7 @@ def backlog_figure(args, out: Path, key: str, measure: Callable[[str, str, int, 
 def throughput_main(args, out: Path) -> int:
     """The ceiling, the River floor and 1 and 2 workers on one backlog, in one run."""
     rows = 20_000 if args.quick else 100_000
-    partitions = 6
+    partitions = BACKLOG_PARTITIONS
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "partitions": partitions}
     with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
         prefix = f"perf-{uuid.uuid4().hex[:8]}"
