@@ -174,6 +174,9 @@ def main() -> int:
     ap.add_argument("--keep", help="also copy the raw cProfile output here (for pstats or snakeviz)")
     ap.add_argument("--sampler", choices=("cprofile", "py-spy"), default="cprofile",
                     help="py-spy: sample the unmodified worker (no per-call cost; the `bench` extra installs it)")
+    ap.add_argument("--idle", action="store_true",
+                    help="py-spy only: also sample the loop thread while it waits, without pausing the worker "
+                         "(--idle --nonblocking): where a backlog worker's wall time goes, not only its CPU")
     ap.add_argument("--compiled", action="store_true",
                     help="profile the compiled hot modules (default: pure, which the profilers can read)")
     args = ap.parse_args()
@@ -196,8 +199,14 @@ def main() -> int:
             # Samples the running worker from outside (it pauses it ~200 times a second, briefly), native
             # frames included, so C time (orjson, librdkafka calls, zlib) shows under its own name.
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                                    "--format", "raw", "--rate", "200", "--native", "-o", str(prof)],
+                                    "--format", "raw", "--rate", "200", "-o", str(prof),
+                                    *(["--idle", "--nonblocking"] if args.idle else ["--native"])],
                                    stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "py-spy.log", "wb"))
+        gil = None
+        if os.environ.get("GILSPY"):
+            gil = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                                    "--format", "raw", "--rate", "200", "-o", os.environ["GILSPY"], "--gil", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url, started, done = f"http://127.0.0.1:{port}/metrics", time.time(), 0.0
         try:
             while done < args.rows and time.time() - started < 900:

@@ -5,8 +5,11 @@ worker's lock while it walks the state, see stream/exporter.py). Scrapes must ne
 ingestion nor grow memory without bound, whatever the clients do:
 
 - `ExpositionCache`: one render at a time, shared by every scrape that arrives while it runs or
-  shortly after (at most `max_age`, and at least 5x the last render's duration, so that walks
-  hold the worker's lock at most ~1/6 of the time however many scrapers there are);
+  shortly after (at most `max_age`, and at least 5x the last render's own CPU time, so that walks
+  hold the worker's lock at most ~1/6 of the time however many scrapers there are; CPU time,
+  not wall time: a render that waited for the lock while the loop held it walked no longer, and
+  a busy backlog's loop holds it for a whole step, so in wall time one render could make the
+  next scrapes stale for a minute);
 - at most `max_connections` connections are served at once; more are answered 503 and closed;
 - every connection has a socket timeout (`timeout`): a client that sends nothing or never reads
   its response is dropped, and its thread with it; every response shares the cached bytes;
@@ -55,7 +58,7 @@ class ExpositionCache:
     """The last rendered /metrics, re-rendered by one thread at a time when it is too old."""
 
     def __init__(self, render: Callable[[], bytes], max_age: float = 1.0, clock=time.monotonic,
-                 version: Callable[[], int] = lambda: 0):
+                 version: Callable[[], int] = lambda: 0, cost=time.thread_time):
         self.render = render
         # A new version (the worker's partitions changed) invalidates the cache at once: a body
         # with states the worker no longer owns would count them twice with their new owner's.
@@ -63,6 +66,7 @@ class ExpositionCache:
         self._version = None
         self.max_age = max_age
         self.clock = clock
+        self.cost = cost  # what a render costs: this thread's CPU time (the walk, not the waits)
         self._lock = threading.Lock()  # held while rendering: the others wait and share the result
         self._body: bytes | None = None
         self._rendered_at = 0.0
@@ -75,10 +79,10 @@ class ExpositionCache:
             version = self.version()
             if (self._body is None or version != self._version
                     or now - self._rendered_at >= max(self.max_age, 5 * self._took)):
-                started = self.clock()
+                started = self.cost()
                 self._version = version
                 self._body = self.render()
-                self._took = self.clock() - started
+                self._took = self.cost() - started
                 self._rendered_at = self.clock()
                 self.renders += 1
             return self._body

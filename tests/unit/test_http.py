@@ -116,3 +116,29 @@ def test_a_change_of_owned_partitions_invalidates_the_cached_exposition():
     assert cache.get() == b"bank 0 and 1\n"  # same version: the cache may serve it
     owned["version"] += 1
     assert cache.get() == b"bank 1\n"  # never the states it no longer owns, once it knows
+
+
+def test_a_render_that_waited_for_the_worker_lock_does_not_keep_the_exposition_stale():
+    """The cache keeps a body for 5x what its render cost, so that walks hold the worker's lock a
+    small share of the time; a render that spent its time waiting for that lock (the loop held it
+    for a whole step of a backlog) walked no longer, and must not make the next scrapes stale for
+    5x its wait (seen: /metrics frozen for 50 s under a backlog worker)."""
+    from driftline.stream.http import ExpositionCache
+
+    worker_lock = threading.Lock()
+    state = {"labeled": 0}
+
+    def render() -> bytes:
+        with worker_lock:  # as the exporter's collectors do
+            return f"labeled {state['labeled']}\n".encode()
+
+    cache = ExpositionCache(render, max_age=0.05)
+    worker_lock.acquire()  # the loop is in the middle of a long step
+    releaser = threading.Timer(0.6, worker_lock.release)
+    releaser.start()
+    assert cache.get() == b"labeled 0\n"  # waited 0.6 s for the lock, walked for microseconds
+    releaser.join()
+    state["labeled"] = 5
+    time.sleep(0.1)  # past max_age, well inside 5 x 0.6 s
+    assert cache.get() == b"labeled 5\n"
+    assert cache.renders == 2
