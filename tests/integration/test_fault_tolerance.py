@@ -412,8 +412,19 @@ def test_segment_cardinality_flood_folds_into_other(kafka_bootstrap, tmp_path):
         p = producer(kafka_bootstrap)
         publish(p, f"{prefix}.inferences", events)
         p.flush(60)
-        wait_for("60k events", lambda: fleet_total(workers, "driftline_events_total") == 60_000, 180, workers)
-        ms = fleet_metrics(workers)
+        # `driftline_events_total` is counted at `__all__`, whose bank (crc32 of (clicks, __all__))
+        # is not the one owning (clicks, user): each bank applies its observations in its own
+        # loop steps (even in one worker: RELEASE_PER_STEP is shared, banks served in turn), so
+        # `__all__` can have counted all 60,000 while the user bank has applied none yet. Wait
+        # for both: every event counted, and every one reaching a user segment or __other__.
+        def accounted(ms):
+            fleet = summed(ms)
+            user = sum(v for (name, lv), v in fleet.items()
+                       if name == "driftline_segment_inferences_total" and dict(lv)["segment"].startswith("user="))
+            return total(fleet, "driftline_events_total") == 60_000 and user == 60_000 and ms
+
+        ms = wait_for("60k events, at __all__ and in the user bank", lambda: accounted(fleet_metrics(workers)),
+                      180, workers)
         segments = Counter(dict(lv)["segment"] for m in ms for lv in series(m, "driftline_segment_inferences_total"))
         # One owner per (model, attribute) across the fleet: the cap is the fleet's, 50 + __other__ + __all__.
         assert len(segments) == 50 + 2 and set(segments.values()) == {1}, segments
