@@ -180,8 +180,11 @@ class EventTimeDriver:
             if buffer.late != late:
                 self._warn_late(bp, p, buffer.late - late, now)
         buffer.note(p, progress, idle, now, sent_at, local)
-        for entry in self._released(buffer, now):
+        yield_to_readers = self.worker.lock.yield_to_readers  # a long release: let /metrics in
+        for n, entry in enumerate(self._released(buffer, now), 1):
             apply(bp, held_observation(entry))
+            if not n & 255:
+                yield_to_readers()
 
     def _warn_late(self, bp, p: int, n: int, now: float) -> None:
         """Say why the order broke: late observations are the number that differs from replay,
@@ -294,9 +297,12 @@ class EventTimeDriver:
     def _release(self, now: float) -> None:
         self._more = False
         apply = self.worker.apply_observation
+        yield_to_readers = self.worker.lock.yield_to_readers  # a long release: let /metrics in
         for bp in self.worker.banks.values():
-            for entry in self._released(bp.buffer, now):
+            for n, entry in enumerate(self._released(bp.buffer, now), 1):
                 apply(bp, held_observation(entry))
+                if not n & 255:
+                    yield_to_readers()
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats

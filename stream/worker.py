@@ -53,6 +53,7 @@ from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
+from driftline.stream.looplock import LoopLock
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
 from driftline.stream.ordering import EventTimeDriver, UnknownFormat
 from driftline.stream.partitions import BankPartition, IntakePartition, PartitionStates
@@ -115,7 +116,7 @@ class Worker:
         self.topics = settings.kafka.topics
         self.limits = DecodeLimits(max_bytes=settings.limits.max_event_bytes, max_depth=settings.limits.max_depth,
                                    max_future=settings.limits.max_future, clock=time.time)
-        self.lock = threading.RLock()
+        self.lock = LoopLock()  # handed to a /metrics render between records (stream/looplock.py)
         # The partition states this worker owns, keyed by (stage, partition), and those parked
         # at a revoke (stream/partitions.py); the stages read their tables directly.
         self.states = PartitionStates(settings.kafka.group_id, self.topics.observations)
@@ -296,7 +297,10 @@ class Worker:
         intakes, limits = self.intakes, self.limits
         wall = None
         n_source = n_other = 0
-        for msg in msgs:
+        yield_to_readers = self.lock.yield_to_readers
+        for n, msg in enumerate(msgs, 1):
+            if not n & 255:
+                yield_to_readers()
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -379,6 +383,7 @@ class Worker:
         send = self.repartition.observations
         for (src, dest), recs in batches.items():
             send(src, src_part[src], dest, recs, OBS_PER_MESSAGE)
+            yield_to_readers()
 
     @staticmethod
     def _quiet(part, topic: str, offset: int) -> bool:
