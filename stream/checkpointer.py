@@ -344,7 +344,7 @@ class Checkpointer:
         w = self.w
         self.doomed = why  # until the rewind is done, nothing more is produced
         if w.broker.down:
-            return  # the loop rewinds when a broker answers (Worker._ride_out_outage)
+            return  # the loop rewinds when a broker answers (OutageHold.ride_out, stream/outage.py)
         try:
             self.txn.abort(w.stopping.is_set)
             if new_producer:

@@ -4,14 +4,17 @@
 tunables first, then the user's `kafka.config` (which may override them), then what correctness
 needs (which nobody overrides). `check_client_config()` builds both clients once before any
 topic is created, so a setting librdkafka refuses stops the start with the key it names.
+`WorkerClients` builds the worker's clients from them; `ReadableEnds` and `ConsumerLag` read
+where each partition's data ends and how far behind it the worker is.
 """
 from __future__ import annotations
 
 import re
 import uuid
+from typing import Callable
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from driftline.stream.logs import kafka_logger
 from driftline.stream.settings import ENV_KAFKA_PREFIX, ConfigError
@@ -115,6 +118,74 @@ class ReadableEnds:
         (past the markers) counts as read. Records of a transaction still open keep it False
         until they are committed or aborted."""
         return max(position, self.eof.get((topic, partition), -1)) >= high
+
+
+# Seconds between consumer-lag refreshes (ConsumerLag): cached watermarks, no broker request.
+LAG_EVERY = 2.0
+
+
+class ConsumerLag:
+    """The lag of every partition the worker owns, refreshed into its stats every `every` seconds
+    (`refresh_if_due`, from the loop): messages behind the readable end (ReadableEnds), and
+    seconds behind (how old the last message read is, while more are waiting). `states` is the
+    worker's PartitionStates (each state's positions and last message timestamps, by topic);
+    `clock` the wall clock the message timestamps are compared with."""
+
+    def __init__(self, consumer: Consumer, states, ends: ReadableEnds, stats, clock, every: float = LAG_EVERY):
+        self.consumer = consumer
+        self.states = states
+        self.ends = ends
+        self.stats = stats  # WorkerStats: lag, lag_seconds
+        self.clock = clock
+        self.every = every
+        self._next = 0.0
+
+    def refresh_if_due(self, now: float) -> None:
+        """`now`: the loop's monotonic clock."""
+        if now >= self._next:
+            self.refresh()
+            self._next = now + self.every
+
+    def refresh(self) -> None:
+        lag, behind = {}, {}
+        now_ms = self.clock() * 1000.0
+        for key, part in self.states.items():
+            p = key.partition
+            for topic, off in part.positions.items():
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                except KafkaException:
+                    continue
+                if high < 0:
+                    continue
+                lag[(topic, p)] = n = self.ends.behind(topic, p, off, high)
+                # Seconds behind: how old the last message read is, while more are waiting.
+                ts = part.last_ts.get(topic)
+                behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
+        self.stats.lag = lag
+        self.stats.lag_seconds = behind
+
+
+class WorkerClients:
+    """The worker's Kafka clients, built from the settings (what `driftline run` checked at start,
+    `check_client_config`): its consumer, and its producer, transactional with exactly-once; every
+    producer built gets a new transactional id (Transactions builds another one when its producer
+    is stuck or fenced). `consumer_error` and `producer_error` are librdkafka's error_cb of each,
+    `on_stats` the consumer's stats_cb (ReadableEnds)."""
+
+    def __init__(self, settings, consumer_error: Callable, producer_error: Callable, on_stats: Callable):
+        self.settings = settings
+        self.consumer_error = consumer_error
+        self.producer_error = producer_error
+        self.on_stats = on_stats
+
+    def consumer(self) -> Consumer:
+        return Consumer({**consumer_config(self.settings, f"driftline-{uuid.uuid4().hex[:6]}"),
+                         "stats_cb": self.on_stats, "error_cb": self.consumer_error})
+
+    def producer(self) -> Producer:
+        tid = transactional_id(self.settings) if self.settings.worker.exactly_once else None
+        return Producer({**producer_config(self.settings, tid), "error_cb": self.producer_error})
 
 
 def producer_config(settings, transactional: str | None) -> dict:

@@ -30,19 +30,11 @@ import os
 import signal
 import threading
 import time
-import uuid
 import zlib
 from typing import Any
 
 import orjson
-from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from driftline.detectors.bank import DetectorBank
 from driftline.detectors.observations import OUTCOME, to_wire
@@ -50,16 +42,18 @@ from driftline.detectors.segments import attribute_of
 from driftline.stream.baselines import BaselineTopic, profile_book
 from driftline.stream.checkpoint import CheckpointCadence, CheckpointStore
 from driftline.stream.checkpointer import Checkpointer
-from driftline.stream.clients import ReadableEnds, consumer_config, producer_config, transactional_id
+from driftline.stream.clients import ConsumerLag, ReadableEnds, WorkerClients
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
 from driftline.stream.events import Invalid
 from driftline.stream.looplock import LoopLock
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
 from driftline.stream.ordering import EventTimeDriver, UnknownFormat
+from driftline.stream.outage import OutageHold
 from driftline.stream.partitions import BankPartition, IntakePartition, PartitionStates
 from driftline.stream.pipeline import Intake, observe
 from driftline.stream.repartition import Repartitioner
 from driftline.stream.restorer import Restorer
+from driftline.stream.stats import WorkerStats
 from driftline.stream.transactions import BrokerWatch, Transactions, fenced
 
 log = logging.getLogger("driftline.worker")
@@ -67,40 +61,7 @@ log = logging.getLogger("driftline.worker")
 # Observations per message on the observations topic: bounds a message to ~100-300 KB.
 OBS_PER_MESSAGE = 500
 ENV_HTTP_UNBOUNDED = "DRIFTLINE_BENCH_UNBOUNDED_HTTP"
-LAG_EVERY = 2.0  # seconds between consumer-lag refreshes
 BASELINES_EVERY = 5.0  # seconds between polls of the baselines topic (profiles change rarely)
-
-
-class WorkerStats:
-    """Per-process operating figures, rendered by exporter.WorkerMetrics."""
-
-    def __init__(self) -> None:
-        self.replayed = 0  # events read again after taking over a partition (checkpoint -> committed)
-        self.deduplicated = 0  # observations skipped as already applied
-        self.unreadable_observations = 0  # observations messages of an unknown format (dead-lettered)
-        self.rebalances = 0
-        self.checkpoints = {"ok": 0, "failed": 0}
-        self.checkpoint_seconds = 0.0  # duration of the last checkpoint
-        self.checkpoint_bytes = 0  # size of the last checkpoint
-        self.restore_seconds = 0.0  # duration of the last restore
-        # Checkpoints found at assignment: restored, or unreadable (an older format, another
-        # River) and rebuilt from the retained history, or started fresh when none is left.
-        self.restores = {"restored": 0, "rebuilt": 0, "fresh": 0}
-        self.produce_errors: dict[str, int] = {}  # by topic, every written topic from 0
-        self.messages = {"intake": 0, "bank": 0}  # messages this process read, by stage
-        self.lag_seconds: dict[tuple[str, int], float] = {}
-        self.lag: dict[tuple[str, int], int] = {}
-        self.partitions = {"intake": 0, "bank": 0}
-        self.rekeyed = {"inference": 0, "label": 0}  # events published again keyed by prediction_id
-        self.checkpoint_ok_at = time.monotonic()  # the last successful checkpoint (process start before one)
-        self.rewinds = 0  # aborted transactions: state rewound to the last committed checkpoint
-        self.ownership = 0  # bumped whenever the owned states change (assign, revoke, lost, rewind)
-
-    @property
-    def checkpoint_age(self) -> float:
-        """Seconds since the last successful checkpoint round, read at scrape time: it grows
-        while checkpoints fail or do not run, whatever the reason."""
-        return time.monotonic() - self.checkpoint_ok_at
 
 
 class Worker:
@@ -121,41 +82,33 @@ class Worker:
         # at a revoke (stream/partitions.py); the stages read their tables directly.
         self.states = PartitionStates(settings.kafka.group_id, self.topics.observations)
         self.intakes, self.banks = self.states.intakes, self.states.banks
-        self.stats = WorkerStats()
+        self.stats = WorkerStats((self.topics.observations, self.topics.dead_letters, self.topics.drift_events))
         self._refused: list[Invalid] = []  # apply_observation's scratch list (observe() appends to it)
-        for topic in (self.topics.observations, self.topics.dead_letters, self.topics.drift_events):
-            self.stats.produce_errors[topic] = 0
         self.assigned_once = False
         self.rebalancing = False
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        self._next_lag = 0.0
         # Reference profiles: the config's files, then what the baselines topic publishes
         # (stream/baselines.py); one book for every bank of this process.
         self.profiles = profile_book(settings)
         self.baseline_topic = BaselineTopic(settings, self.profiles)
         self._next_baselines = 0.0
         kafka = settings.kafka
-        # Client settings (stream/clients.py): the same that `driftline run` checked at start.
         # Where each partition's readable data ends (past transaction markers, before records of
         # open transactions): consumer lag and the event-time driver's "caught up" read it.
         self.ends = ReadableEnds()
         # Whether every broker is away (librdkafka's error_cb): transactional calls wait for one.
         self.broker = BrokerWatch()
-        self.consumer = Consumer({**consumer_config(settings, f"driftline-{uuid.uuid4().hex[:6]}"),
-                                  "stats_cb": self.ends.on_stats, "error_cb": self.broker.on_error})
+        # The clients, from the settings that `driftline run` checked at start (stream/clients.py).
+        clients = WorkerClients(settings, consumer_error=self.broker.on_error, producer_error=self._producer_error,
+                                on_stats=self.ends.on_stats)
+        self.consumer = clients.consumer()
         eos = settings.worker.exactly_once
-
-        def new_producer(transactional: str | None) -> Producer:
-            return Producer({**producer_config(settings, transactional), "error_cb": self._producer_error})
-
         self.exactly_once = eos
-        self.producer = new_producer(transactional_id(settings) if eos else None)
+        self.producer = clients.producer()
         # With exactly-once, checkpoints travel in the worker's transaction (its producer).
         txn = Transactions(self.producer, self.consumer, settings.worker.transaction_timeout,
-                           new_producer=lambda: new_producer(transactional_id(settings)),
-                           down=lambda: self.broker.down) if eos else None
-        self._holding = False  # input paused for a broker outage (exactly-once), see _ride_out_outage
+                           new_producer=clients.producer, down=lambda: self.broker.down) if eos else None
         self.event_time = EventTimeDriver(self, self.source_partitions)
         # Stage 1 -> stage 2: the observations topic, or in memory where this worker owns both
         # ends (exactly-once only: stream/repartition.py says why).
@@ -170,6 +123,9 @@ class Worker:
         # The states of newly assigned partitions: parked, restored, rebuilt or fresh (stream/restorer.py).
         self.restorer = Restorer(settings, self.states, self.consumer, store, self.stats, self.ends, self.event_time,
                                  self.profiles, self._route, eos, clock, fail=lambda why: setattr(self, "fatal", why))
+        # Input held while every broker is away (exactly-once), and the consumer lag in /metrics.
+        self.outage = OutageHold(eos, self.broker, self.consumer, self.checkpointer, self.lock, lambda: self.fatal)
+        self.lag = ConsumerLag(self.consumer, self.states, self.ends, self.stats, clock)
 
     # -- state lookup, for the collector -----------------------------------------------------------
     def bank_objects(self) -> list[DetectorBank]:
@@ -213,15 +169,13 @@ class Worker:
                     if not checkpointer.producer_failed(exc, "producer poll"):
                         raise
                 now = time.monotonic()
-                outage = self.exactly_once and (self.broker.down or self._holding)
+                outage = self.outage.active
                 if outage:
-                    self._ride_out_outage(now)
+                    self.outage.ride_out(now)
                 elif checkpointer.doomed is not None:
                     checkpointer.rewind(checkpointer.doomed)
                 checkpointer.commit_if_due(now)
-                if now >= self._next_lag:
-                    self._refresh_lag()
-                    self._next_lag = now + LAG_EVERY
+                self.lag.refresh_if_due(now)
                 if now >= self._next_baselines:
                     self.baseline_topic.poll(self.lock)
                     self._next_baselines = now + BASELINES_EVERY
@@ -238,35 +192,6 @@ class Worker:
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
-
-    def _ride_out_outage(self, now: float) -> None:
-        """Exactly-once while every broker is away. No transactional call is made (librdkafka can
-        block in one for good when the coordinator goes away mid-call); the input is held (owned
-        partitions paused) while the loop keeps polling, so the group membership survives an
-        outage shorter than worker.session_timeout; each checkpoint round due counts as failed.
-        When a broker answers, the open transaction is aborted and every owned partition rewinds
-        to its last commit (what it produced since then is never read), then reading resumes."""
-        checkpointer = self.checkpointer
-        if not self._holding:
-            self._holding = True
-            checkpointer.doom("broker outage")
-            self._pause_assigned(True)
-        checkpointer.skip_round(now)
-        if not self.broker.probe(self.consumer):
-            return
-        with self.lock:
-            checkpointer.rewind_locked(checkpointer.doomed or "broker outage", new_producer=True)
-        if checkpointer.doomed is None and not self.broker.down and self.fatal is None:
-            self._holding = False
-            self._pause_assigned(False)
-
-    def _pause_assigned(self, pause: bool) -> None:
-        try:
-            assigned = self.consumer.assignment()
-            if assigned:
-                (self.consumer.pause if pause else self.consumer.resume)(assigned)
-        except KafkaException as exc:
-            log.warning("%s assigned partitions: %s", "pausing" if pause else "resuming", exc)
 
     def _shutdown(self) -> None:
         log.info("shutting down: checkpointing %d intake and %d bank partitions", len(self.intakes), len(self.banks))
@@ -528,7 +453,7 @@ class Worker:
         if err is None:
             return
         topic = msg.topic()
-        self.stats.produce_errors[topic] = self.stats.produce_errors.get(topic, 0) + 1
+        self.stats.produce_failed(topic)
         if self.exactly_once:
             # The transaction holding this record cannot commit: abort it and rewind the state to
             # the last commit (the loop does it), so the record's effect is replayed, not lost.
@@ -555,25 +480,6 @@ class Worker:
             self.fatal = f"consumer: {err}"
         else:  # transient (broker restart, ...): librdkafka reconnects by itself
             log.warning("consumer: %s", err)
-
-    def _refresh_lag(self) -> None:
-        lag, behind = {}, {}
-        now_ms = self.clock() * 1000.0
-        for key, part in self.states.items():
-            p = key.partition
-            for topic, off in part.positions.items():
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-                except KafkaException:
-                    continue
-                if high < 0:
-                    continue
-                lag[(topic, p)] = n = self.ends.behind(topic, p, off, high)
-                # Seconds behind: how old the last message read is, while more are waiting.
-                ts = part.last_ts.get(topic)
-                behind[(topic, p)] = max((now_ms - ts) / 1000.0, 0.0) if n and ts and ts > 0 else 0.0
-        self.stats.lag = lag
-        self.stats.lag_seconds = behind
 
     # -- rebalances -------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

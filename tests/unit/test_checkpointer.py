@@ -15,8 +15,8 @@ from confluent_kafka import KafkaError, KafkaException
 from driftline.stream.checkpoint import CheckpointCadence, CheckpointError
 from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.partitions import INTAKE, PartitionKey, PartitionStates
+from driftline.stream.stats import WorkerStats
 from driftline.stream.transactions import TransactionAborted, Transactions
-from driftline.stream.worker import WorkerStats
 
 
 class Part:
