@@ -46,13 +46,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "bench"))
 
 import yaml  # noqa: E402
 
 import perf  # noqa: E402  (the demo stream)
 import profile_worker  # noqa: E402  (the grouping of profile entries by part)
 from driftline.stream.demo import DEMO_CONFIG  # noqa: E402
+from tests.kafka_message import Message  # noqa: E402  (what the worker reads of a consumed message)
 
 OBS_PARTITIONS = 6
 BANK_CALLS = ("observe_", "admit", "apply")  # what counts as the bank's own work
@@ -112,40 +114,6 @@ def tree_at(rev: str) -> Tree:
     tree = Tree("driftline_base")
     tree.path = f"{rev} ({subprocess.run(['git', 'rev-parse', '--short', rev], cwd=REPO, capture_output=True, text=True).stdout.strip()})"
     return tree
-
-
-class Message:
-    """What the worker reads of a confluent-kafka Message."""
-
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_ts", "_headers")
-
-    def __init__(self, topic, partition, offset, key, value, ts_ms, headers=None):
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value, self._ts, self._headers = key, value, ts_ms, headers
-
-    def error(self):
-        return None
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return self._partition
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def timestamp(self):
-        return (1, self._ts)  # TIMESTAMP_CREATE_TIME
-
-    def headers(self):
-        return self._headers
 
 
 def record_bank_calls(bank, calls: list) -> None:

@@ -8,8 +8,6 @@ The worker is a real `Worker` whose clients point at a port nothing listens on; 
 produce is captured and read back as its consumer would hand it over."""
 from __future__ import annotations
 
-import socket
-
 import orjson
 import pytest
 
@@ -20,6 +18,8 @@ from driftline.stream.eventtime import WatermarkBuffer
 from driftline.stream.repartition import HANDOVER_HEADER, LOCAL, TOPIC, WAITING, Handover, marker_of
 from driftline.stream.settings import parse_settings
 from driftline.stream.worker import Worker
+from tests.integration.harness import free_port
+from tests.kafka_message import Message
 
 
 # -- the rule ---------------------------------------------------------------------------------------
@@ -58,44 +58,6 @@ def test_a_heartbeat_copy_is_not_applied_after_its_original_was_handed_over():
 
 
 # -- the repartitioner on a worker ------------------------------------------------------------------
-class Message:
-    """A message as the worker's consumer hands it over (the methods Worker._apply calls)."""
-
-    def __init__(self, topic, partition, offset, key, value, headers, ts_ms):
-        self._t, self._p, self._o, self._k, self._v, self._h, self._ts = (topic, partition, offset, key, value,
-                                                                          headers, ts_ms)
-
-    def error(self):
-        return None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def key(self):
-        return self._k
-
-    def value(self):
-        return self._v
-
-    def headers(self):
-        return self._h
-
-    def timestamp(self):
-        return (1, self._ts)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def worker():
     data = {"models": {"m": {"task": "classification", "features": {"x": "numeric"}}},
@@ -108,7 +70,7 @@ def worker():
     def produce(topic, key, value, partition=-1, headers=None, timestamp=0):
         if topic == obs:
             log = w.topic[partition]
-            log.append(Message(topic, partition, len(log), key, value, headers, timestamp))
+            log.append(Message(topic, partition, len(log), key, value, timestamp, headers))
     w._produce = produce
     now = w.clock()
     w.intakes[0] = w.restorer.fresh_partition("intake", now)
@@ -166,9 +128,9 @@ def test_without_its_marker_applied_a_pair_stays_on_the_topic(worker):
     heartbeat(w)
     marker = w.topic[0][-1]
     # Another worker's marker for the same source (a restored intake keeps its epoch): not ours.
-    w.topic[0][-1] = Message(marker.topic(), 0, marker.offset(), marker.key(), marker.value(),
+    w.topic[0][-1] = Message(marker.topic(), 0, marker.offset(), marker.key(), marker.value(), marker.timestamp()[1],
                              [h for h in marker.headers() if h[0] != HANDOVER_HEADER]
-                             + [(HANDOVER_HEADER, b"someone-else-0")], marker.timestamp()[1])
+                             + [(HANDOVER_HEADER, b"someone-else-0")])
     read(w, 0)
     rp.observations(src, 0, 0, [rec(1)], 500)
     assert rp.pairs[(0, 0)].state == WAITING and src not in w.banks[0].seen
