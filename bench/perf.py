@@ -28,6 +28,7 @@ top level carries the figures of this one run: `ceiling_events_per_s`, `river_fl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -45,7 +46,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import orjson
 import yaml
@@ -1053,19 +1054,43 @@ def main() -> int:
 BACKLOG_PARTITIONS = 6  # partitions of the backlog the --X-only figures run on
 
 
+@dataclasses.dataclass(frozen=True)
+class Backlog:
+    """The demo backlog a `--X-only` figure measures: `rows` inference and `rows` label events
+    written once under `prefix` to `broker`, their raw bytes, and a scratch folder for logs."""
+
+    broker: Broker
+    prefix: str
+    rows: int
+    partitions: int
+    inf: list[bytes]
+    lab: list[bytes]
+    logdir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+
+@contextlib.contextmanager
+def demo_backlog(args, partitions: int = BACKLOG_PARTITIONS) -> Iterator[Backlog]:
+    """A broker (or --bootstrap's) holding the demo backlog: 100k pairs, 20k with --quick."""
+    rows = 20_000 if args.quick else 100_000
+    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+        prefix = f"perf-{uuid.uuid4().hex[:8]}"
+        inf, lab = demo_raw(rows)
+        fill(broker.bootstrap, prefix, partitions, inf, lab)
+        yield Backlog(broker, prefix, rows, partitions, inf, lab, Path(tmp))
+
+
 def backlog_figure(args, out: Path, key: str, measure: Callable[[str, str, int, Path], dict],
                    hide: tuple[str, ...] = ()) -> int:
     """One `--X-only` figure on one demo backlog: a broker, the backlog written once (100k pairs,
     20k with --quick), `measure(bootstrap, prefix, rows, logdir)`, then merged into OUT/perf.json
     as `key` and printed (without the `hide` keys)."""
     path = out / "perf.json"
-    rows = 20_000 if args.quick else 100_000
-    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-        prefix = f"perf-{uuid.uuid4().hex[:8]}"
-        inf, lab = demo_raw(rows)
-        fill(broker.bootstrap, prefix, BACKLOG_PARTITIONS, inf, lab)
-        figure = measure(broker.bootstrap, prefix, rows, Path(tmp)) | {
-            "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    with demo_backlog(args) as b:
+        figure = measure(b.bootstrap, b.prefix, b.rows, b.logdir) | {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
     # Read at the end: a full run may have rewritten perf.json meanwhile; only this key is ours.
     results = json.loads(path.read_text()) if path.exists() else {}
     results[key] = figure
@@ -1076,22 +1101,18 @@ def backlog_figure(args, out: Path, key: str, measure: Callable[[str, str, int, 
 
 def throughput_main(args, out: Path) -> int:
     """The ceiling, the River floor and 1 and 2 workers on one backlog, in one run."""
-    rows = 20_000 if args.quick else 100_000
-    partitions = BACKLOG_PARTITIONS
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "partitions": partitions}
-    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-        prefix = f"perf-{uuid.uuid4().hex[:8]}"
-        inf, lab = demo_raw(rows)
-        fill(broker.bootstrap, prefix, partitions, inf, lab)
-        wall, cpu = ceiling(broker.bootstrap, prefix, 2 * rows)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M")}
+    with demo_backlog(args) as b:
+        results |= {"rows": b.rows, "partitions": b.partitions}
+        wall, cpu = ceiling(b.bootstrap, b.prefix, 2 * b.rows)
         results["ceiling"] = {"events_per_s": wall, "events_per_cpu_s": cpu}
-        plan = river_plan(parse_settings(yaml.safe_load(DEMO_CONFIG), env={}), inf, lab)
+        plan = river_plan(parse_settings(yaml.safe_load(DEMO_CONFIG), env={}), b.inf, b.lab)
         results["river_floor"] = river_floor(plan)
         del plan
         results["workers"] = []
         for k in (1, 2):
-            r = worker_throughput(broker.bootstrap, prefix, rows, partitions, k, Path(tmp), pythonpath=args.before,
-                                  broker=broker)
+            r = worker_throughput(b.bootstrap, b.prefix, b.rows, b.partitions, k, b.logdir, pythonpath=args.before,
+                                  broker=b.broker)
             results["workers"].append(r)
             log(f"{k} worker(s): {r}")
     floor = results["river_floor"]["events_per_s"]
@@ -1108,13 +1129,9 @@ def throughput_main(args, out: Path) -> int:
 def event_time_main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = 20_000 if args.quick else 100_000
-    with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
-        prefix = f"perf-{uuid.uuid4().hex[:8]}"
-        inf, lab = demo_raw(rows)
-        fill(broker.bootstrap, prefix, 6, inf, lab)
-        r = event_time_cost(broker.bootstrap, prefix, rows, 6, Path(tmp), args.before, args.quick)
-    r |= {"date": time.strftime("%Y-%m-%d"), "rows": rows, "quick": args.quick}
+    with demo_backlog(args, partitions=6) as b:
+        r = event_time_cost(b.bootstrap, b.prefix, b.rows, b.partitions, b.logdir, args.before, args.quick)
+    r |= {"date": time.strftime("%Y-%m-%d"), "rows": b.rows, "quick": args.quick}
     (out / "event_time.json").write_text(json.dumps(r, indent=2))
     print(event_time_table(r))
     return 0
