@@ -271,6 +271,18 @@ class Workers:
                 cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env))
             self.urls.append(f"http://127.0.0.1:{port}")
 
+    def samples(self) -> list[tuple[dict, float]]:
+        """Each worker's /metrics samples (empty when it did not answer) and the scrape's seconds."""
+        out = []
+        for url in self.urls:
+            started = time.perf_counter()
+            try:
+                m = scrape(url + "/metrics")
+            except OSError:
+                m = {}
+            out.append((m, time.perf_counter() - started))
+        return out
+
     def sum(self, name: str, **labels) -> float:
         out = 0.0
         for url in self.urls:
@@ -312,7 +324,15 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
         t0 = time.perf_counter()
         done0 = ws.sum("driftline_labeled_total", segment="__all__")
         cpu0, broker0 = ws.sum("process_cpu_seconds_total"), broker.cpu_seconds() if broker else None
-        while ws.sum("driftline_labeled_total", segment="__all__") < n_pairs:
+        # Also seen while counting: the most observations the banks held at once (a backlog's
+        # event-time buffers), and the slowest /metrics scrape (a render waiting for the loop).
+        held_peak, slowest_scrape = 0.0, 0.0
+        while True:
+            scraped = ws.samples()
+            slowest_scrape = max([slowest_scrape] + [s for _, s in scraped])
+            if sum(total(m, "driftline_labeled_total", segment="__all__") for m, _ in scraped) >= n_pairs:
+                break
+            held_peak = max(held_peak, sum(total(m, "driftline_observations_held") for m, _ in scraped))
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError("workers did not finish within 900 s")
             dead = [i for i, p in enumerate(ws.procs) if p.poll() is not None]
@@ -332,7 +352,8 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
                  "checkpoint_rounds": ws.sum("driftline_checkpoints_total", outcome="ok"),
                  # Applied out of event-time order: where the worker may differ from replay (a
                  # figure that comes with any is a fast answer to another question).
-                 "late_observations": ws.sum("driftline_observations_late_total")}
+                 "late_observations": ws.sum("driftline_observations_late_total"),
+                 "held_peak": held_peak, "slowest_scrape_s": slowest_scrape}
     finally:
         ws.stop()
     counted = 2 * (n_pairs - done0)
@@ -1189,6 +1210,8 @@ def table(r: dict) -> str:
         used = ""
         if w.get("worker_cores") is not None:  # how much of the machine the fleet had, and the broker
             used = f"; {w['worker_cores']:.2f} cores" + (f", broker {w['broker_cores']:.2f}" if w.get("broker_cores") else "")
+        if w.get("held_peak") is not None:  # the event-time buffers at their fullest, the slowest scrape
+            used += f"; held up to {w['held_peak']:,.0f}, slowest scrape {w['slowest_scrape_s']:.1f} s"
         lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
                      f"({w['events_per_s_per_worker']:,.0f} per worker, {w['events_per_cpu_s']:,.0f} per CPU s{used}) | "
                      f"{w['ratio_to_ceiling_per_worker']:.1%} per worker |")
