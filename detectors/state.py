@@ -269,7 +269,7 @@ def encode_state(state: Any) -> bytes:
         river_version = river.__version__
     except ModuleNotFoundError:  # pragma: no cover - the worker always has River
         river_version = None
-    with _no_gc():
+    with no_gc():
         tree = _Encoder().enc(state)
     doc = {"format": FORMAT, "driftline": driftline.__version__, "river": river_version, "state": tree}
     # Level 1, not 0: stored blocks (level 0) cost 6x less CPU on the loop (48 vs 306 ms for
@@ -280,9 +280,11 @@ def encode_state(state: Any) -> bytes:
     return MAGIC + zlib.compress(orjson.dumps(doc), STORED)
 
 
-class _no_gc:
-    """The walk builds many small containers, none cyclic garbage: collections during it
-    (which scan the whole bank each time) would take most of its time."""
+class no_gc:
+    """Python's cyclic collector off for a block that builds many small containers and no cyclic
+    garbage: collections during it (each scans what the process holds) would take much of its
+    time. Here: the checkpoint walks (they scan the whole bank); stream/replay.py: decoding the
+    files."""
 
     def __enter__(self) -> None:
         self.was = gc.isenabled()
@@ -403,7 +405,7 @@ def decode_state(blob: bytes) -> Any:
         return Unreadable("format", f"snapshot format {doc.get('format') if isinstance(doc, dict) else '?'}, "
                                     f"this driftline reads format {FORMAT}")
     try:
-        with _no_gc():
+        with no_gc():
             return _Decoder().dec(doc["state"])
     except _Incompatible as exc:
         return Unreadable(exc.reason, str(exc))

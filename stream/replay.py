@@ -10,6 +10,7 @@ with the profiles of their config's `baseline:` files (never with the baselines 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from collections import Counter
 from typing import Callable, Iterator
 
 from driftline.detectors.bank import DetectorBank, DriftRecord, ExplanationRecord
+from driftline.detectors.state import no_gc
 from driftline.stream.baselines import profile_book
 from driftline.stream.codec import DecodeLimits, decode_inference, decode_label
 from driftline.stream.events import Inference, Invalid
@@ -71,18 +73,22 @@ def merge_events(settings, inferences, labels, on_invalid: Callable[[Invalid], o
                           max_future=settings.limits.max_future, clock=time.time)
     merged = []
     seq = 0
-    for kind, path in (("inference", inferences), ("label", labels)):
-        order = 0 if kind == "inference" else 1
-        for ev in read_events(path, kind, limits):
-            if isinstance(ev, Invalid):
-                if on_invalid is not None:
-                    on_invalid(ev)
-                if invalid is not None:
-                    invalid[(ev.kind, ev.reason)] += 1
-                continue
-            seq += 1
-            merged.append((ev.timestamp, order, seq, ev))
-    merged.sort(key=lambda t: (t[0], t[1], t[2]))
+    # Decoding only adds what the list keeps (no cyclic garbage): the collector's passes over
+    # the growing list cost 45% of this function's CPU (0.37 of 0.83 s for the demo's 88k events).
+    with no_gc():
+        for kind, path in (("inference", inferences), ("label", labels)):
+            order = 0 if kind == "inference" else 1
+            for ev in read_events(path, kind, limits):
+                if isinstance(ev, Invalid):
+                    if on_invalid is not None:
+                        on_invalid(ev)
+                    if invalid is not None:
+                        invalid[(ev.kind, ev.reason)] += 1
+                    continue
+                seq += 1
+                merged.append((ev.timestamp, order, seq, ev))
+        # By (timestamp, order, seq): seq is unique, so the tuples' own order (no key per entry).
+        merged.sort()
     return merged
 
 
@@ -116,23 +122,29 @@ def replay(
                         profiles=profile_book(settings) if settings.baselines else None,
                         max_models=settings.limits.max_models, configured=settings.models)
     invalid: Counter = Counter()
-    merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
-
-    records: list[DriftRecord | ExplanationRecord] = []
-    total = len(merged)
-    for i, out, refused in intake_outputs(intake, merged):
-        if refused is not None:
-            invalid[(refused.kind, refused.reason)] += 1
-        if out:
-            refusals: list[Invalid] = []
-            records += feed(bank, out, refusals)
-            for r in refusals:  # models past max_models, refused by the bank (as the worker's)
-                invalid[(r.kind, r.reason)] += 1
-        if i % TICK_EVERY == 0:
-            if progress is not None:
-                progress(i, total)
-            if on_tick is not None:
-                on_tick(intake, bank)
+    with no_gc():
+        merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
+        # The decoded events stay to the end: no collection need scan them again (the first one
+        # after decoding would: ~0.1 s of CPU for the demo's 88k events). Undone at the end.
+        gc.freeze()
+    try:
+        records: list[DriftRecord | ExplanationRecord] = []
+        total = len(merged)
+        for i, out, refused in intake_outputs(intake, merged):
+            if refused is not None:
+                invalid[(refused.kind, refused.reason)] += 1
+            if out:
+                refusals: list[Invalid] = []
+                records += feed(bank, out, refusals)
+                for r in refusals:  # models past max_models, refused by the bank (as the worker's)
+                    invalid[(r.kind, r.reason)] += 1
+            if i % TICK_EVERY == 0:
+                if progress is not None:
+                    progress(i, total)
+                if on_tick is not None:
+                    on_tick(intake, bank)
+    finally:
+        gc.unfreeze()
     # What still waits at the end of the files is neither expired nor unmatched: the files end
     # before its TTL does, as a live stream would keep it waiting.
     if progress is not None:

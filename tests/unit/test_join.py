@@ -3,6 +3,8 @@ import copy
 import zlib
 from collections import Counter
 
+import orjson
+
 from driftline.detectors.join import WAITING, Fate, Joined, JoinResult, LabelJoin, PendingPrediction
 from driftline.detectors.state import decode_state, encode_state
 
@@ -172,3 +174,28 @@ def test_values_json_would_not_give_back_stay_objects():
     assert type(state["_pending"]) is dict and type(state["_deadlines"]["p"]) is list
     back = decode_state(encode_state({"join": j}))["join"]
     assert back._pending == j._pending and back._deadlines == j._deadlines
+
+
+def test_deadlines_out_of_order_expire_in_deadline_order_and_survive_a_snapshot():
+    """Deadlines mostly come in order (one TTL, events in time order) and leave from the front
+    of a queue; one scheduled earlier than the newest (a shorter TTL, an older event) must still
+    leave at its own deadline, before later ones, and a snapshot keeps both kinds (as a sorted
+    list: a valid heap for checkpoints' older readers)."""
+    ttls = {"long": 1000.0, "short": 10.0}
+    j = LabelJoin(lambda model: ttls.get(model, TTL))
+    j.add_prediction(pred("l1", 0.0, model="long"))  # deadline 1000
+    j.add_prediction(pred("l2", 1.0, model="long"))  # 1001
+    j.add_prediction(pred("s1", 2.0, model="short"))  # 12: earlier than the newest deadline
+    j.add_prediction(pred("s0", 1.5, model="short"))  # 11.5: earlier still
+    j.add_prediction(pred("l3", 3.0, model="long"))  # 1003
+    queue = j._deadlines["p"]
+    assert len(queue.heap) == 2 and len(queue) == 5  # the two early ones beside the in-order run
+    entries = j.__getstate__()["_deadlines"]["p"]
+    restored = decode_state(encode_state({"join": j}))["join"].bind(lambda model: ttls.get(model, TTL))
+    assert [e[2] for e in orjson.loads(entries)] == ["s0", "s1", "l1", "l2", "l3"]  # sorted
+    for join in (j, restored):
+        assert join.expire_streams(inferences=11.9, labels=11.9) == (Fate("short", "inference", "expired"),)
+        assert join.pending_predictions == 4 and "s0" not in join._pending
+        assert join.expire_streams(inferences=12.0, labels=12.0) == (Fate("short", "inference", "expired"),)
+        assert join.expire_streams(inferences=1001.0, labels=1001.0) == (Fate("long", "inference", "expired"),) * 2
+        assert set(join._pending) == {"l3"}

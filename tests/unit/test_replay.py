@@ -101,6 +101,38 @@ def test_label_before_its_prediction_in_event_time_still_joins(tmp_path):
     assert value(smp, "driftline_join_pending", kind="label") == 1  # "zz" waits for its prediction
 
 
+def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypatch):
+    """Replay decodes the files with the cyclic collector off and keeps the decoded events out
+    of its scans (gc.freeze) while it runs; afterwards, and after a failure in the middle, the
+    collector is on and nothing stays frozen."""
+    import gc
+
+    import driftline.stream.replay as replay_module
+
+    (tmp_path / "c.yml").write_text("models:\n  m:\n    label_ttl: 1h\n")
+    (tmp_path / "i.jsonl").write_bytes(b'{"prediction_id":"a","model":"m","features":{},"prediction":1,"timestamp":100}\n')
+    (tmp_path / "l.jsonl").write_bytes(b'{"prediction_id":"a","label":1,"timestamp":150}\n')
+    settings = load_settings(tmp_path / "c.yml")
+    frozen = []
+
+    def feed_watching(bank, observations, refused=None):
+        frozen.append((gc.isenabled(), gc.get_freeze_count()))
+        return []
+
+    monkeypatch.setattr(replay_module, "feed", feed_watching)
+    replay(settings, tmp_path / "i.jsonl", tmp_path / "l.jsonl")
+    assert frozen and all(enabled and count > 0 for enabled, count in frozen)  # frozen while it ran
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+    def feed_failing(bank, observations, refused=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(replay_module, "feed", feed_failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        replay(settings, tmp_path / "i.jsonl", tmp_path / "l.jsonl")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
 def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
     files, result = demo
     metrics, drifts = tmp_path / "m.prom", tmp_path / "d.jsonl"
