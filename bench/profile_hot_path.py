@@ -22,6 +22,14 @@ Figures (CPU seconds of this thread, best of `--repeats`, per event read = infer
 - `stubbed_us_per_event`: the same pass with the bank's entry points stubbed out (they return
   at once): the path alone, measured directly (less noisy than a difference of two figures).
 
+A backlog's banks hold observations for many checkpoint rounds (their watermark follows the
+slowest input partition, as heard at its commits), which this one-partition pass does not by
+itself: `--hold S` makes every progress heartbeat say S seconds of event time less than it would
+(a slower sibling partition holding the banks' watermark back), and `--checkpoint-every N`
+snapshots every bank partition after every N batches, as a checkpoint round does (in the timed
+passes: the worker pays it); not with `--local` (heartbeats in memory). The figures then carry
+`held_mean` (observations held at a round, on average).
+
 `--profile` adds one cProfile pass, grouped like bench/profile_worker.py (cProfile inflates
 Python-heavy parts: read the shares). Writes OUT/hot-path.json (default bench/results).
 A/B (`--against REV`): the git revision's stream/ and detectors/ are copied to a temporary
@@ -44,6 +52,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -145,12 +154,21 @@ def fresh_partition(worker, stage: str, now: float):
     return restorer.fresh_partition(stage, now) if restorer is not None else worker._fresh_partition(stage, now)
 
 
+class Backlog(NamedTuple):
+    """What a backlog's banks live through beyond the events (--hold, --checkpoint-every)."""
+
+    hold: float = 0.0  # seconds of event time every heartbeat's progress says less
+    checkpoint_every: int = 0  # batches between two snapshots of every bank partition (0: none)
+
+
 class Run:
     """One worker fed the demo backlog in process."""
 
     def __init__(self, tree: Tree, inf: list[bytes], lab: list[bytes], record: list | None = None,
-                 stub: bool = False):
+                 stub: bool = False, backlog: Backlog = Backlog()):
         self.tree = tree
+        self.backlog = backlog
+        self.held_at_rounds: list[int] = []
         self.worker = w = tree.worker.Worker(tree.settings, OBS_PARTITIONS, source_partitions=1)
         self.out: list = []
         w._produce = lambda topic, key, value, partition=-1, headers=None, timestamp=0: self.out.append(
@@ -185,9 +203,15 @@ class Run:
         obs_topic = w.topics.observations
         sent_ms = int(time.time() * 1000) if sent_ms is None else sent_ms
         msgs = []
+        hold = self.backlog.hold
         for topic, key, value, partition, headers in self.out:
             if topic != obs_topic:
                 continue  # dead letters, drift events: nothing reads them here
+            if hold and value.startswith(b'["",[]'):  # a progress heartbeat: a slower sibling's
+                beat = perf.orjson.loads(value)
+                if beat[3] is not None:
+                    beat[3] -= hold
+                    value = perf.orjson.dumps(beat)
             off = self.obs_offsets[partition]
             self.obs_offsets[partition] = off + 1
             msgs.append(Message(obs_topic, partition, off, key, value, sent_ms, headers))
@@ -205,13 +229,18 @@ class Run:
         w = self.worker
         et = w.event_time
         batch = w.settings.worker.batch
-        for i in range(0, len(self.inf), batch):
+        every = self.backlog.checkpoint_every
+        for n, i in enumerate(range(0, len(self.inf), batch), 1):
             for msgs in (self.inf[i:i + batch], self.lab[i:i + batch]):
                 w._process(msgs)
                 self._feed_back()
             self._step()
             et._heartbeat(et.clock())  # as the loop's tick, between batches
             self._feed_back()
+            if every and n % every == 0:  # a checkpoint round's snapshots of the banks
+                for bp in w.banks.values():
+                    bp.snapshot()
+                self.held_at_rounds.append(sum(bp.buffer.held for bp in w.banks.values()))
         # The end: the source says it is idle, the banks release everything they hold. Its word
         # is dated an hour on: a bank trusts an idle source only for observations sent at least
         # worker.idle_timeout before the heartbeat that said it (WatermarkBuffer's doc).
@@ -248,29 +277,30 @@ def totals(w) -> dict:
     return dict(sorted(tally.items()))
 
 
-def measure(tree: Tree, inf: list[bytes], lab: list[bytes], best: dict) -> None:
+def measure(tree: Tree, inf: list[bytes], lab: list[bytes], best: dict, backlog: Backlog = Backlog()) -> None:
     """One round of the three passes on `tree`, keeping the best (least) CPU time of each."""
     # The timed pass; then the same pass again recording the bank's calls, and their replay on a
     # fresh bank, timed; then the pass with the bank stubbed. The data of the run (its messages)
     # is frozen out of the garbage collector's walks: a worker holds one batch, not the backlog.
-    run = Run(tree, inf, lab)
+    run = Run(tree, inf, lab, backlog=backlog)
     gc.collect()
     gc.freeze()
     t0 = time.thread_time()
     run.go()
     total = time.thread_time() - t0
     best["counted"] = totals(run.worker)
+    best["held_mean"] = sum(run.held_at_rounds) / len(run.held_at_rounds) if run.held_at_rounds else 0.0
     del run
     gc.unfreeze()
     calls: list = []
-    Run(tree, inf, lab, record=calls).go()
+    Run(tree, inf, lab, record=calls, backlog=backlog).go()
     gc.collect()
     bank_s = replay_bank(Run(tree, [], []).worker, calls)
     best["bank_calls"] = len(calls)
     del calls
     best["total"] = min(best.get("total", float("inf")), total)
     best["bank"] = min(best.get("bank", float("inf")), bank_s)
-    run = Run(tree, inf, lab, stub=True)
+    run = Run(tree, inf, lab, stub=True, backlog=backlog)
     gc.collect()
     gc.freeze()
     t0 = time.thread_time()
@@ -284,13 +314,15 @@ def figures(tree: Tree, best: dict, events: int) -> dict:
     us = 1e6 / events
     return {"tree": tree.path, "total_us_per_event": best["total"] * us, "bank_us_per_event": best["bank"] * us,
             "path_us_per_event": (best["total"] - best["bank"]) * us, "stubbed_us_per_event": best["stubbed"] * us,
-            "bank_calls_per_event": best["bank_calls"] / events, "counted": best["counted"]}
+            "bank_calls_per_event": best["bank_calls"] / events, "counted": best["counted"],
+            "held_mean": best["held_mean"]}
 
 
 def line(r: dict) -> str:
     return (f"{r['tree']}: total {r['total_us_per_event']:.2f} us/event, bank {r['bank_us_per_event']:.2f}, "
             f"path (total - bank) {r['path_us_per_event']:.2f}, path with the bank stubbed "
-            f"{r['stubbed_us_per_event']:.2f}; {r['bank_calls_per_event']:.2f} bank calls/event")
+            f"{r['stubbed_us_per_event']:.2f}; {r['bank_calls_per_event']:.2f} bank calls/event"
+            + (f"; {r['held_mean']:.0f} observations held at a round" if r["held_mean"] else ""))
 
 
 def main() -> int:
@@ -302,8 +334,15 @@ def main() -> int:
     ap.add_argument("--local", action="store_true",
                     help="this tree hands observations to its banks in memory (stream/repartition.py), "
                          "as an exactly-once worker owning both ends")
+    ap.add_argument("--hold", type=float, default=0.0, metavar="S",
+                    help="every heartbeat says S seconds of event time less (a slower sibling partition)")
+    ap.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                    help="snapshot every bank partition after every N batches (a checkpoint round)")
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     args = ap.parse_args()
+    if args.local and (args.hold or args.checkpoint_every):
+        ap.error("--hold and --checkpoint-every need the topic path (not --local)")
+    backlog = Backlog(args.hold, args.checkpoint_every)
     trees = [Tree(local=args.local)]
     if args.against:
         trees.append(tree_at(args.against))
@@ -313,9 +352,10 @@ def main() -> int:
     for k in range(args.repeats):
         order = list(zip(trees, bests))
         for tree, best in (order if k % 2 == 0 else order[::-1]):  # neither tree always goes first
-            measure(tree, inf, lab, best)
+            measure(tree, inf, lab, best, backlog)
     result = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "rows": args.rows, "events": events, "repeats": args.repeats,
+              "rows": args.rows, "events": events, "repeats": args.repeats, "hold": args.hold,
+              "checkpoint_every": args.checkpoint_every,
               **figures(trees[0], bests[0], events)}
     print(line(result))
     if args.against:
@@ -328,7 +368,7 @@ def main() -> int:
         print("this tree / " + args.against + ": " + ", ".join(f"{k.split('_us')[0]} {v:.2f}x"
                                                                   for k, v in result["ratios"].items()))
     if args.profile:
-        run = Run(trees[0], inf, lab)
+        run = Run(trees[0], inf, lab, backlog=backlog)
         prof = cProfile.Profile()
         gc.collect()
         gc.freeze()
