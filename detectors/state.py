@@ -15,11 +15,22 @@ Bytes, format 2:
 
     b"DLS2" + zlib(orjson({"format": 2, "driftline": "0.1.0", "river": "0.26.1", "state": TREE}))
 
+Format 3, written only for state that holds `Attached` bytes (a bank's held observations,
+stream/eventtime.py), is format 2 with those bytes appended raw after the zlib stream, in order,
+and their lengths in the document:
+
+    b"DLS2" + zlib(orjson({"format": 3, ..., "attached": [n1, n2, ...], "state": TREE})) + a1 + a2 ...
+
+`Attached` bytes are already compressed: inside the JSON they would be base64 that the outer zlib
+compresses again at every snapshot, as slowly as the first time and for nothing. A reader of format
+2 only (driftline before issue 18j) finds `Unreadable("format")` and rebuilds the partition.
+
 TREE is JSON; what JSON lacks is a one-key object whose key starts with "$":
 
     {"$d": [k1, v1, k2, v2, ...]}   a dict (any keys)        {"$t": [...]}   a tuple
     {"$s": [...]}   a set                                    {"$c": [k, n, ...]}  a Counter
     {"$b": "base64"}  bytes    {"$ba": "base64"}  bytearray   {"$f": "inf" | "-inf" | "nan"}
+    {"$x": I}       `Attached` bytes: the I-th attachment (format 3), read back as bytes
     {"$a": ["d", "base64"]}    an array.array (little-endian)
     {"$nd": ["<f8", [16, 16], "base64"]}  a numpy array (numpy scalars are stored as Python values)
     {"$o": NAME, "v": VERSION, "id": N, "f": {field: TREE}}  a registered object
@@ -66,9 +77,17 @@ from typing import Any, Callable, Mapping, NamedTuple
 import orjson
 
 FORMAT = 2
+ATTACHED_FORMAT = 3  # format 2 with Attached bytes after the zlib stream
 MAGIC = b"DLS2"
 STORED = 1  # zlib level: see encode_state
 OLD_MAGIC = b"DLS1"
+
+
+class Attached(bytes):
+    """Bytes a snapshot stores beside its compressed JSON, not inside it (format 3): for bytes
+    that are compressed already. Restored as plain bytes."""
+
+    __slots__ = ()
 
 
 class StateError(TypeError):
@@ -139,6 +158,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.ids: dict[int, int] = {}
         self.keep: list[object] = []  # holds encoded objects alive, so their id()s stay unique
+        self.attached: list[bytes] = []  # Attached bytes, in the order of their "$x" indexes
 
     def enc(self, v: Any) -> Any:
         t = type(v)
@@ -176,6 +196,9 @@ class _Encoder:
             return {"$s": [self.enc(x) for x in v]}
         if t is bytes:
             return {"$b": base64.b64encode(v).decode()}
+        if t is Attached:
+            self.attached.append(v)
+            return {"$x": len(self.attached) - 1}
         if t is bytearray:
             return {"$ba": base64.b64encode(v).decode()}
         if t is array.array:
@@ -269,15 +292,19 @@ def encode_state(state: Any) -> bytes:
         river_version = river.__version__
     except ModuleNotFoundError:  # pragma: no cover - the worker always has River
         river_version = None
+    encoder = _Encoder()
     with no_gc():
-        tree = _Encoder().enc(state)
+        tree = encoder.enc(state)
     doc = {"format": FORMAT, "driftline": driftline.__version__, "river": river_version, "state": tree}
+    if encoder.attached:
+        doc["format"] = ATTACHED_FORMAT
+        doc["attached"] = [len(a) for a in encoder.attached]
     # Level 1, not 0: stored blocks (level 0) cost 6x less CPU on the loop (48 vs 306 ms for
     # 11.9 MB of held records) but made a segment's checkpoint 15x larger (4.7 vs 0.3 KiB,
     # bench/perf.py memory), and a backlog worker was no faster end to end (bench/perf.py
     # --throughput-only, consecutive runs: 2,897 events/s at level 0, 3,523 at level 1, the same
     # events per CPU second).
-    return MAGIC + zlib.compress(orjson.dumps(doc), STORED)
+    return b"".join([MAGIC, zlib.compress(orjson.dumps(doc), STORED), *encoder.attached])
 
 
 class no_gc:
@@ -303,8 +330,9 @@ class _Incompatible(Exception):
 
 
 class _Decoder:
-    def __init__(self) -> None:
+    def __init__(self, attached: list[bytes] | None = None) -> None:
         self.objects: dict[int, object] = {}
+        self.attached = attached or []
 
     def dec(self, v: Any) -> Any:
         t = type(v)
@@ -338,6 +366,10 @@ class _Decoder:
             return a
         if tag == "$r":
             return self.objects[x]
+        if tag == "$x":
+            if type(x) is not int or not 0 <= x < len(self.attached):
+                raise _Incompatible("corrupt", f"attachment {x!r} of {len(self.attached)}")
+            return self.attached[x]
         if tag == "$nd":
             import numpy as np
 
@@ -398,19 +430,39 @@ def decode_state(blob: bytes) -> Any:
     if blob[:4] != MAGIC:
         return Unreadable("format", f"not a driftline snapshot (header {blob[:4]!r}, expected {MAGIC!r})")
     try:
-        doc = orjson.loads(zlib.decompress(blob[4:]))
+        inflate = zlib.decompressobj()
+        doc = orjson.loads(inflate.decompress(blob[4:]))
+        if not inflate.eof:
+            raise zlib.error("the compressed document is truncated")
     except (zlib.error, orjson.JSONDecodeError) as exc:
         return Unreadable("corrupt", f"corrupt driftline snapshot: {exc}")
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, ATTACHED_FORMAT) or "state" not in doc:
         return Unreadable("format", f"snapshot format {doc.get('format') if isinstance(doc, dict) else '?'}, "
-                                    f"this driftline reads format {FORMAT}")
+                                    f"this driftline reads formats {FORMAT} and {ATTACHED_FORMAT}")
+    attached = _attachments(doc, inflate.unused_data)
+    if type(attached) is Unreadable:
+        return attached
     try:
         with no_gc():
-            return _Decoder().dec(doc["state"])
+            return _Decoder(attached).dec(doc["state"])
     except _Incompatible as exc:
         return Unreadable(exc.reason, str(exc))
     except Exception as exc:  # anything else in the bytes we cannot use: rebuild, never crash
         return Unreadable("fields", f"snapshot written by driftline {doc.get('driftline')} does not fit: {exc!r}")
+
+
+def _attachments(doc: dict, rest: bytes) -> list[bytes] | Unreadable:
+    """The Attached bytes after the compressed document (format 3), split by their lengths."""
+    if doc["format"] == FORMAT:
+        return []  # what follows a format-2 document was never read (zlib.decompress's way)
+    sizes = doc.get("attached")
+    if type(sizes) is not list or any(type(n) is not int or n < 0 for n in sizes) or sum(sizes) != len(rest):
+        return Unreadable("corrupt", f"attachments of {len(rest)} bytes do not match their lengths")
+    out, at = [], 0
+    for n in sizes:
+        out.append(rest[at:at + n])
+        at += n
+    return out
 
 
 # -- the raising forms, for callers that hold their own bytes (tests, bench, objects' restore()) ----

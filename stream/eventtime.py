@@ -24,9 +24,11 @@ docs/guarantees.md ("Event time") states the bounds and what they give each numb
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import math
+import zlib
 from typing import NamedTuple
 
 import orjson
@@ -43,6 +45,7 @@ from driftline.detectors.observations import (
     Observation,
     from_wire,
 )
+from driftline.detectors.state import Attached
 
 INFERENCES, LABELS = "inference", "label"
 # A source that sent nothing (no data, no heartbeat) for this long is left out of the
@@ -181,6 +184,87 @@ def held_observation(entry: tuple) -> HeldObservation:
     return _held(HeldObservation, (*entry[:_RECORD], from_wire(orjson.loads(entry[_RECORD])), entry[_SIZE]))
 
 
+HELD_LAYOUT = 3  # how a checkpoint holds the buffer's entries (from_state reads layouts 1 to 3)
+MAX_PACKS = 32  # past this many packs, the held entries are packed again as one
+REPACK_SLACK = 256  # released entries a checkpoint may carry beyond twice the held ones (HeldPacks)
+
+
+class _Pack:
+    """Held entries encoded together: those with a seq in [first, last] that were held when
+    packed (`count`); `gone`: the seqs of those released since."""
+
+    __slots__ = ("first", "last", "count", "blob", "gone")
+
+    def __init__(self, entries: list[tuple], first: int, last: int):
+        self.first, self.last, self.count = first, last, len(entries)
+        # Their keys as one JSON array, then their records' JSON, newline-separated (orjson
+        # never writes a newline inside a value), compressed once here, and attached to the
+        # snapshot as they are (detectors/state.py, format 3), not compressed again each round.
+        self.blob = Attached(zlib.compress(b"\n".join([orjson.dumps([e[:7] + (e[8], e[9]) for e in entries]),
+                                              *[e[7] for e in entries]]), 1))
+        self.gone: list[int] = []
+
+
+class HeldPacks:
+    """A WatermarkBuffer's held entries as its checkpoints write them (layout 3), kept between
+    rounds so that each entry is encoded once, not at every round while it is held.
+
+    A backlog's bank holds its entries for many rounds (its watermark follows the slowest of
+    its sources, heard at their commits): packing every held entry at every round cost more
+    than applying it (bench/results/worker-samples.md, `to_state`). Here a round packs only
+    what arrived since the previous one, and writes each older pack as it is, with the seqs of
+    its entries released since (seqs are unique in a buffer and travel with its state). A pack
+    with none left is dropped; once the packs hold more released entries than held ones (or
+    there are more than MAX_PACKS), what is held is packed again as one: each entry is encoded
+    a bounded number of times on average (releases pay for the repacking), and a checkpoint
+    carries at most about twice the held entries.
+    """
+
+    __slots__ = ("packs", "packed_to", "gone")
+
+    def __init__(self) -> None:
+        self.packs: list[_Pack] = []  # ascending, their seq ranges do not overlap
+        self.packed_to = 0  # every entry with a seq up to this one is in a pack, or was released
+        self.gone: list[int] = []  # seqs of packed entries released since the last round
+
+    def released(self, entries: list[tuple]) -> None:
+        """Entries the buffer let go (called with every release's output)."""
+        to = self.packed_to
+        if to and entries:
+            self.gone.extend([e[5] for e in entries if e[5] <= to])
+
+    def state(self, heap: list[tuple], seq: int) -> list:
+        """[[blob, released seqs], ...] for the entries in `heap` (the buffer's; `seq`: its last)."""
+        packs = self.packs
+        if self.gone:
+            firsts = [p.first for p in packs]
+            for s in self.gone:
+                packs[bisect.bisect_right(firsts, s) - 1].gone.append(s)
+            self.gone = []
+            self.packs = packs = [p for p in packs if len(p.gone) < p.count]  # none left: dropped
+        to = self.packed_to
+        if seq > to:
+            new = [e for e in heap if e[5] > to]
+            if new:
+                packs.append(_Pack(new, to + 1, seq))
+            self.packed_to = seq
+        # Released entries stay in their packs (written as seqs) until more are released than
+        # are held: then one pack of what is held, so each release costs O(1) encodings.
+        if len(packs) > MAX_PACKS or sum(p.count for p in packs) > 2 * len(heap) + REPACK_SLACK:
+            self.packs = packs = [_Pack(heap, packs[0].first, seq)] if heap else []
+        return [[p.blob, list(p.gone)] for p in packs]
+
+    @staticmethod
+    def entries(packs: list, now: float) -> list[tuple]:
+        """The held entries a layout-3 checkpoint holds (unordered), arrived `now`."""
+        out: list[tuple] = []
+        for blob, gone in packs:
+            keys, *recs = zlib.decompress(blob).split(b"\n")
+            drop = set(gone)
+            out.extend([(*k[:7], r, k[7], k[8], now) for k, r in zip(orjson.loads(keys), recs) if k[5] not in drop])
+        return out
+
+
 @dataclasses.dataclass(slots=True)
 class SourceMark:
     """What a bank knows of one input partition's progress."""
@@ -227,18 +311,15 @@ class WatermarkBuffer:
         self.created = now
         self.confirm_after = confirm_after
         self._seq = 0
+        self._packs = HeldPacks()  # the held entries as the last checkpoint round packed them
 
     # -- state ------------------------------------------------------------------------------------
     def to_state(self) -> dict:
-        # The held entries packed in two values (their keys as one JSON array, their records'
-        # JSON joined by newlines, which orjson never writes inside a value), not one value per
-        # entry: a backlog's bank can hold 100k+ of them, snapshotted at every commit until
-        # released (measured: 1.7 s per 100k entries entry by entry, 0.5 s packed).
-        heap = self.heap
+        """The buffer as plain values: its marks, counters and held entries (`HeldPacks`: each
+        entry encoded once, in the first round that finds it held, not at every round)."""
         return {"marks": {p: [m.progress, m.idle, m.said_at] + ([m.local_said] if m.local_said is not None else [])
                           for p, m in self.marks.items()},
-                "held_keys": orjson.dumps([e[:7] + (e[8], e[9]) for e in heap]),
-                "held_records": b"\n".join([e[7] for e in heap]),
+                "held_layout": HELD_LAYOUT, "held_packs": self._packs.state(self.heap, self._seq),
                 "held_bytes": self.held_bytes, "floor": self.floor,
                 "late": self.late, "early": self.early, "seq": self._seq}
 
@@ -253,11 +334,16 @@ class WatermarkBuffer:
         # Entries: (..., record, size, sent_at, arrived); the bank's clock does not travel
         # (arrived: now), and entries of a checkpoint written before sent_at have none (no
         # freshness asked of them).
-        if "held_keys" in state:
+        if "held_packs" in state:  # layout 3
+            if state.get("held_layout") != HELD_LAYOUT:
+                raise ValueError(f"held observations in layout {state.get('held_layout')!r}, this driftline "
+                                 f"reads layouts 1 to {HELD_LAYOUT}")
+            buf.heap = HeldPacks.entries(state["held_packs"], now)
+        elif "held_keys" in state:  # layout 2: every entry packed at every round
             keys, recs = orjson.loads(state["held_keys"]), state["held_records"]
             buf.heap = [(*k[:7], r, k[7], k[8] if len(k) > 8 else None, now)
                         for k, r in zip(keys, recs.split(b"\n") if keys else ())]
-        else:  # written before the packing: one value per entry
+        else:  # layout 1, written before the packing: one value per entry
             buf.heap = [(*e[:7], e[7] if isinstance(e[7], bytes) else orjson.dumps(e[7]), e[8],
                          e[9] if len(e) > 9 else None, now) for e in state["heap"]]
         heapq.heapify(buf.heap)
@@ -404,6 +490,7 @@ class WatermarkBuffer:
             if len(out) >= budget:
                 if out:
                     self.floor = max(self.floor, out[-1][0])
+                self._packs.released(out)
                 return out
             sent = heap[0][9]
             if sent is not None and sent + confirm > said and now - heap[0][10] < SILENT_AFTER:
@@ -425,6 +512,7 @@ class WatermarkBuffer:
             self.early += 1
             self.floor = max(self.floor, entry[0])
             out.append(entry)
+        self._packs.released(out)
         return out
 
     def idle_said(self, now: float) -> float:

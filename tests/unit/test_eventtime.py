@@ -7,12 +7,14 @@ import random
 from collections import Counter
 
 import orjson
+import pytest
 
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 from driftline.detectors.observations import FateObservation, InferenceObservation, OutcomeObservation
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Label
+from driftline.stream import eventtime
 from driftline.stream.eventtime import (
     INFERENCES,
     LABELS,
@@ -406,10 +408,11 @@ def test_sender_times_travel_with_the_buffer_state():
     for layout in ("packed", "one value per entry"):
         old = buf.to_state()
         old["marks"] = {p: m[:2] for p, m in old["marks"].items()}
+        del old["held_layout"], old["held_packs"]
         if layout == "packed":
             old["held_keys"] = orjson.dumps([e[:7] + (e[8],) for e in buf.heap])
+            old["held_records"] = b"\n".join(e[7] for e in buf.heap)
         else:
-            del old["held_keys"], old["held_records"]
             old["heap"] = [e[:9] for e in buf.heap]
         legacy = WatermarkBuffer.from_state(old, 2, 1000, 1 << 20, now=5.0, confirm_after=0.2)
         assert legacy.marks[0].said_at is None and legacy.heap[0][9] is None, layout
@@ -447,20 +450,80 @@ def test_a_budgeted_release_continues_in_order_and_nothing_behind_it_is_late():
     assert put(buf, 0, 50.0, 21) is False and buf.late == 1  # now the whole way to 100 is passed
 
 
+def earlier_layouts(buf: WatermarkBuffer) -> dict[str, dict]:
+    """The buffer's state as the two layouts before layout 3 held its entries."""
+    state = {k: v for k, v in buf.to_state().items() if k not in ("held_layout", "held_packs")}
+    packed = dict(state, held_keys=orjson.dumps([e[:7] + (e[8], e[9]) for e in buf.heap]),
+                  held_records=b"\n".join(e[7] for e in buf.heap))  # layout 2 (issue 18c)
+    return {"2": packed, "1": dict(state, heap=list(buf.heap))}  # 1: one value per entry
+
+
 def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
     buf = WatermarkBuffer(sources=1, max_held=1000, max_bytes=1 << 20, now=0.0)
     for k in range(5):
         put(buf, 0, float(5 - k), k, kind=OUTCOME if k % 2 else INFERENCE)
     state = buf.to_state()
-    assert "heap" not in state and isinstance(state["held_records"], bytes)
-    old = {k: v for k, v in state.items() if not k.startswith("held_") or k == "held_bytes"}
-    old["heap"] = list(buf.heap)  # the layout before the packing: one value per entry
-    for snap in (state, old):
+    assert state["held_layout"] == 3 and "heap" not in state and "held_keys" not in state
+    for snap in (state, *earlier_layouts(buf).values()):
         back = WatermarkBuffer.from_state(restore_state(snapshot_state(snap)), 1, 1000, 1 << 20, now=1.0)
         back.note(0, 10.0, False, 1.0)
         assert [held_observation(e) for e in back.release(1.0)] == [held_observation(e) for e in sorted(buf.heap)]
     empty = WatermarkBuffer(sources=1, max_held=10, max_bytes=1 << 20, now=0.0)
     assert WatermarkBuffer.from_state(restore_state(snapshot_state(empty.to_state())), 1, 10, 1 << 20, 0.0).held == 0
+    with pytest.raises(ValueError, match="layout 4"):  # a newer driftline's: the restorer rebuilds the partition
+        WatermarkBuffer.from_state(dict(state, held_layout=4), 1, 1000, 1 << 20, now=1.0)
+
+
+def held_as_restored(buf: WatermarkBuffer) -> list:
+    back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), buf.sources, 10**6, 1 << 40, 0.0)
+    return sorted(e[:10] for e in back.heap)
+
+
+def test_a_checkpoint_round_encodes_only_the_entries_held_since_the_last(monkeypatch):
+    """A backlog's bank holds its entries for many rounds: each is encoded in the first round
+    that finds it held; later rounds write that pack as it is, with the seqs released since."""
+    monkeypatch.setattr(eventtime, "REPACK_SLACK", 0)
+    buf = WatermarkBuffer(sources=1, max_held=10**6, max_bytes=1 << 40, now=0.0)
+    for k in range(100):
+        put(buf, 0, float(k), k)
+    first = buf.to_state()["held_packs"]
+    buf.note(0, 10.0, False, 0.0)
+    assert len(buf.release(0.0)) == 10
+    for k in range(100, 150):
+        put(buf, 0, float(k), k)
+    again = buf.to_state()["held_packs"]
+    assert len(first) == 1 and len(again) == 2
+    assert again[0][0] is first[0][0]  # the same bytes: not encoded again
+    assert sorted(again[0][1]) == list(range(1, 11)) and again[1][1] == []  # what left since, by seq
+    assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap) and buf.held == 140
+    # Once more has left than is held, what is held is packed again as one, and nothing released
+    # is written any more.
+    buf.note(0, 149.0, False, 0.0)  # all but the entry at 149
+    assert len(buf.release(0.0)) == 139
+    (pack,) = buf.to_state()["held_packs"]
+    assert pack[1] == [] and held_as_restored(buf) == sorted(e[:10] for e in buf.heap) and buf.held == 1
+
+
+def test_held_entries_restore_exactly_whatever_was_released_between_rounds():
+    for trial in range(60):
+        rnd = random.Random(trial)
+        buf = WatermarkBuffer(sources=2, max_held=300, max_bytes=1 << 40, now=0.0)
+        progress, offset = [0.0, 0.0], 0
+        for _ in range(rnd.randint(1, 150)):
+            step = rnd.random()
+            if step < 0.5:
+                p = rnd.randint(0, 1)
+                for _ in range(rnd.randint(1, 40)):
+                    offset += 1
+                    put(buf, p, progress[p] + rnd.random() * 5, offset)
+            elif step < 0.8:
+                p = rnd.randint(0, 1)
+                progress[p] += rnd.random() * 3
+                buf.note(p, progress[p], False, 0.0)
+                buf.release(0.0, rnd.choice([3, 50, math.inf]))  # max_held 300: some leave early too
+            else:
+                assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap), trial
+        assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap), trial
 
 
 def test_the_skew_bound_counts_owned_partitions_at_their_live_progress():

@@ -107,7 +107,7 @@ def test_held_records_of_an_old_checkpoint_are_released_and_decode():
     assert buf.add_records(0, "e1i", [rec], 50) == []
     state = restore_state(snapshot_state(buf.to_state()))
     # As written before bytes (and before the held entries were packed): one JSON value per entry.
-    old = {k: v for k, v in state.items() if k not in ("held_keys", "held_records")}
+    old = {k: v for k, v in state.items() if k not in ("held_layout", "held_packs")}
     old["heap"] = [(*e[:7], orjson.loads(e[7]), e[8]) for e in buf.heap]
     for st in (state, old):
         again = WatermarkBuffer.from_state(st, 1, 100, 1 << 20, 0.0)

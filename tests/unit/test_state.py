@@ -196,7 +196,7 @@ def test_unknown_objects_versions_fields_and_corrupt_bytes_are_unreadable():
     assert decode_state(bumped).reason == "object_version"
     assert decode_state(st.MAGIC + b"garbage").reason == "corrupt"
     assert decode_state(b"PK\x03\x04").reason == "format"
-    newer = _redo(blob, lambda d: d.update(format=3))
+    newer = _redo(blob, lambda d: d.update(format=st.ATTACHED_FORMAT + 1))
     assert decode_state(newer).reason == "format"
 
 
@@ -242,3 +242,18 @@ def test_plain_values_round_trip_and_unregistered_objects_are_refused():
 
     with pytest.raises(StateError, match="Stray is not registered"):
         encode_state({"x": Stray()})
+
+
+def test_attached_bytes_travel_raw_after_the_compressed_document():
+    """Bytes compressed already (a bank's held observations) are not base64 inside the JSON,
+    compressed again at every snapshot: they follow the zlib stream (format 3)."""
+    payload = zlib.compress(b'[1,0,0,"m","__all__","p1",5.0]\n' * 200, 1)
+    blob = encode_state({"held": [[st.Attached(payload), [3, 4]], [st.Attached(b"\x00\n"), []]], "n": 1})
+    assert blob.endswith(payload + b"\x00\n") and len(blob) < len(payload) + 200
+    doc = _doc(blob)  # what a reader of format 2 only reads: it refuses format 3 (a rebuild)
+    assert doc["format"] == 3 and doc["attached"] == [len(payload), 2]
+    back = decode_state(blob)
+    assert back == {"held": [[payload, [3, 4]], [b"\x00\n", []]], "n": 1} and type(back["held"][0][0]) is bytes
+    for broken in (blob[:-1], blob + b"x"):
+        assert decode_state(broken).reason == "corrupt"
+    assert _doc(encode_state({"b": b"x"}))["format"] == 2  # plain bytes: base64 in the JSON, format 2
