@@ -60,10 +60,14 @@ NO_FATES: tuple[Fate, ...] = ()
 
 
 @persistent("join.pending")
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class PendingPrediction:
     """What the join keeps of a prediction: enough to grade it and to place it in its slices
-    (the monitored features' values, in the spec's order: a tuple, not the event's dict)."""
+    (the monitored features' values, in the spec's order: a tuple, not the event's dict).
+
+    Never changed once made, but not `frozen`: one is made per inference, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) cost ~6x a plain one's (1.9 vs 0.33 us
+    in isolation, ~1.4% of `driftline replay`'s CPU under py-spy)."""
 
     prediction_id: str
     model: str
