@@ -100,6 +100,10 @@ class EventTimeDriver:
         self.unaligned = False  # assigned since the last tick: no batch before the next one
         self._allowance = RELEASE_PER_STEP  # releases left in this loop step
         self._more = False  # a release stopped at the allowance: the next step continues it
+        # Which bank is served first this step: the allowance is shared, and the first bank served
+        # could take all of it step after step while the others applied nothing (a backlog's
+        # `__all__` bank counted everything while a segment bank had applied none: 7e2938e).
+        self._turn = 0
 
     # -- state objects ------------------------------------------------------------------------------
     def new_alignment(self) -> SourceAlignment:
@@ -207,6 +211,11 @@ class EventTimeDriver:
             self._more = True
         return out
 
+    def _in_turn(self, items: list) -> list:
+        """`items` (one per bank partition, in partition order) starting with this step's first."""
+        k = self._turn % len(items) if items else 0
+        return items[k:] + items[:k]
+
     def _fresh(self, bp, src: str, recs: list) -> list:
         """Records not applied before from `src`: a replay re-sends what a bank has (de-dup)."""
         out = bp.fresh(src, recs)
@@ -228,6 +237,7 @@ class EventTimeDriver:
             self._release(now)
         self.unaligned = False
         self._allowance = RELEASE_PER_STEP  # the next loop step's
+        self._turn += 1
 
     def _caught_up(self, ip, p: int) -> dict[str, bool]:
         out = {}
@@ -287,18 +297,22 @@ class EventTimeDriver:
     def _heartbeat(self, now: float) -> None:
         worker = self.worker
         send = worker.repartition.heartbeat
+        # A heartbeat a bank of this worker gets in memory releases there at once: its own banks
+        # in turn, then the others' (through the topic).
+        owned = sorted(worker.banks)
+        order = self._in_turn(owned) + [q for q in range(worker.obs_partitions) if q not in worker.banks]
         for p, ip in worker.intakes.items():
             progress, idle = ip.alignment.progress(ip.read_time, now)
             value = orjson.dumps(["", [], p, progress, idle])
             key = (ip.epoch + "h").encode()  # the sender, for a bank that got it in memory too
-            for q in range(worker.obs_partitions):
+            for q in order:
                 send(p, q, key, value, progress, idle)  # stream/repartition.py
 
     def _release(self, now: float) -> None:
         self._more = False
         apply = self.worker.apply_observation
         yield_to_readers = self.worker.lock.yield_to_readers  # a long release: let /metrics in
-        for bp in self.worker.banks.values():
+        for _, bp in self._in_turn(sorted(self.worker.banks.items())):
             for n, entry in enumerate(self._released(bp.buffer, now), 1):
                 apply(bp, held_observation(entry))
                 if not n & 255:

@@ -552,3 +552,36 @@ def test_the_skew_bound_counts_owned_partitions_at_their_live_progress():
     # A partition truly behind still holds the owned ones back.
     assert al.decide(ahead, 0.2, buf.lowest_progress(0.2, {0: (3000.0, False), 1: (5000.0, False)})) == \
            {INFERENCES: "skew", LABELS: "skew"}
+
+
+def test_the_release_allowance_of_a_loop_step_is_served_to_the_banks_in_turn():
+    """One step releases at most RELEASE_PER_STEP over all of a worker's banks. Served in a fixed
+    order, the first bank took all of it step after step while another, with as much released
+    by its watermark, applied nothing (a backlog's `__all__` bank counted every event while a
+    segment bank had applied none). In turn, each step starts with the next bank."""
+    from types import SimpleNamespace
+
+    from driftline.stream.ordering import RELEASE_PER_STEP, EventTimeDriver
+
+    held = RELEASE_PER_STEP + RELEASE_PER_STEP // 2
+    banks = {}
+    for q in (2, 3):
+        buf = WatermarkBuffer(sources=1, max_held=10 * held, max_bytes=1 << 40, now=0.0)
+        buf.add_records(0, f"s{q}", [wire(k, float(k)) for k in range(held)], 10)
+        buf.note(0, float(held), False, 0.0)  # the watermark passes every one of them
+        banks[q] = SimpleNamespace(buffer=buf)
+    applied = Counter()
+    ws = settings().worker
+    worker = SimpleNamespace(
+        settings=SimpleNamespace(worker=ws), topics=SimpleNamespace(inferences="i", labels="l"), banks=banks,
+        intakes={}, obs_partitions=6, lock=SimpleNamespace(yield_to_readers=lambda: False),
+        repartition=SimpleNamespace(heartbeat=lambda *a: None),
+        apply_observation=lambda bp, h: applied.update([next(q for q, b in banks.items() if b is bp)]))
+    clock = iter(float(t) for t in range(100))
+    driver = EventTimeDriver(worker, sources=1, clock=lambda: next(clock))
+    driver.tick()
+    assert sum(applied.values()) == RELEASE_PER_STEP  # one step's allowance, to one bank
+    driver.tick()
+    assert applied == {2: RELEASE_PER_STEP, 3: RELEASE_PER_STEP}  # the next step began with the other
+    driver.tick()
+    assert applied == {2: held, 3: held}
