@@ -170,22 +170,26 @@ class WorkerClients:
     """The worker's Kafka clients, built from the settings (what `driftline run` checked at start,
     `check_client_config`): its consumer, and its producer, transactional with exactly-once; every
     producer built gets a new transactional id (Transactions builds another one when its producer
-    is stuck or fenced). `consumer_error` and `producer_error` are librdkafka's error_cb of each,
-    `on_stats` the consumer's stats_cb (ReadableEnds)."""
+    is stuck or fenced). `on_error` is every client's librdkafka error_cb (BrokerWatch: outages),
+    `on_stats` the consumer's stats_cb (ReadableEnds).
 
-    def __init__(self, settings, consumer_error: Callable, producer_error: Callable, on_stats: Callable):
+    A fatal error (a fenced transactional producer) never reaches error_cb: confluent-kafka raises
+    it from the call that serves it instead (poll, flush, produce, a transactional call), which
+    the worker guards (Checkpointer.producer_failed); tests/integration/test_kafka_clients.py
+    checks this against the broker."""
+
+    def __init__(self, settings, on_error: Callable, on_stats: Callable):
         self.settings = settings
-        self.consumer_error = consumer_error
-        self.producer_error = producer_error
+        self.on_error = on_error
         self.on_stats = on_stats
 
     def consumer(self) -> Consumer:
         return Consumer({**consumer_config(self.settings, f"driftline-{uuid.uuid4().hex[:6]}"),
-                         "stats_cb": self.on_stats, "error_cb": self.consumer_error})
+                         "stats_cb": self.on_stats, "error_cb": self.on_error})
 
     def producer(self) -> Producer:
         tid = transactional_id(self.settings) if self.settings.worker.exactly_once else None
-        return Producer({**producer_config(self.settings, tid), "error_cb": self.producer_error})
+        return Producer({**producer_config(self.settings, tid), "error_cb": self.on_error})
 
 
 def producer_config(settings, transactional: str | None) -> dict:

@@ -175,7 +175,14 @@ class Transactions:
         self.stuck = True
 
     def replace_producer(self, stopping: Callable[[], bool]) -> Producer:
-        """A new producer (new transactional id) for a stuck one; returns it, transactions inited."""
+        """A new producer (new transactional id) for a stuck one; returns it, transactions inited.
+
+        The old one is let go, not closed: its last references are this object's, the worker's
+        and the checkpoint store's (all replaced with this one), and freeing a Producer ends its
+        librdkafka threads at once, queued records dropped (measured: 1 ms, 3 records queued, no
+        broker). `close()` would flush with no timeout and serve those records' delivery reports,
+        each of which would doom the new producer's transaction; a stuck call still running in a
+        helper thread (`_bounded`) holds it until that call returns."""
         if self.new_producer is None:
             raise TransactionFatal("the transactional producer is stuck and cannot be replaced")
         if self.down():

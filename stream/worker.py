@@ -100,8 +100,7 @@ class Worker:
         # Whether every broker is away (librdkafka's error_cb): transactional calls wait for one.
         self.broker = BrokerWatch()
         # The clients, from the settings that `driftline run` checked at start (stream/clients.py).
-        clients = WorkerClients(settings, consumer_error=self.broker.on_error, producer_error=self._producer_error,
-                                on_stats=self.ends.on_stats)
+        clients = WorkerClients(settings, on_error=self.broker.on_error, on_stats=self.ends.on_stats)
         self.consumer = clients.consumer()
         eos = settings.worker.exactly_once
         self.exactly_once = eos
@@ -467,12 +466,6 @@ class Worker:
         # holds this record's effect, so checkpointing it would lose the record for good: stop,
         # and let the successor replay from the last checkpoint (crash-only).
         self.fatal = f"delivery to {topic} failed: {err}"
-
-    def _producer_error(self, err: KafkaError) -> None:
-        """The producer's error_cb: outages (BrokerWatch), and its fatal state (fenced)."""
-        self.broker.on_error(err)
-        if err.fatal():
-            self.checkpointer.producer_unusable(err, "producer")
 
     def _consumer_error(self, err: KafkaError) -> None:
         self.broker.on_error(err)

@@ -114,3 +114,39 @@ def test_faust_worker_in_a_separate_process_consumes_every_message(kafka_bootstr
     assert got == set(sent), f"faust saw {len(got)} of {n} distinct messages; log tail:\n{tail}"
     assert {r["partition"] for r in rows} == set(range(partitions))
     assert all(placed[r["key"]] == r["partition"] for r in rows)
+
+
+def test_a_fenced_producers_fatal_error_is_raised_by_a_call_and_never_reaches_error_cb(kafka_bootstrap, create_topic):
+    """What the worker's error handling rests on (stream/checkpointer.py producer_failed): when
+    librdkafka puts a transactional producer in its fatal state (fenced by a newer instance of its
+    transactional.id), confluent-kafka raises the error from the call that serves it (poll,
+    flush, produce, a transactional call), as a KafkaException or, from flush, a mangled
+    SystemError; it never calls the Python error_cb with it. So the worker's error_cb only
+    watches for outages (BrokerWatch), and every producer call on the loop's path is guarded."""
+    from confluent_kafka import KafkaException, Producer
+
+    topic = create_topic()
+    tid = unique_name("it-fenced")
+    seen: list = []
+    conf = {"bootstrap.servers": kafka_bootstrap, "transactional.id": tid, "transaction.timeout.ms": 10_000,
+            "log_level": 0}
+    zombie = Producer({**conf, "error_cb": seen.append})
+    zombie.init_transactions(30)
+    zombie.begin_transaction()
+    zombie.produce(topic, value=b"before")
+    assert zombie.flush(30) == 0
+    successor = Producer(conf)
+    successor.init_transactions(30)  # bumps the epoch: the zombie is fenced
+    raised = None
+    deadline = time.monotonic() + 30
+    while raised is None and time.monotonic() < deadline:
+        try:
+            zombie.produce(topic, value=b"after")
+            zombie.poll(0.2)
+            zombie.flush(1)
+        except (KafkaException, SystemError) as exc:
+            raised = exc
+    assert raised is not None, "the fenced producer never said so"
+    if isinstance(raised, KafkaException):
+        assert raised.args[0].fatal(), raised
+    assert not [e for e in seen if e.fatal()], seen
