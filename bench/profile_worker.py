@@ -202,11 +202,6 @@ def main() -> int:
                                     "--format", "raw", "--rate", "200", "-o", str(prof),
                                     *(["--idle", "--nonblocking"] if args.idle else ["--native"])],
                                    stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "py-spy.log", "wb"))
-        gil = None
-        if os.environ.get("GILSPY"):
-            gil = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                                    "--format", "raw", "--rate", "200", "-o", os.environ["GILSPY"], "--gil", "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url, started, done = f"http://127.0.0.1:{port}/metrics", time.time(), 0.0
         try:
             while done < args.rows and time.time() - started < 900:
