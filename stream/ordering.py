@@ -184,11 +184,7 @@ class EventTimeDriver:
             if buffer.late != late:
                 self._warn_late(bp, p, buffer.late - late, now)
         buffer.note(p, progress, idle, now, sent_at, local)
-        yield_to_readers = self.worker.lock.yield_to_readers  # a long release: let /metrics in
-        for n, entry in enumerate(self._released(buffer, now), 1):
-            apply(bp, held_observation(entry))
-            if not n & 255:
-                yield_to_readers()
+        self._apply_released(bp, now)
 
     def _warn_late(self, bp, p: int, n: int, now: float) -> None:
         """Say why the order broke: late observations are the number that differs from replay,
@@ -202,6 +198,16 @@ class EventTimeDriver:
     def releasing(self) -> bool:
         """Observations the watermark passed wait for the next loop step (which should not wait)."""
         return self._more
+
+    def _apply_released(self, bp, now: float) -> None:
+        """Apply what `bp`'s buffer releases now (within the step's allowance), in order, letting a
+        waiting /metrics render in every 256 (a long release holds the worker's lock)."""
+        apply = self.worker.apply_observation
+        yield_to_readers = self.worker.lock.yield_to_readers
+        for n, entry in enumerate(self._released(bp.buffer, now), 1):
+            apply(bp, held_observation(entry))
+            if not n & 255:
+                yield_to_readers()
 
     def _released(self, buffer, now: float) -> list:
         """What `buffer` releases now, within this loop step's allowance (RELEASE_PER_STEP)."""
@@ -310,13 +316,8 @@ class EventTimeDriver:
 
     def _release(self, now: float) -> None:
         self._more = False
-        apply = self.worker.apply_observation
-        yield_to_readers = self.worker.lock.yield_to_readers  # a long release: let /metrics in
         for _, bp in self._in_turn(sorted(self.worker.banks.items())):
-            for n, entry in enumerate(self._released(bp.buffer, now), 1):
-                apply(bp, held_observation(entry))
-                if not n & 255:
-                    yield_to_readers()
+            self._apply_released(bp, now)
 
     def _refresh_stats(self, now: float) -> None:
         st = self.stats
