@@ -271,13 +271,14 @@ class Workers:
                 cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env))
             self.urls.append(f"http://127.0.0.1:{port}")
 
-    def samples(self) -> list[tuple[dict, float]]:
-        """Each worker's /metrics samples (empty when it did not answer) and the scrape's seconds."""
+    def samples(self, timeout: float = 5.0) -> list[tuple[dict, float]]:
+        """Each worker's /metrics samples (empty when it did not answer within `timeout`) and the
+        scrape's seconds."""
         out = []
         for url in self.urls:
             started = time.perf_counter()
             try:
-                m = scrape(url + "/metrics")
+                m = scrape(url + "/metrics", timeout=timeout)
             except OSError:
                 m = {}
             out.append((m, time.perf_counter() - started))
