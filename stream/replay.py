@@ -122,11 +122,10 @@ def replay(
                         profiles=profile_book(settings) if settings.baselines else None,
                         max_models=settings.limits.max_models, configured=settings.models)
     invalid: Counter = Counter()
-    with no_gc():
-        merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
-        # The decoded events stay to the end: no collection need scan them again (the first one
-        # after decoding would: ~0.1 s of CPU for the demo's 88k events). Undone at the end.
-        gc.freeze()
+    merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
+    # The decoded events stay to the end: no collection need scan them again (the first one
+    # after decoding would: ~0.1 s of CPU for the demo's 88k events). Undone at the end.
+    gc.freeze()
     try:
         records: list[DriftRecord | ExplanationRecord] = []
         total = len(merged)
