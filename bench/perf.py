@@ -128,7 +128,13 @@ def fill(bootstrap: str, prefix: str, partitions: int, inf: list[bytes], lab: li
                   "compression.type": "lz4"})
     for topic, raws in ((f"{prefix}.inferences", inf), (f"{prefix}.labels", lab)):
         for i, raw in enumerate(raws):
-            p.produce(topic, key=orjson.loads(raw)["prediction_id"].encode(), value=raw)
+            key = orjson.loads(raw)["prediction_id"].encode()
+            while True:
+                try:
+                    p.produce(topic, key=key, value=raw)
+                    break
+                except BufferError:  # the local queue is full (a slow broker): let it drain
+                    p.poll(0.1)
             if i % 5000 == 0:
                 p.poll(0)
     p.flush(120)

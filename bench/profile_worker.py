@@ -181,6 +181,7 @@ def main() -> int:
                     help="profile the compiled hot modules (default: pure, which the profilers can read)")
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DRIFTLINE_PURE": "" if args.compiled else "1"}
     with perf.Broker(None) as broker, tempfile.TemporaryDirectory() as tmp:
         prefix = f"prof-{uuid.uuid4().hex[:8]}"
