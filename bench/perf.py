@@ -290,6 +290,21 @@ class Workers:
             out.append((m, time.perf_counter() - started))
         return out
 
+    def memory(self) -> dict:
+        """The largest worker's peak RSS (MiB) and the fleet's page faults so far: memory the kernel
+        hands a process is zeroed at its first touch, which costs CPU, not only memory."""
+        peak, faults = 0.0, 0
+        for p in self.procs:
+            try:
+                status = Path(f"/proc/{p.pid}/status").read_text()
+                stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+            peak = max(peak, int(hwm.split()[1]) / 1024)
+            faults += int(stat[7]) + int(stat[9])  # minflt and majflt (fields 10 and 12 of proc(5)'s stat)
+        return {"peak_rss_mib": peak, "page_faults": faults}
+
     def sum(self, name: str, **labels) -> float:
         out = 0.0
         for url in self.urls:
@@ -360,7 +375,7 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
                  # Applied out of event-time order: where the worker may differ from replay (a
                  # figure that comes with any is a fast answer to another question).
                  "late_observations": ws.sum("driftline_observations_late_total"),
-                 "held_peak": held_peak, "slowest_scrape_s": slowest_scrape}
+                 "held_peak": held_peak, "slowest_scrape_s": slowest_scrape, **ws.memory()}
     finally:
         ws.stop()
     counted = 2 * (n_pairs - done0)
@@ -1219,6 +1234,8 @@ def table(r: dict) -> str:
             used = f"; {w['worker_cores']:.2f} cores" + (f", broker {w['broker_cores']:.2f}" if w.get("broker_cores") else "")
         if w.get("held_peak") is not None:  # the event-time buffers at their fullest, the slowest scrape
             used += f"; held up to {w['held_peak']:,.0f}, slowest scrape {w['slowest_scrape_s']:.1f} s"
+        if w.get("peak_rss_mib") is not None:
+            used += f"; peak RSS {w['peak_rss_mib']:,.0f} MiB, {w['page_faults']:,} page faults"
         lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
                      f"({w['events_per_s_per_worker']:,.0f} per worker, {w['events_per_cpu_s']:,.0f} per CPU s{used}) | "
                      f"{w['ratio_to_ceiling_per_worker']:.1%} per worker |")

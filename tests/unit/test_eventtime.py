@@ -585,3 +585,25 @@ def test_the_release_allowance_of_a_loop_step_is_served_to_the_banks_in_turn():
     assert applied == {2: RELEASE_PER_STEP, 3: RELEASE_PER_STEP}  # the next step began with the other
     driver.tick()
     assert applied == {2: held, 3: held}
+
+
+def test_a_held_record_costs_its_own_size_in_memory_not_a_json_buffer():
+    """orjson.dumps returns its 4 KiB working buffer whatever the length; a backlog's bank holds
+    ~300k records, so each must be kept in a bytes object of its own size (compact_json)."""
+    import tracemalloc
+
+    recs = [[k, 0, INFERENCE, "shuttle", "band=high", f"shuttle-{k:06d}", 1000.0 + k, 0, 0.99, {"f1": 41.0, "f5": 40.0}]
+            for k in range(2_000)]
+    buf = WatermarkBuffer(sources=1, max_held=10_000, max_bytes=1 << 30, now=0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert buf.add_records(0, "src", recs[:1_000], 120) == []
+        for r in recs[1_000:]:
+            assert buf.add(ordering_key(r), 0, r[0], 0, "src", r, 120)
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / len(recs)
+    finally:
+        tracemalloc.stop()
+    assert buf.held == 2_000
+    assert per_record < 600, per_record  # the entry tuple and ~120 bytes of JSON (4,200 without the copy)
+    assert orjson.loads(buf.heap[0][7]) == recs[0]
