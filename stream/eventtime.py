@@ -354,7 +354,7 @@ class WatermarkBuffer:
             buf.heap = [(*k[:7], r, k[7], k[8] if len(k) > 8 else None, now)
                         for k, r in zip(keys, recs.split(b"\n") if keys else ())]
         else:  # layout 1, written before the packing: one value per entry
-            buf.heap = [(*e[:7], e[7] if isinstance(e[7], bytes) else orjson.dumps(e[7]), e[8],
+            buf.heap = [(*e[:7], e[7] if isinstance(e[7], bytes) else compact_json(e[7]), e[8],
                          e[9] if len(e) > 9 else None, now) for e in state["heap"]]
         heapq.heapify(buf.heap)
         buf.held_bytes, buf.floor = state["held_bytes"], state["floor"]

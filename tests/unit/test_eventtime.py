@@ -607,3 +607,15 @@ def test_a_held_record_costs_its_own_size_in_memory_not_a_json_buffer():
     assert buf.held == 2_000
     assert per_record < 600, per_record  # the entry tuple and ~120 bytes of JSON (4,200 without the copy)
     assert orjson.loads(buf.heap[0][7]) == recs[0]
+    # The same of held records restored from a checkpoint of layout 1 (one JSON value per entry).
+    old = {"marks": {}, "held_bytes": 0, "floor": -math.inf, "late": 0, "early": 0, "seq": len(recs),
+           "heap": [(r[6], 0, 0, r[0], 0, r[0] + 1, "src", r, 120) for r in recs]}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        again = WatermarkBuffer.from_state(old, 1, 10_000, 1 << 30, 0.0)
+        per_restored = (tracemalloc.get_traced_memory()[0] - before) / len(recs)
+    finally:
+        tracemalloc.stop()
+    assert again.held == 2_000 and orjson.loads(min(again.heap)[7]) == recs[0]
+    assert per_restored < 600, per_restored
