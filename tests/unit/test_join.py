@@ -155,7 +155,7 @@ def test_a_snapshot_packs_the_waiting_predictions_and_they_come_back_the_same():
     j.add_label("p3", 1, 10.0)  # joined: its id waits in the "j" heap
     j.add_label("early", 0, 11.0)  # held: the "h" heap
     state = j.__getstate__()
-    assert type(state["_pending"]) is str and all(type(h) is str for h in state["_deadlines"].values())
+    assert type(state["_pending"]) is list and all(type(h) is str for h in state["_deadlines"].values())
     assert b"join.pending" not in zlib.decompress(encode_state({"join": j})[4:])
     back = decode_state(encode_state({"join": j}))["join"].bind(lambda model: TTL)
     assert list(back._pending.items()) == list(j._pending.items())
@@ -199,3 +199,89 @@ def test_deadlines_out_of_order_expire_in_deadline_order_and_survive_a_snapshot(
         assert join.expire_streams(inferences=12.0, labels=12.0) == (Fate("short", "inference", "expired"),)
         assert join.expire_streams(inferences=1001.0, labels=1001.0) == (Fate("long", "inference", "expired"),) * 2
         assert set(join._pending) == {"l3"}
+
+
+def _pending_rows(state: dict) -> list[int]:
+    """How many rows each pack of a join's state holds, gone ones included."""
+    return [len(orjson.loads(zlib.decompress(blob))) for blob, _ in state["_pending"]]
+
+
+def test_a_checkpoint_round_encodes_only_the_predictions_registered_since_the_last():
+    """A backlog's intake holds ~100k waiting predictions for many rounds: a round packs the new
+    ones and writes the older packs as they were (the same bytes), with the rows that left them;
+    restored, the waiting predictions are the same, in the same order (the cap lets the oldest go)."""
+    j = make(max_pending=10_000)
+    for i in range(100):
+        j.add_prediction(pred(f"a{i}", float(i)))
+    first = j.__getstate__()["_pending"]
+    assert _pending_rows({"_pending": first}) == [100]
+    for i in range(10):
+        j.add_prediction(pred(f"b{i}", 200.0 + i))
+    for i in range(0, 100, 4):
+        one(j.add_label(f"a{i}", 1, 300.0))
+    second = j.__getstate__()
+    assert second["_pending"][0][0] is first[0][0]  # the old pack, not encoded again
+    assert second["_pending"][0][1] == list(range(0, 100, 4))  # ... with the rows that left it
+    assert _pending_rows(second) == [100, 10]  # only the new predictions were packed
+    back = decode_state(encode_state({"join": j}))["join"].bind(lambda model: TTL)
+    assert list(back._pending.items()) == list(j._pending.items())
+    # The restored join writes its packs on as they are, its gone rows still gone.
+    one(back.add_label("a1", 1, 300.0))
+    one(j.add_label("a1", 1, 300.0))
+    back.add_prediction(pred("c", 400.0))
+    j.add_prediction(pred("c", 400.0))
+    again = back.__getstate__()["_pending"]
+    assert [blob for blob, _ in again[:2]] == [blob for blob, _ in second["_pending"]]
+    assert again[0][1] == sorted(list(range(0, 100, 4)) + [1])
+    assert list(decode_state(encode_state({"join": back}))["join"]._pending.items()) == list(j._pending.items())
+
+
+def test_packs_are_packed_again_once_they_hold_more_gone_rows_than_waiting_ones():
+    """Churn (every round joins what the last one registered) must not grow the checkpoint: the
+    packs carry at most about twice the waiting predictions, in a bounded number of packs."""
+    j = make(max_pending=100_000)
+    for r in range(200):
+        for i in range(50):
+            j.add_prediction(pred(f"r{r}-{i}", float(r)))
+        if r:
+            for i in range(50):
+                one(j.add_label(f"r{r - 1}-{i}", 1, float(r)))
+        state = j.__getstate__()
+        rows = sum(_pending_rows(state))
+        assert j.pending_predictions == 50
+        assert rows <= 2 * j.pending_predictions + 256 and len(state["_pending"]) <= 32, (r, rows)
+    back = decode_state(encode_state({"join": j}))["join"]
+    assert list(back._pending.items()) == list(j._pending.items())
+
+
+def test_a_prediction_registered_again_after_it_left_is_packed_as_new():
+    """An id that expired and came back (a replayed inference after its TTL) is another object:
+    its old row is gone, the new one packed, and the restored join holds the new one."""
+    j = make()
+    j.add_prediction(pred("x", 0.0, prediction=1))
+    j.__getstate__()
+    assert j.expire(TTL + 1.0) == (Fate("m", "inference", "expired"),)
+    j.add_prediction(pred("x", 2 * TTL + 5.0, prediction=2))  # ("j" does not hold an expired id)
+    state = j.__getstate__()
+    assert [g for _, g in state["_pending"]] in ([[]], [[0], []])
+    back = decode_state(encode_state({"join": j}))["join"]
+    assert back._pending["x"].prediction == 2 and back.pending_predictions == 1
+
+
+def test_a_version_2_checkpoint_one_text_of_every_prediction_still_restores():
+    """Checkpoints written before the packs (join version 2: the waiting predictions as one JSON
+    text) restore the same predictions, in order, and are written in packs from then on."""
+    j = make()
+    for i in range(20):
+        j.add_prediction(pred(f"p{i}", float(i)))
+    doc = orjson.loads(zlib.decompress(encode_state({"join": j})[4:]))
+    fields = doc["state"]["$d"][1]
+    assert fields["$o"] == "join" and fields["v"] == 3
+    rows = [[p.prediction_id, p.model, list(p.segments), p.prediction, p.score, p.timestamp, None]
+            for p in j._pending.values()]
+    fields["v"], fields["f"]["_pending"] = 2, orjson.dumps(rows).decode()
+    doc["format"] = 2
+    doc.pop("attached", None)
+    back = decode_state(b"DLS2" + zlib.compress(orjson.dumps(doc)))["join"].bind(lambda model: TTL)
+    assert list(back._pending.items()) == list(j._pending.items())
+    assert _pending_rows(back.__getstate__()) == [20]
