@@ -173,10 +173,16 @@ class _PendingPack:
 
     __slots__ = ("ids", "preds", "blob")
 
-    def __init__(self, preds: list[PendingPrediction], text: bytes):
+    def __init__(self, preds: list, blob: bytes):
         self.ids = [p.prediction_id for p in preds]
         self.preds = preds
-        self.blob = Attached(zlib.compress(text, 1))
+        self.blob = Attached(blob)
+
+    @classmethod
+    def encode(cls, preds: list[PendingPrediction]) -> "_PendingPack | None":
+        """A pack of `preds`, or None when a value would not come back the same from JSON."""
+        text = _pack_rows(_pending_rows(preds))
+        return None if text is None else cls(preds, zlib.compress(text, 1))
 
     def gone(self, pending: dict) -> list[int]:
         """The rows no longer waiting: joined, expired, capped (or re-registered: another object)."""
@@ -214,24 +220,22 @@ class PendingPacks:
                 packs.append(pack)
                 gone.append(g)
                 waiting += len(pack.ids) - len(g)
-        new = len(pending) - waiting
-        if new < 0:  # cannot happen while the join only appends new ids; packed again, to be sure
-            packs, gone, new = [], [], len(pending)
-        if new:
-            preds = list(itertools.islice(reversed(pending.values()), new))
-            preds.reverse()
-            text = _pack_rows(_pending_rows(preds))
-            if text is None:
+        new = len(pending) - waiting  # < 0 cannot happen while the join only appends new ids
+        repack = (new < 0 or len(packs) + (new > 0) > MAX_PENDING_PACKS
+                  or sum(map(len, gone)) > len(pending) + PENDING_REPACK_SLACK)
+        if repack:
+            packs, gone = [], []
+            fresh = list(pending.values())
+        else:  # the last `new` entries: registered since the last round
+            fresh = list(itertools.islice(reversed(pending.values()), new))
+            fresh.reverse()
+        if fresh:
+            pack = _PendingPack.encode(fresh)
+            if pack is None:
                 self.packs = []
                 return None
-            packs.append(_PendingPack(preds, text))
+            packs.append(pack)
             gone.append([])
-        if len(packs) > MAX_PENDING_PACKS or sum(map(len, gone)) > len(pending) + PENDING_REPACK_SLACK:
-            text = _pack_rows(_pending_rows(pending.values()))
-            if text is None:
-                self.packs = []
-                return None
-            packs, gone = ([_PendingPack(list(pending.values()), text)], [[]]) if pending else ([], [])
         self.packs = packs
         return [[p.blob, g] for p, g in zip(packs, gone)]
 
@@ -242,16 +246,11 @@ class PendingPacks:
         pending: dict[str, PendingPrediction] = {}
         packs = []
         for blob, gone in state:
-            text = zlib.decompress(blob)
-            preds = _unpack_rows(text)
-            pack = _PendingPack.__new__(_PendingPack)
-            pack.ids = [p.prediction_id for p in preds]
-            pack.blob = Attached(blob)
+            pack = _PendingPack(_unpack_rows(zlib.decompress(blob)), blob)
             for i in gone:
-                preds[i] = _GONE  # never the object the join maps an id to: a gone row stays gone
-            pack.preds = preds
+                pack.preds[i] = _GONE  # never the object the join maps an id to: a gone row stays gone
             packs.append(pack)
-            pending.update((p.prediction_id, p) for p in preds if p is not _GONE)
+            pending.update((p.prediction_id, p) for p in pack.preds if p is not _GONE)
         return pending, PendingPacks(packs)
 
 
