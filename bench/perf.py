@@ -357,7 +357,10 @@ class WorkerDied(RuntimeError):
 
 def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int, k: int, logdir: Path,
                       baseline: bool = False, pythonpath: str | None = None, models: str | None = None,
-                      worker: str = "", broker: Broker | None = None) -> dict:
+                      worker: str = "", broker: Broker | None = None,
+                      on_settled: Callable[[list[int]], None] | None = None) -> dict:
+    """`on_settled(pids)`: called with the workers' process ids once the group has settled, before
+    the backlog is published (bench/perf_record.py attaches its sampler there)."""
     group = f"perf-{uuid.uuid4().hex[:8]}"
     # The backlog fill() wrote under `prefix` is published again to empty input topics of this
     # run's own, at once, after the group has settled: every worker starts from the same point
@@ -377,6 +380,8 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
             if time.time() > deadline:
                 raise RuntimeError("workers did not share every partition")
             time.sleep(0.05)
+        if on_settled is not None:
+            on_settled([proc.pid for proc in ws.procs])
         if raw is not None:
             publish_raw(bootstrap, group, *raw, at_once=True)
         t0 = time.perf_counter()

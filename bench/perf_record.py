@@ -18,12 +18,10 @@ Sampling costs the worker some speed; read the shares, not the events/s it print
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -59,34 +57,11 @@ def cython_name(symbol: str) -> str | None:
     return ".".join(parts[1:]) if parts and parts[0] == "driftline" else None
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def attach_when_started(data: Path, started: list) -> None:
-    """Wait for this process's `driftline run` child, then sample it until stopped."""
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        for child in children_of(os.getpid()):
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"driftline.stream.cli" in cmdline and b"\0run\0" in cmdline:
-                started.append(subprocess.Popen(
-                    ["perf", "record", "-F", "149", "--call-graph", "dwarf,16384", "-o", str(data), "-p", str(child)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                return
-        time.sleep(0.05)
+def sample(pids: list[int], data: Path, started: list) -> None:
+    """Sample the (one) worker from now until stopped: what the backlog costs it, not its start-up."""
+    started.append(subprocess.Popen(
+        ["perf", "record", "-F", "149", "--call-graph", "dwarf,16384", "-o", str(data), "-p", str(pids[0])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def inclusive_shares(data: Path) -> list[tuple[float, str]]:
@@ -118,9 +93,8 @@ def main() -> int:
     data = out / "worker-perf.data"
     started: list = []
     with perf.demo_backlog(types.SimpleNamespace(quick=args.quick, bootstrap=args.bootstrap)) as b:
-        watcher = threading.Thread(target=attach_when_started, args=(data, started), daemon=True)
-        watcher.start()
-        run = perf.worker_throughput(b.bootstrap, b.prefix, b.rows, b.partitions, 1, b.logdir, broker=b.broker)
+        run = perf.worker_throughput(b.bootstrap, b.prefix, b.rows, b.partitions, 1, b.logdir, broker=b.broker,
+                                     on_settled=lambda pids: sample(pids, data, started))
         for p in started:
             p.send_signal(2)
             p.wait()
