@@ -44,6 +44,7 @@ from driftline.stream.checkpoint import CheckpointCadence, CheckpointStore
 from driftline.stream.checkpointer import Checkpointer
 from driftline.stream.clients import ConsumerLag, ReadableEnds, WorkerClients
 from driftline.stream.codec import DecodeLimits, dead_letter_record, decode_inference, decode_label
+from driftline.stream.collector_policy import tune_for_worker
 from driftline.stream.events import Invalid
 from driftline.stream.looplock import LoopLock
 from driftline.stream.eventtime import INFERENCES, LABELS, HeldObservation
@@ -539,6 +540,7 @@ def run_worker(settings, listen: str) -> int:
     from driftline.stream.http import StatusServer
 
     log.info("%s", settings.describe())
+    tune_for_worker()  # a backlog's growth no longer sets off a full collection per quarter grown
     created, partitions = ensure_topics(settings)
     log.info("topics: %s", ", ".join(f"{k} ({v})" for k, v in created.items()))
     worker = Worker(settings, partitions[settings.kafka.topics.observations],
