@@ -44,6 +44,7 @@ from typing import Callable, NamedTuple
 
 import orjson
 
+from driftline.detectors.packs import REPACK
 from driftline.detectors.state import Attached, SnapshotError, persistent
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
@@ -162,8 +163,6 @@ def _unpack_pending(text: str) -> dict[str, "PendingPrediction"]:
 
 
 _GONE = object()  # a restored pack's gone row
-MAX_PENDING_PACKS = 32  # past this many packs, the waiting predictions are packed again as one
-PENDING_REPACK_SLACK = 256  # gone rows the packs may carry beyond the waiting predictions
 
 
 class _PendingPack:
@@ -198,10 +197,9 @@ class PendingPacks:
     every round (rows, JSON, the round-trip check, zlib) cost ~0.5 s per 100k. Here a round
     packs only the predictions registered since the previous one (a dict keeps insertion order,
     and the join only adds new ids: they are its last entries), and writes each older pack as
-    it is, with the rows that left it since. A pack with no row waiting is dropped; once the
-    packs hold more gone rows than waiting ones (or there are more than MAX_PENDING_PACKS), what
-    waits is packed again as one, so each prediction is encoded a bounded number of times on
-    average. The rows of all packs, in order and without their gone ones, are the waiting
+    it is, with the rows that left it since. A pack with no row waiting is dropped; what waits
+    is packed again as one when detectors/packs.py's rule says (more gone rows carried than
+    waiting ones, or too many packs). The rows of all packs, in order and without their gone ones, are the waiting
     predictions in the join's order (its cap lets the oldest go first). Not state itself.
     """
 
@@ -221,8 +219,7 @@ class PendingPacks:
                 gone.append(g)
                 waiting += len(pack.ids) - len(g)
         new = len(pending) - waiting  # < 0 cannot happen while the join only appends new ids
-        repack = (new < 0 or len(packs) + (new > 0) > MAX_PENDING_PACKS
-                  or sum(map(len, gone)) > len(pending) + PENDING_REPACK_SLACK)
+        repack = new < 0 or REPACK.due(len(packs) + (new > 0), sum(map(len, gone)), len(pending))
         if repack:
             packs, gone = [], []
             fresh = list(pending.values())

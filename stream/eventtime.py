@@ -45,6 +45,7 @@ from driftline.detectors.observations import (
     Observation,
     from_wire,
 )
+from driftline.detectors.packs import REPACK
 from driftline.detectors.state import Attached
 
 INFERENCES, LABELS = "inference", "label"
@@ -195,8 +196,6 @@ def held_observation(entry: tuple) -> HeldObservation:
 
 
 HELD_LAYOUT = 3  # how a checkpoint holds the buffer's entries (from_state reads layouts 1 to 3)
-MAX_PACKS = 32  # past this many packs, the held entries are packed again as one
-REPACK_SLACK = 256  # released entries a checkpoint may carry beyond twice the held ones (HeldPacks)
 
 
 class _Pack:
@@ -224,10 +223,8 @@ class HeldPacks:
     than applying it (bench/results/worker-samples.md, `to_state`). Here a round packs only
     what arrived since the previous one, and writes each older pack as it is, with the seqs of
     its entries released since (seqs are unique in a buffer and travel with its state). A pack
-    with none left is dropped; once the packs hold more released entries than held ones (or
-    there are more than MAX_PACKS), what is held is packed again as one: each entry is encoded
-    a bounded number of times on average (releases pay for the repacking), and a checkpoint
-    carries at most about twice the held entries.
+    with none left is dropped; what is held is packed again as one when detectors/packs.py's
+    rule says (more released entries carried than held ones, or too many packs).
     """
 
     __slots__ = ("packs", "packed_to", "gone")
@@ -258,9 +255,9 @@ class HeldPacks:
             if new:
                 packs.append(_Pack(new, to + 1, seq))
             self.packed_to = seq
-        # Released entries stay in their packs (written as seqs) until more are released than
-        # are held: then one pack of what is held, so each release costs O(1) encodings.
-        if len(packs) > MAX_PACKS or sum(p.count for p in packs) > 2 * len(heap) + REPACK_SLACK:
+        # Released entries stay in their packs (written as seqs) until the rule says: then one
+        # pack of what is held. Every held entry is in a pack now, so the rest left.
+        if REPACK.due(len(packs), sum(p.count for p in packs) - len(heap), len(heap)):
             self.packs = packs = [_Pack(heap, packs[0].first, seq)] if heap else []
         return [[p.blob, list(p.gone)] for p in packs]
 

@@ -11,6 +11,7 @@ import pytest
 
 from driftline.detectors.join import Joined, LabelJoin, PendingPrediction
 from driftline.detectors.observations import FateObservation, InferenceObservation, OutcomeObservation
+from driftline.detectors.packs import RepackRule
 from driftline.detectors.state import restore as restore_state
 from driftline.detectors.state import snapshot as snapshot_state
 from driftline.stream.events import Inference, Label
@@ -482,7 +483,7 @@ def held_as_restored(buf: WatermarkBuffer) -> list:
 def test_a_checkpoint_round_encodes_only_the_entries_held_since_the_last(monkeypatch):
     """A backlog's bank holds its entries for many rounds: each is encoded in the first round
     that finds it held; later rounds write that pack as it is, with the seqs released since."""
-    monkeypatch.setattr(eventtime, "REPACK_SLACK", 0)
+    monkeypatch.setattr(eventtime, "REPACK", RepackRule(slack=0))
     buf = WatermarkBuffer(sources=1, max_held=10**6, max_bytes=1 << 40, now=0.0)
     for k in range(100):
         put(buf, 0, float(k), k)
