@@ -2,6 +2,7 @@
 alignment of an input partition's two topics, and the stage-2 watermark buffer."""
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import Counter
@@ -20,6 +21,7 @@ from driftline.stream.eventtime import (
     INFERENCES,
     LABELS,
     SILENT_AFTER,
+    HeldQueue,
     SourceAlignment,
     WatermarkBuffer,
     held_observation,
@@ -401,7 +403,7 @@ def test_sender_times_travel_with_the_buffer_state():
     buf.note(1, 60.0, False, 1.1, said_at=101.05)
     back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), 2, 1000, 1 << 20, now=5.0,
                                       confirm_after=0.2)
-    assert back.marks[0].said_at == 100.0 and back.heap[0][9] == 101.0
+    assert back.marks[0].said_at == 100.0 and back.queue.first()[9] == 101.0
     assert back.release(5.0) == []  # source 0 still owes its word since the entry was sent
     back.note(0, None, True, 5.0, said_at=102.0)
     assert [e[0] for e in back.release(5.0)] == [50.0]
@@ -411,12 +413,12 @@ def test_sender_times_travel_with_the_buffer_state():
         old["marks"] = {p: m[:2] for p, m in old["marks"].items()}
         del old["held_layout"], old["held_packs"]
         if layout == "packed":
-            old["held_keys"] = orjson.dumps([e[:7] + (e[8],) for e in buf.heap])
-            old["held_records"] = b"\n".join(e[7] for e in buf.heap)
+            old["held_keys"] = orjson.dumps([e[:7] + (e[8],) for e in buf.queue])
+            old["held_records"] = b"\n".join(e[7] for e in buf.queue)
         else:
-            old["heap"] = [e[:9] for e in buf.heap]
+            old["heap"] = [e[:9] for e in buf.queue]
         legacy = WatermarkBuffer.from_state(old, 2, 1000, 1 << 20, now=5.0, confirm_after=0.2)
-        assert legacy.marks[0].said_at is None and legacy.heap[0][9] is None, layout
+        assert legacy.marks[0].said_at is None and legacy.queue.first()[9] is None, layout
         assert [e[0] for e in legacy.release(5.0)] == [50.0], layout
 
 
@@ -454,9 +456,9 @@ def test_a_budgeted_release_continues_in_order_and_nothing_behind_it_is_late():
 def earlier_layouts(buf: WatermarkBuffer) -> dict[str, dict]:
     """The buffer's state as the two layouts before layout 3 held its entries."""
     state = {k: v for k, v in buf.to_state().items() if k not in ("held_layout", "held_packs")}
-    packed = dict(state, held_keys=orjson.dumps([e[:7] + (e[8], e[9]) for e in buf.heap]),
-                  held_records=b"\n".join(e[7] for e in buf.heap))  # layout 2 (issue 18c)
-    return {"2": packed, "1": dict(state, heap=list(buf.heap))}  # 1: one value per entry
+    packed = dict(state, held_keys=orjson.dumps([e[:7] + (e[8], e[9]) for e in buf.queue]),
+                  held_records=b"\n".join(e[7] for e in buf.queue))  # layout 2 (issue 18c)
+    return {"2": packed, "1": dict(state, heap=list(buf.queue))}  # 1: one value per entry
 
 
 def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
@@ -468,7 +470,7 @@ def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
     for snap in (state, *earlier_layouts(buf).values()):
         back = WatermarkBuffer.from_state(restore_state(snapshot_state(snap)), 1, 1000, 1 << 20, now=1.0)
         back.note(0, 10.0, False, 1.0)
-        assert [held_observation(e) for e in back.release(1.0)] == [held_observation(e) for e in sorted(buf.heap)]
+        assert [held_observation(e) for e in back.release(1.0)] == [held_observation(e) for e in sorted(buf.queue)]
     empty = WatermarkBuffer(sources=1, max_held=10, max_bytes=1 << 20, now=0.0)
     assert WatermarkBuffer.from_state(restore_state(snapshot_state(empty.to_state())), 1, 10, 1 << 20, 0.0).held == 0
     with pytest.raises(ValueError, match="layout 4"):  # a newer driftline's: the restorer rebuilds the partition
@@ -477,7 +479,7 @@ def test_held_entries_restore_from_the_packed_and_the_earlier_layout():
 
 def held_as_restored(buf: WatermarkBuffer) -> list:
     back = WatermarkBuffer.from_state(restore_state(snapshot_state(buf.to_state())), buf.sources, 10**6, 1 << 40, 0.0)
-    return sorted(e[:10] for e in back.heap)
+    return sorted(e[:10] for e in back.queue)
 
 
 def test_a_checkpoint_round_encodes_only_the_entries_held_since_the_last(monkeypatch):
@@ -496,13 +498,13 @@ def test_a_checkpoint_round_encodes_only_the_entries_held_since_the_last(monkeyp
     assert len(first) == 1 and len(again) == 2
     assert again[0][0] is first[0][0]  # the same bytes: not encoded again
     assert sorted(again[0][1]) == list(range(1, 11)) and again[1][1] == []  # what left since, by seq
-    assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap) and buf.held == 140
+    assert held_as_restored(buf) == sorted(e[:10] for e in buf.queue) and buf.held == 140
     # Once more has left than is held, what is held is packed again as one, and nothing released
     # is written any more.
     buf.note(0, 149.0, False, 0.0)  # all but the entry at 149
     assert len(buf.release(0.0)) == 139
     (pack,) = buf.to_state()["held_packs"]
-    assert pack[1] == [] and held_as_restored(buf) == sorted(e[:10] for e in buf.heap) and buf.held == 1
+    assert pack[1] == [] and held_as_restored(buf) == sorted(e[:10] for e in buf.queue) and buf.held == 1
 
 
 def test_held_entries_restore_exactly_whatever_was_released_between_rounds():
@@ -523,8 +525,8 @@ def test_held_entries_restore_exactly_whatever_was_released_between_rounds():
                 buf.note(p, progress[p], False, 0.0)
                 buf.release(0.0, rnd.choice([3, 50, math.inf]))  # max_held 300: some leave early too
             else:
-                assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap), trial
-        assert held_as_restored(buf) == sorted(e[:10] for e in buf.heap), trial
+                assert held_as_restored(buf) == sorted(e[:10] for e in buf.queue), trial
+        assert held_as_restored(buf) == sorted(e[:10] for e in buf.queue), trial
 
 
 def test_the_skew_bound_counts_owned_partitions_at_their_live_progress():
@@ -607,7 +609,7 @@ def test_a_held_record_costs_its_own_size_in_memory_not_a_json_buffer():
         tracemalloc.stop()
     assert buf.held == 2_000
     assert per_record < 600, per_record  # the entry tuple and ~120 bytes of JSON (4,200 without the copy)
-    assert orjson.loads(buf.heap[0][7]) == recs[0]
+    assert orjson.loads(buf.queue.first()[7]) == recs[0]
     # The same of held records restored from a checkpoint of layout 1 (one JSON value per entry).
     old = {"marks": {}, "held_bytes": 0, "floor": -math.inf, "late": 0, "early": 0, "seq": len(recs),
            "heap": [(r[6], 0, 0, r[0], 0, r[0] + 1, "src", r, 120) for r in recs]}
@@ -618,5 +620,38 @@ def test_a_held_record_costs_its_own_size_in_memory_not_a_json_buffer():
         per_restored = (tracemalloc.get_traced_memory()[0] - before) / len(recs)
     finally:
         tracemalloc.stop()
-    assert again.held == 2_000 and orjson.loads(min(again.heap)[7]) == recs[0]
+    assert again.held == 2_000 and orjson.loads(min(again.queue)[7]) == recs[0]
     assert per_restored < 600, per_restored
+
+
+def test_the_held_queue_gives_a_heaps_order_with_runs_out_of_order_and_sources_coming_and_going():
+    """Entries of a source partition mostly in order (its run), some behind their run's last
+    (the spill), sources whose runs empty and start again: first() and pop() must be what one
+    heap of all the entries gives, and iterating the queue must give exactly what it holds."""
+    spilled = 0
+    for trial in range(200):
+        rnd = random.Random(trial)
+        queue, heap, seq = HeldQueue(), [], 0
+        clock = {}
+        for _ in range(rnd.randint(1, 400)):
+            if rnd.random() < 0.6:
+                seq += 1
+                src, p = rnd.choice(("e1:i", "e1:l", "e2:i")), rnd.randint(0, 2)
+                ts = clock.get((src, p), 0.0) + rnd.choice((0.0, 1.0, 1.0, -3.0))  # ties, steps, some behind
+                clock[(src, p)] = max(ts, clock.get((src, p), 0.0))
+                entry = (ts, rnd.randint(0, 1), p, seq, 0, seq, src, b"{}", 10, None, 0.0)
+                queue.push(entry)
+                heapq.heappush(heap, entry)
+            elif heap:
+                assert queue.first() == heap[0], trial
+                assert queue.pop() == heapq.heappop(heap), trial
+            assert len(queue) == len(heap) and sorted(queue) == sorted(heap), trial
+            spilled += bool(queue.spill)
+        assert [queue.pop() for _ in range(len(queue))] == [heapq.heappop(heap) for _ in range(len(heap))]
+        assert queue.first() is None and not queue.runs and not queue.fronts
+    assert spilled  # the spill heap was exercised
+    # Restored from a checkpoint's entries (any order): every entry in its run, none spilled.
+    entries = [(float(k % 7), 0, k % 3, k, 0, k, "e1:i", b"{}", 10, None, 0.0) for k in range(100)]
+    random.Random(3).shuffle(entries)
+    restored = HeldQueue(entries)
+    assert not restored.spill and [restored.pop() for _ in range(100)] == sorted(entries)

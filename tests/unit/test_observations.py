@@ -108,7 +108,7 @@ def test_held_records_of_an_old_checkpoint_are_released_and_decode():
     state = restore_state(snapshot_state(buf.to_state()))
     # As written before bytes (and before the held entries were packed): one JSON value per entry.
     old = {k: v for k, v in state.items() if k not in ("held_layout", "held_packs")}
-    old["heap"] = [(*e[:7], orjson.loads(e[7]), e[8]) for e in buf.heap]
+    old["heap"] = [(*e[:7], orjson.loads(e[7]), e[8]) for e in buf.queue]
     for st in (state, old):
         again = WatermarkBuffer.from_state(st, 1, 100, 1 << 20, 0.0)
         again.note(0, 100.0, False, 0.0)
