@@ -11,7 +11,9 @@ The worker creates almost no cyclic garbage (the whole of such a run: ~1,100 obj
 them import-time classes and argparse; then ~30 River PageHinkley detectors replaced after a
 detection), so it can collect far less often without holding garbage for long. It keeps the
 collector on and the older generations' ratios: only the young generation's threshold is raised,
-so cycles are still collected, 100,000 new containers at a time (a few MiB at most).
+so cycles are still collected, 100,000 new containers at a time (a few MiB at most). Under it
+the same kind of run spent 0.56 s of ~9 s in the collector: 111 young collections (0.34 s), 10
+of the middle generation (0.08 s), 1 full one (0.13 s).
 """
 from __future__ import annotations
 
