@@ -31,7 +31,7 @@ import itertools
 import math
 import zlib
 from collections import deque
-from typing import Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -206,7 +206,7 @@ class _Pack:
 
     __slots__ = ("first", "last", "count", "blob", "gone")
 
-    def __init__(self, entries: list[tuple], first: int, last: int):
+    def __init__(self, entries: Collection[tuple], first: int, last: int):
         self.first, self.last, self.count = first, last, len(entries)
         # Their keys as one JSON array, then their records' JSON, newline-separated (orjson
         # never writes a newline inside a value), compressed once here, and attached to the
@@ -242,8 +242,9 @@ class HeldPacks:
         if to and entries:
             self.gone.extend([e[5] for e in entries if e[5] <= to])
 
-    def state(self, held: list[tuple], seq: int) -> list:
-        """[[blob, released seqs], ...] for the `held` entries (the buffer's; `seq`: its last)."""
+    def state(self, held: Collection[tuple], seq: int) -> list:
+        """[[blob, released seqs], ...] for the `held` entries (the buffer's queue, read as it is:
+        no copy of a backlog's ~250k entries per round; `seq`: its last)."""
         packs = self.packs
         if self.gone:
             firsts = [p.first for p in packs]
@@ -290,7 +291,7 @@ class HeldQueue:
 
     __slots__ = ("runs", "fronts", "spill", "count")
 
-    def __init__(self, entries: list[tuple] = ()):
+    def __init__(self, entries: Iterable[tuple] = ()):
         self.runs: dict[tuple, deque] = {}
         self.fronts: list[tuple] = []
         self.spill: list[tuple] = []
@@ -395,7 +396,7 @@ class WatermarkBuffer:
         entry encoded once, in the first round that finds it held, not at every round)."""
         return {"marks": {p: [m.progress, m.idle, m.said_at] + ([m.local_said] if m.local_said is not None else [])
                           for p, m in self.marks.items()},
-                "held_layout": HELD_LAYOUT, "held_packs": self._packs.state(list(self.queue), self._seq),
+                "held_layout": HELD_LAYOUT, "held_packs": self._packs.state(self.queue, self._seq),
                 "held_bytes": self.held_bytes, "floor": self.floor,
                 "late": self.late, "early": self.early, "seq": self._seq}
 
