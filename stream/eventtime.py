@@ -293,44 +293,54 @@ class HeldQueue:
 
     def __init__(self, entries: Iterable[tuple] = ()):
         self.runs: dict[tuple, deque] = {}
-        self.fronts: list[tuple] = []
+        # (front entry, its run): a pop finds the run without a key tuple and a dict lookup
+        # (entries are unique, so a pair never compares its runs)
+        self.fronts: list[tuple[tuple, deque]] = []
         self.spill: list[tuple] = []
         self.count = 0
         for entry in sorted(entries):  # in order: every one joins its run
             self.push(entry)
 
     def push(self, entry: tuple) -> None:
-        key = (entry[6], entry[2])  # src, partition
-        run = self.runs.get(key)
-        if run is None:  # a run is dropped once empty: a source's epoch ends (src changes)
-            self.runs[key] = deque((entry,))
-            heapq.heappush(self.fronts, entry)
-        elif entry > run[-1]:
-            run.append(entry)
-        else:
-            heapq.heappush(self.spill, entry)
-        self.count += 1
+        self.extend((entry[6], entry[2]), (entry,))
+
+    def extend(self, source: tuple, entries: Iterable[tuple]) -> None:
+        """Hold `entries`, all of one source partition `source` (src, partition), in arrival
+        order: one run lookup for a message's records."""
+        run = self.runs.get(source)  # a run is dropped once empty: a source's epoch ends (src changes)
+        spill = None
+        n = 0
+        for entry in entries:
+            n += 1
+            if run is None:
+                run = self.runs[source] = deque((entry,))
+                heapq.heappush(self.fronts, (entry, run))
+            elif entry > run[-1]:
+                run.append(entry)
+            else:
+                if spill is None:
+                    spill = self.spill
+                heapq.heappush(spill, entry)
+        self.count += n
 
     def first(self) -> tuple | None:
         fronts, spill = self.fronts, self.spill
-        if spill and (not fronts or spill[0] < fronts[0]):
+        if spill and (not fronts or spill[0] < fronts[0][0]):
             return spill[0]
-        return fronts[0] if fronts else None
+        return fronts[0][0] if fronts else None
 
     def pop(self) -> tuple:
         fronts, spill = self.fronts, self.spill
-        if spill and (not fronts or spill[0] < fronts[0]):
+        if spill and (not fronts or spill[0] < fronts[0][0]):
             entry = heapq.heappop(spill)
         else:
-            entry = fronts[0]
-            key = (entry[6], entry[2])
-            run = self.runs[key]
+            entry, run = fronts[0]
             run.popleft()
             if run:
-                heapq.heapreplace(fronts, run[0])
+                heapq.heapreplace(fronts, (run[0], run))
             else:
                 heapq.heappop(fronts)
-                del self.runs[key]
+                del self.runs[(entry[6], entry[2])]
         self.count -= 1
         return entry
 
@@ -480,7 +490,9 @@ class WatermarkBuffer:
         sender (held ones are stored as JSON anyway; counters are strings)."""
         now_apply = []
         ordered = len(recs)
-        floor, push, dumps, held_json = self.floor, self.queue.push, orjson.dumps, compact_json
+        floor, dumps, held_json = self.floor, orjson.dumps, compact_json
+        hold: list[tuple] = []
+        push = hold.append
         seq = self._seq
         held = 0
         at_kind, at_time, at_offset, at_index = WIRE_KIND, WIRE_TIME, WIRE_OFFSET, WIRE_INDEX
@@ -510,6 +522,8 @@ class WatermarkBuffer:
             now_apply.append(_held(HeldObservation, (ts, order, partition, r[at_offset], r[at_index], seq, src,
                                                      from_wire(r), size)))
         self._seq = seq
+        if hold:
+            self.queue.extend((src, partition), hold)
         self.held_bytes += held
         if ordered and in_order:
             mark = self.marks.get(partition)

@@ -635,13 +635,20 @@ def test_the_held_queue_gives_a_heaps_order_with_runs_out_of_order_and_sources_c
         clock = {}
         for _ in range(rnd.randint(1, 400)):
             if rnd.random() < 0.6:
-                seq += 1
+                # One entry (push), or a message's records of one source partition (extend).
                 src, p = rnd.choice(("e1:i", "e1:l", "e2:i")), rnd.randint(0, 2)
-                ts = clock.get((src, p), 0.0) + rnd.choice((0.0, 1.0, 1.0, -3.0))  # ties, steps, some behind
-                clock[(src, p)] = max(ts, clock.get((src, p), 0.0))
-                entry = (ts, rnd.randint(0, 1), p, seq, 0, seq, src, b"{}", 10, None, 0.0)
-                queue.push(entry)
-                heapq.heappush(heap, entry)
+                batch = []
+                for _ in range(rnd.choice((1, 1, 3))):
+                    seq += 1
+                    ts = clock.get((src, p), 0.0) + rnd.choice((0.0, 1.0, 1.0, -3.0))  # ties, steps, some behind
+                    clock[(src, p)] = max(ts, clock.get((src, p), 0.0))
+                    batch.append((ts, rnd.randint(0, 1), p, seq, 0, seq, src, b"{}", 10, None, 0.0))
+                if len(batch) == 1:
+                    queue.push(batch[0])
+                else:
+                    queue.extend((src, p), batch)
+                for entry in batch:
+                    heapq.heappush(heap, entry)
             elif heap:
                 assert queue.first() == heap[0], trial
                 assert queue.pop() == heapq.heappop(heap), trial
