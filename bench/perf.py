@@ -16,6 +16,9 @@ a ceiling measured in the same run on the same machine: these machines are share
   fresh clones of its detectors): what one process could do if everything but River were free;
 - workers: 1, 2 and 3 `driftline run` processes in one consumer group, demo config, reading the
   same backlog; events/s from the first partition assignment to the last label accounted for;
+- scaling: 2 workers against 1 on backlogs of 100k and 300k pairs, 1, 2, 2, 1 workers in turn:
+  how the 2-to-1 ratio moves with the backlog's length (a fixed cost per run, such as the wait
+  for the other worker's commits at the end, weighs less on a longer one);
 - latency: publish time -> the event counted on /metrics, at a fixed offered load, one worker;
 - memory: RSS growth of one process per monitored segment (1k and 10k segments);
 - scrape: /metrics render time and size at 10k and 100k series.
@@ -65,6 +68,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """A process's CPU time so far (user + system, every thread), from /proc; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: proc(5)'s fields 14, 15
+
+
 def log(msg: str) -> None:
     print(f"perf: {msg}", file=sys.stderr, flush=True)
 
@@ -91,10 +103,9 @@ class Broker:
             return None
         try:
             pid = int((Path(self.state) / "kafka" / "kafka.pid").read_text().split()[0])
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             return None
+        return process_cpu_seconds(pid)
 
     def __exit__(self, *exc) -> None:
         if self.env is not None:
@@ -331,6 +342,11 @@ class Workers:
             faults += int(stat[7]) + int(stat[9])  # minflt and majflt (fields 10 and 12 of proc(5)'s stat)
         return {"peak_rss_mib": peak, "page_faults": faults}
 
+    def cpu_seconds(self) -> float:
+        """The fleet's CPU so far (user + system, every thread), read from /proc: not from /metrics,
+        whose body is cached (stream/http.py, at least 1 s), so its process_cpu_seconds_total lags."""
+        return sum(process_cpu_seconds(p.pid) or 0.0 for p in self.procs)
+
     def sum(self, name: str, **labels) -> float:
         out = 0.0
         for url in self.urls:
@@ -386,7 +402,7 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
             publish_raw(bootstrap, group, *raw, at_once=True)
         t0 = time.perf_counter()
         done0 = ws.sum("driftline_labeled_total", segment="__all__")
-        cpu0, broker0 = ws.sum("process_cpu_seconds_total"), broker.cpu_seconds() if broker else None
+        cpu0, broker0 = ws.cpu_seconds(), broker.cpu_seconds() if broker else None
         # Also seen while counting: the most observations the banks held at once (a backlog's
         # event-time buffers), and the slowest /metrics scrape (a render waiting for the loop).
         held_peak, slowest_scrape = 0.0, 0.0
@@ -404,7 +420,7 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
                 raise WorkerDied(f"worker {dead[0]} exited with {ws.procs[dead[0]].returncode}: {' '.join(tail)[:300]}")
             time.sleep(0.1)
         took = time.perf_counter() - t0
-        cpu = ws.sum("process_cpu_seconds_total")  # the workers' CPU: steadier than wall time here
+        cpu = ws.cpu_seconds()  # the workers' CPU: steadier than wall time here
         # How much of the machine the fleet and the broker used while counted (cores).
         cores = {"worker_cores": (cpu - cpu0) / took}
         if broker0 is not None and broker.cpu_seconds() is not None:
@@ -431,6 +447,52 @@ def worker_throughput(bootstrap: str, prefix: str, n_pairs: int, partitions: int
     return {"workers": k, "events": counted, "seconds": took, "events_per_s": rate,
             "events_per_s_per_worker": rate / k, "cpu_seconds": cpu, "events_per_cpu_s": 2 * n_pairs / cpu, **waits,
             **cores}
+
+
+SCALING_SIZES, SCALING_SIZES_QUICK = (100_000, 300_000), (20_000, 60_000)  # pairs
+SCALING_ORDER = (1, 2, 2, 1)  # workers per run: each count both first and last, so a drift of the machine evens out
+
+
+def scaling(broker: Broker, partitions: int, logdir: Path, sizes: tuple[int, ...],
+            filled: dict[int, str] | None = None) -> list[dict]:
+    """2 workers against 1 on backlogs of each size in `sizes` (pairs), SCALING_ORDER in turn on
+    each: how the 2-to-1 ratio moves with the backlog's length. Each size's backlog is written
+    once (`filled`: sizes already written, and their prefixes)."""
+    out = []
+    for rows in sizes:
+        prefix = (filled or {}).get(rows)
+        if prefix is None:
+            prefix = f"perf-{uuid.uuid4().hex[:8]}"
+            fill(broker.bootstrap, prefix, partitions, *demo_raw(rows))
+        runs = [worker_throughput(broker.bootstrap, prefix, rows, partitions, k, logdir, broker=broker)
+                for k in SCALING_ORDER]
+        by = {k: [r for r in runs if r["workers"] == k and r["events_per_s"]] for k in (1, 2)}
+        if not by[1] or not by[2]:
+            log(f"scaling, {rows:,} pairs: no figure (a run finished before its group settled)")
+            continue
+        def mean(k: int, key: str) -> float:
+            return statistics.mean(r[key] for r in by[k])
+
+        figure = {"rows": rows, "runs": runs,
+                  "one_events_per_s": mean(1, "events_per_s"), "two_events_per_s": mean(2, "events_per_s"),
+                  "one_events_per_cpu_s": mean(1, "events_per_cpu_s"), "two_events_per_cpu_s": mean(2, "events_per_cpu_s"),
+                  "one_seconds": mean(1, "seconds"), "two_seconds": mean(2, "seconds")}
+        figure["two_to_one"] = figure["two_events_per_s"] / figure["one_events_per_s"]
+        figure["two_to_one_per_cpu_s"] = figure["two_events_per_cpu_s"] / figure["one_events_per_cpu_s"]
+        log(f"scaling, {rows:,} pairs: 2 workers {figure['two_to_one']:.2f}x one "
+            f"({figure['two_to_one_per_cpu_s']:.2f}x per CPU s)")
+        out.append(figure)
+    return out
+
+
+def scaling_rows(figures: list[dict] | None) -> list[str]:
+    if not figures:
+        return []
+    cells = "; ".join(f"{f['rows']:,} pairs: {f['two_events_per_s']:,.0f} / {f['one_events_per_s']:,.0f} events/s "
+                      f"in {f['two_seconds']:.1f} / {f['one_seconds']:.1f} s" for f in figures)
+    ratios = ", ".join(f"{f['two_to_one']:.2f}x ({f['two_to_one_per_cpu_s']:.2f}x per CPU s)" for f in figures)
+    return [f"| 2 workers / 1 worker by backlog length (runs of {', '.join(map(str, SCALING_ORDER))} workers in "
+            f"turn, means) | {cells} | {ratios} |"]
 
 
 def transactions_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, rounds: int = 2) -> dict:
@@ -1011,6 +1073,9 @@ def main() -> int:
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the issue's three figures: ceiling, River floor, 1 and 2 workers on one backlog, same run; "
                          "written to OUT/throughput.json (perf.json is left alone)")
+    ap.add_argument("--scaling-only", action="store_true",
+                    help="only 2 workers against 1 on backlogs of 100k and 300k pairs (20k, 60k with --quick); "
+                         "merged into perf.json's \"scaling\"")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM figures (in process), merged into perf.json's \"llm\"")
     args = ap.parse_args()
@@ -1032,6 +1097,15 @@ def main() -> int:
                                                              5_000 if args.quick else 20_000)
         path.write_text(json.dumps(results, indent=2))
         print(json.dumps(results["llm"], indent=2))
+        return 0
+    if args.scaling_only:
+        path = out / "perf.json"
+        with Broker(args.bootstrap) as broker, tempfile.TemporaryDirectory() as tmp:
+            figures = scaling(broker, BACKLOG_PARTITIONS, Path(tmp), SCALING_SIZES_QUICK if args.quick else SCALING_SIZES)
+        results = json.loads(path.read_text()) if path.exists() else {}  # read last: a full run may have written it
+        results["scaling"] = [f | {"date": time.strftime("%Y-%m-%d"), "run": "--scaling-only"} for f in figures]
+        path.write_text(json.dumps(results, indent=2))
+        print("\n".join(scaling_rows(results["scaling"])))
         return 0
     if args.transactions_only:
         return backlog_figure(args, out, "transactions", lambda bootstrap, prefix, rows, logdir: transactions_cost(
@@ -1110,6 +1184,8 @@ def main() -> int:
             r["ratio_to_ceiling_per_worker"] = r["events_per_s_per_worker"] / wall
             results["workers"].append(r)
             log(f"{k} worker(s): {r['events_per_s']:,.0f} events/s, {r['ratio_to_ceiling_per_worker']:.1%} of the ceiling per worker")
+        results["scaling"] = scaling(broker, partitions, logdir, SCALING_SIZES_QUICK if args.quick else SCALING_SIZES,
+                                     filled={rows: prefix})
         one = next((w for w in results["workers"] if w["workers"] == 1), None)
         floor = results["river_floor"]["events_per_s"]
         # The issue's three figures, from this one run, and their ratios.
@@ -1283,6 +1359,7 @@ def table(r: dict) -> str:
         lines.append(f"| {w['workers']} driftline worker(s), demo config | {w['events_per_s']:,.0f} events/s "
                      f"({w['events_per_s_per_worker']:,.0f} per worker, {w['events_per_cpu_s']:,.0f} per CPU s{used}) | "
                      f"{w['ratio_to_ceiling_per_worker']:.1%} per worker |")
+    lines += scaling_rows(r.get("scaling"))
     if r.get("worker_to_floor") is not None:
         lines.append(f"| 1 worker against the River floor (same run) | {r['worker_events_per_s']:,.0f} / "
                      f"{r['river_floor_events_per_s']:,.0f} events/s | **{r['worker_to_floor']:.1%} of the floor** |")

@@ -53,3 +53,27 @@ def test_the_readme_table_of_measured_figures_is_the_one_perf_py_makes_of_perf_j
     assert perf.README_BEGIN in text and perf.README_END in text
     shown = text.split(perf.README_BEGIN, 1)[1].split(perf.README_END, 1)[0].strip("\n")
     assert shown == perf.table(json.loads((REPO / "bench/results/perf.json").read_text()))
+
+
+def test_the_benchs_cpu_figure_is_the_processs_own_from_proc():
+    """bench/perf.py counts a worker's CPU from /proc (its /metrics body is cached, so its
+    process_cpu_seconds_total lags by up to a second): the figure must grow with CPU burnt, match
+    what the process says of itself, and be None for a process that is gone."""
+    import importlib.util
+    import os
+    import subprocess
+    import time
+
+    spec = importlib.util.spec_from_file_location("bench_perf_cpu", REPO / "bench/perf.py")
+    perf = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = perf
+    spec.loader.exec_module(perf)
+    before, own_before = perf.process_cpu_seconds(os.getpid()), time.process_time()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    burnt = perf.process_cpu_seconds(os.getpid()) - before
+    assert abs(burnt - (time.process_time() - own_before)) < 0.05 and burnt >= 0.25
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert perf.process_cpu_seconds(gone.pid) is None
