@@ -14,6 +14,10 @@ a ceiling measured in the same run on the same machine: these machines are share
 - River floor: in process, `orjson.loads` of the same events and exactly the River detector
   updates the demo config's bank makes for them (recorded from a real intake + bank, replayed on
   fresh clones of its detectors): what one process could do if everything but River were free;
+- replay: `driftline replay` of the same events in a process of its own: the core (decode,
+  event-time merge, join, routing, the bank) without Kafka and without the worker's stage-2
+  buffer, so the gap between the floor and the worker splits into what the core costs and what
+  the distributed worker adds (`replay_to_floor`, `worker_to_replay_per_cpu_s`);
 - workers: 1, 2 and 3 `driftline run` processes in one consumer group, demo config, reading the
   same backlog; events/s from the first partition assignment to the last label accounted for;
 - scaling: 2 workers against 1 on backlogs of 100k and 300k pairs, 1, 2, 2, 1 workers in turn:
@@ -26,7 +30,7 @@ a ceiling measured in the same run on the same machine: these machines are share
 Writes OUT/perf.json and OUT/perf.png, and prints a markdown table for the README. perf.json's
 top level carries the figures of this one run: `ceiling_events_per_s`, `river_floor_events_per_s`,
 `worker_events_per_s` (one worker, demo config, backlog) and the ratios `worker_to_floor`,
-`worker_to_ceiling`, `floor_to_ceiling`.
+`worker_to_ceiling`, `floor_to_ceiling`, `replay_to_floor`, `worker_to_replay_per_cpu_s`.
 """
 from __future__ import annotations
 
@@ -621,36 +625,49 @@ def latency(bootstrap: str, rows: int, rate: float, logdir: Path, live: int | No
             "scrape_interval_ms": 50, "partitions": n_part, "live_partitions": live or n_part}
 
 
-REPLAY_CPU = r"""
-import sys, time, tempfile, orjson
+REPLAY_TIMED = r"""
+import sys, time, orjson
 from pathlib import Path
-from typing import Callable
-from driftline.stream.demo import demo_events, DEMO_CONFIG
 from driftline.stream.replay import replay
 from driftline.stream.settings import load_settings
-rows = int(sys.argv[1])
-tmp = Path(tempfile.mkdtemp())
-inf, lab, _ = demo_events(rows_limit=rows, drift_row=rows // 2)
-(tmp / "i").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in inf))
-(tmp / "l").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in lab))
-(tmp / "c.yml").write_text(DEMO_CONFIG)
-best = None
-for _ in range(2):
-    t = time.process_time()
-    replay(load_settings(tmp / "c.yml"), tmp / "i", tmp / "l")
-    took = time.process_time() - t
-    best = took if best is None else min(best, took)
-print(2 * rows / best)
+d, passes = Path(sys.argv[1]), int(sys.argv[2])
+runs = []
+for _ in range(passes):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = replay(load_settings(d / "c.yml"), d / "i", d / "l")
+    runs.append([time.perf_counter() - wall, time.process_time() - cpu, result.events])
+print(orjson.dumps(runs).decode())
 """
 
 
+def replay_timed(inf: list[bytes], lab: list[bytes], pythonpath: str | None = None, passes: int = 3) -> dict:
+    """`driftline replay` of these raw events (the core: decode, merge in event-time order, join,
+    route, the bank; no Kafka, no stage-2 buffer), in a process of its own as a worker runs, with
+    the demo config: the median of `passes` timed passes, events/s of wall and of CPU time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "i").write_bytes(b"\n".join(inf) + b"\n")
+        (d / "l").write_bytes(b"\n".join(lab) + b"\n")
+        (d / "c.yml").write_text(DEMO_CONFIG)
+        env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+        out = subprocess.run([sys.executable, "-c", REPLAY_TIMED, str(d), str(passes)], capture_output=True,
+                             text=True, env=env, cwd=REPO, check=True)
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    events = len(inf) + len(lab)
+    if any(n != events for _, _, n in runs):  # a figure of fewer events than asked would flatter it
+        raise RuntimeError(f"replay read {[n for _, _, n in runs]} events of {events}")
+    mid = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"events": events, "passes": passes, "events_per_s": events / mid([w for w, _, _ in runs]),
+            "events_per_cpu_s": events / mid([c for _, c, _ in runs]), "events_read": [n for _, _, n in runs]}
+
+
 def replay_cpu(rows: int, pythonpath: str | None) -> float:
-    """Events per CPU second of `driftline replay` (the core alone, no Kafka) of a tree: what the
-    worker's own figure is divided by, so that core changes of other commits cancel out."""
-    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
-    out = subprocess.run([sys.executable, "-c", REPLAY_CPU, str(rows)], capture_output=True, text=True, env=env,
-                         cwd=REPO, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    """Events per CPU second of `driftline replay` (the core alone, no Kafka) of a tree, on the
+    demo's events: what the worker's own figure is divided by, so that core changes of other
+    commits cancel out (the best of 2 passes)."""
+    inf, lab, _ = demo_events(rows_limit=rows, drift_row=rows // 2)
+    figure = replay_timed([orjson.dumps(e) for e in inf], [orjson.dumps(e) for e in lab], pythonpath, passes=2)
+    return figure["events_per_cpu_s"]
 
 
 def event_time_cost(bootstrap: str, prefix: str, rows: int, partitions: int, logdir: Path, before: str | None,
@@ -1171,6 +1188,9 @@ def main() -> int:
         log(f"River floor {results['river_floor']['events_per_s']:,.0f} events/s "
             f"({results['river_floor']['updates_per_inference']} updates per inference, "
             f"{results['river_floor']['updates_per_label']} per label)")
+        results["replay"] = replay_timed(inf, lab)
+        log(f"replay {results['replay']['events_per_s']:,.0f} events/s, "
+            f"{results['replay']['events_per_cpu_s']:,.0f} per CPU s")
         results["workers"] = []
         for k in (1, 2, 3):
             try:
@@ -1195,6 +1215,10 @@ def main() -> int:
         results["worker_to_floor"] = one["events_per_s"] / floor if one else None
         results["worker_to_ceiling"] = one["events_per_s"] / wall if one else None
         results["floor_to_ceiling"] = floor / wall
+        # Where the rest goes: the core alone (replay) against the floor, the worker against it.
+        results["replay_to_floor"] = results["replay"]["events_per_s"] / floor
+        results["worker_to_replay_per_cpu_s"] = (one["events_per_cpu_s"] / results["replay"]["events_per_cpu_s"]
+                                                 if one else None)
         try:
             r = worker_throughput(broker.bootstrap, prefix, rows, partitions, 1, logdir, baseline=True)
         except WorkerDied as exc:  # the figure is missing, the rest of the run is still one run
@@ -1272,6 +1296,7 @@ def throughput_main(args, out: Path) -> int:
         plan = river_plan(parse_settings(yaml.safe_load(DEMO_CONFIG), env={}), b.inf, b.lab)
         results["river_floor"] = river_floor(plan)
         del plan
+        results["replay"] = replay_timed(b.inf, b.lab)
         results["workers"] = []
         for k in (1, 2):
             r = worker_throughput(b.bootstrap, b.prefix, b.rows, b.partitions, k, b.logdir, pythonpath=args.before,
@@ -1283,6 +1308,8 @@ def throughput_main(args, out: Path) -> int:
     results |= {"ceiling_events_per_s": wall, "river_floor_events_per_s": floor,
                 "worker_events_per_s": one["events_per_s"], "worker_to_floor": one["events_per_s"] / floor,
                 "worker_cpu_to_floor": one["events_per_cpu_s"] / floor,
+                "replay_to_floor": results["replay"]["events_per_s"] / floor,
+                "worker_to_replay_per_cpu_s": one["events_per_cpu_s"] / results["replay"]["events_per_cpu_s"],
                 "two_to_one": two["events_per_s"] / one["events_per_s"]}
     (out / "throughput.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k not in ("river_floor",)}, indent=2))
@@ -1348,6 +1375,11 @@ def table(r: dict) -> str:
         lines.append(f"| River floor: orjson decode + the demo config's River updates ({fl['updates_per_inference']} per "
                      f"inference, {fl['updates_per_label']} per label), in process | {fl['events_per_s']:,.0f} events/s | "
                      f"{fl['events_per_s'] / c:.1%} |")
+    rp = r.get("replay")
+    if rp:
+        lines.append(f"| `driftline replay` of the same events: the core (decode, event-time merge, join, routing, "
+                     f"the bank), no Kafka, no stage-2 buffer; a process of its own | {rp['events_per_s']:,.0f} events/s "
+                     f"({rp['events_per_cpu_s']:,.0f} per CPU s) | {rp['events_per_s'] / c:.1%} |")
     for w in r["workers"]:
         used = ""
         if w.get("worker_cores") is not None:  # how much of the machine the fleet had, and the broker
@@ -1363,6 +1395,10 @@ def table(r: dict) -> str:
     if r.get("worker_to_floor") is not None:
         lines.append(f"| 1 worker against the River floor (same run) | {r['worker_events_per_s']:,.0f} / "
                      f"{r['river_floor_events_per_s']:,.0f} events/s | **{r['worker_to_floor']:.1%} of the floor** |")
+    if r.get("replay_to_floor") is not None and r.get("worker_to_replay_per_cpu_s") is not None:
+        lines.append(f"| where the rest goes (same run): replay against the River floor; 1 worker against replay, "
+                     f"per CPU s | {r['replay_to_floor']:.1%} of the floor; {r['worker_to_replay_per_cpu_s']:.1%} of "
+                     f"replay | |")
     b = r.get("worker_with_baseline")
     if b:
         lines.append(f"| 1 worker, demo config with its baseline profile (PSI/JS/KS, data quality) | "

@@ -77,3 +77,20 @@ def test_the_benchs_cpu_figure_is_the_processs_own_from_proc():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert perf.process_cpu_seconds(gone.pid) is None
+
+
+def test_the_replay_figure_is_a_timed_replay_of_every_event_given():
+    """bench/perf.py's replay row runs `driftline replay` on the very events the workers read,
+    in a process of its own: every pass reads them all (a replay that read fewer would flatter
+    the figure, and replay_timed refuses one), and the rates are those events over its times."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_perf_replay", REPO / "bench/perf.py")
+    perf = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = perf
+    spec.loader.exec_module(perf)
+    inf, lab = perf.demo_raw(300)
+    figure = perf.replay_timed(inf, lab, passes=2)
+    assert figure["events_read"] == [600, 600] and figure["events"] == 600
+    # Wall time at least the CPU time of one thread: events/s of wall never above per CPU s by much.
+    assert 0 < figure["events_per_s"] <= 1.2 * figure["events_per_cpu_s"]
