@@ -1,4 +1,4 @@
-"""The worker's settings for Python's cyclic garbage collector.
+"""The worker's settings for Python's cyclic garbage collector (and `driftline replay`'s, while it runs).
 
 A backlog grows the worker's state by about three containers per event (held observations,
 waiting predictions, segments): with Python's default thresholds (700, 10, 10) that growth sets
@@ -17,7 +17,9 @@ of the middle generation (0.08 s), 1 full one (0.13 s).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+from typing import Iterator
 
 # A young collection per 100k net new containers. 1 worker on one demo backlog (bench/perf.py's
 # worker_throughput), thresholds set at start, 4 rotated rounds each, medians: 700 (Python's
@@ -32,3 +34,14 @@ def tune_for_worker() -> tuple[int, int, int]:
     _, older, oldest = before
     gc.set_threshold(WORKER_YOUNG_THRESHOLD, older, oldest)
     return before
+
+
+@contextlib.contextmanager
+def worker_thresholds() -> Iterator[None]:
+    """The worker's thresholds for the duration of a block, then the ones before: `driftline
+    replay` (a library call too, so it puts them back) grows its state as a backlog worker does."""
+    before = tune_for_worker()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)

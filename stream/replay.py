@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from driftline.detectors.bank import DetectorBank, DriftRecord, ExplanationRecord
 from driftline.detectors.state import no_gc
 from driftline.stream.baselines import profile_book
+from driftline.stream.collector_policy import worker_thresholds
 from driftline.stream.codec import DecodeLimits, decode_inference, decode_label
 from driftline.stream.events import Inference, Invalid
 from driftline.stream.exporter import DriftlineMetrics
@@ -122,28 +123,31 @@ def replay(
                         profiles=profile_book(settings) if settings.baselines else None,
                         max_models=settings.limits.max_models, configured=settings.models)
     invalid: Counter = Counter()
-    merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
-    # The decoded events stay to the end: no collection need scan them again (the first one
-    # after decoding would: ~0.1 s of CPU for the demo's 88k events). Undone at the end.
-    gc.freeze()
-    try:
-        records: list[DriftRecord | ExplanationRecord] = []
-        total = len(merged)
-        for i, out, refused in intake_outputs(intake, merged):
-            if refused is not None:
-                invalid[(refused.kind, refused.reason)] += 1
-            if out:
-                refusals: list[Invalid] = []
-                records += feed(bank, out, refusals)
-                for r in refusals:  # models past max_models, refused by the bank (as the worker's)
-                    invalid[(r.kind, r.reason)] += 1
-            if i % TICK_EVERY == 0:
-                if progress is not None:
-                    progress(i, total)
-                if on_tick is not None:
-                    on_tick(intake, bank)
-    finally:
-        gc.unfreeze()
+    # The decoded events, then the state, grow as a backlog worker's state does: the worker's
+    # collector thresholds meanwhile (stream/collector_policy.py), the caller's again after.
+    with worker_thresholds():
+        merged = merge_events(settings, inferences, labels, lambda ev: feed(bank, intake.take_invalid(ev)), invalid)
+        # The decoded events stay to the end: no collection need scan them again (the first one
+        # after decoding would: ~0.1 s of CPU for the demo's 88k events). Undone at the end.
+        gc.freeze()
+        try:
+            records: list[DriftRecord | ExplanationRecord] = []
+            total = len(merged)
+            for i, out, refused in intake_outputs(intake, merged):
+                if refused is not None:
+                    invalid[(refused.kind, refused.reason)] += 1
+                if out:
+                    refusals: list[Invalid] = []
+                    records += feed(bank, out, refusals)
+                    for r in refusals:  # models past max_models, refused by the bank (as the worker's)
+                        invalid[(r.kind, r.reason)] += 1
+                if i % TICK_EVERY == 0:
+                    if progress is not None:
+                        progress(i, total)
+                    if on_tick is not None:
+                        on_tick(intake, bank)
+        finally:
+            gc.unfreeze()
     # What still waits at the end of the files is neither expired nor unmatched: the files end
     # before its TTL does, as a live stream would keep it waiting.
     if progress is not None:

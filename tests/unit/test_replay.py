@@ -104,10 +104,16 @@ def test_label_before_its_prediction_in_event_time_still_joins(tmp_path):
 def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypatch):
     """Replay decodes the files with the cyclic collector off and keeps the decoded events out
     of its scans (gc.freeze) while it runs; afterwards, and after a failure in the middle, the
-    collector is on and nothing stays frozen."""
+    collector is on and nothing stays frozen. While it runs, the young generation's threshold is
+    the worker's (a backlog's worth of state grows in it: the default set off full collections
+    that made a 100k-pair replay 1.2-1.7x slower); afterwards, the caller's again."""
     import gc
 
     import driftline.stream.replay as replay_module
+    from driftline.stream.collector_policy import WORKER_YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    assert before[0] != WORKER_YOUNG_THRESHOLD  # else the test could not tell
 
     (tmp_path / "c.yml").write_text("models:\n  m:\n    label_ttl: 1h\n")
     (tmp_path / "i.jsonl").write_bytes(b'{"prediction_id":"a","model":"m","features":{},"prediction":1,"timestamp":100}\n')
@@ -116,13 +122,14 @@ def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypatc
     frozen = []
 
     def feed_watching(bank, observations, refused=None):
-        frozen.append((gc.isenabled(), gc.get_freeze_count()))
+        frozen.append((gc.isenabled(), gc.get_freeze_count(), gc.get_threshold()))
         return []
 
     monkeypatch.setattr(replay_module, "feed", feed_watching)
     replay(settings, tmp_path / "i.jsonl", tmp_path / "l.jsonl")
-    assert frozen and all(enabled and count > 0 for enabled, count in frozen)  # frozen while it ran
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert frozen and all(enabled and count > 0 for enabled, count, _ in frozen)  # frozen while it ran
+    assert all(thresholds == (WORKER_YOUNG_THRESHOLD, *before[1:]) for _, _, thresholds in frozen)
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
     def feed_failing(bank, observations, refused=None):
         raise RuntimeError("boom")
@@ -130,7 +137,7 @@ def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypatc
     monkeypatch.setattr(replay_module, "feed", feed_failing)
     with pytest.raises(RuntimeError, match="boom"):
         replay(settings, tmp_path / "i.jsonl", tmp_path / "l.jsonl")
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
 
 def test_cli_writes_exposition_and_drift_records(demo, tmp_path):
