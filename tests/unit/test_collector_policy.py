@@ -37,4 +37,6 @@ def test_cycles_are_still_collected_without_an_explicit_collect(tuned):
     finally:
         gc.callbacks.pop()
     assert len(collected) >= 2  # collections ran, at the young threshold's pace
-    assert sum(collected) >= 2 * WORKER_YOUNG_THRESHOLD  # and freed the pairs
+    # and freed the pairs: nearly a threshold's worth each (a few young objects are the test's
+    # own, alive: a CI run freed 99,996 and 99,998, which `>= 2 x threshold` refused)
+    assert sum(collected) >= 0.95 * len(collected) * WORKER_YOUNG_THRESHOLD
